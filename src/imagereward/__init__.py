@@ -1,0 +1,57 @@
+"""imagereward: how much will people prefer this image for this prompt?
+
+>>> import imagereward
+>>> model = imagereward.load("ImageReward-v1.0")
+>>> ranking, rewards = model.inference_rank("a cat", ["a.png", "b.png"])
+
+Attributes are imported lazily, so ``import imagereward`` is fast and pulls in
+neither torch nor any training or diffusion library until they are used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, List
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": "imagereward.loading",
+    "save_pretrained": "imagereward.loading",
+    "available_models": "imagereward.registry",
+    "load_score": "imagereward.baselines",
+    "available_scores": "imagereward.baselines",
+    "ImageReward": "imagereward.scoring.image_reward",
+    "RankResult": "imagereward.scoring.base",
+    "ImageRewardConfig": "imagereward.config",
+    "CheckpointError": "imagereward.checkpoints",
+    "DownloadError": "imagereward.hub",
+    "ImageLoadError": "imagereward.preprocess",
+    "CLIPScore": "imagereward.scoring.clip_score",
+    "BLIPScore": "imagereward.scoring.blip_score",
+    "AestheticScore": "imagereward.scoring.aesthetic_score",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoints import CheckpointError
+    from .config import ImageRewardConfig
+    from .hub import DownloadError
+    from .loading import load, save_pretrained
+    from .preprocess import ImageLoadError
+    from .registry import available_models
+    from .scoring.base import RankResult
+    from .scoring.image_reward import ImageReward
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'imagereward' has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return __all__

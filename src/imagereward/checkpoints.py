@@ -1,0 +1,123 @@
+"""Reading checkpoint files safely and loading them strictly into meta-built models."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from typing import Dict, Iterable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+StateDict = Dict[str, torch.Tensor]
+DDP_PREFIX = "module."
+_MAX_LISTED = 12
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not fit the model it is loaded into."""
+
+
+def read_state_dict(path: str, key: Optional[str] = None) -> StateDict:
+    """Tensors of a ``.safetensors`` file or a ``torch.save`` file (``weights_only``, mmap).
+
+    ``key`` selects a nested dict (BLIP's pretraining files keep weights under ``"model"``).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "Checkpoint file not found", path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            data: object = load_file(path, device="cpu")
+        except Exception as error:
+            raise CheckpointError(f"cannot read safetensors checkpoint {path}: {error}") from error
+    else:
+        data = _torch_load(path)
+    if key is not None:
+        if not isinstance(data, Mapping) or key not in data:
+            raise CheckpointError(f"{path} has no {key!r} entry; is it the right checkpoint?")
+        data = data[key]
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(data).__name__})")
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path} holds no tensors")
+    return tensors
+
+
+def _torch_load(path: str) -> object:
+    mmap = zipfile.is_zipfile(path)  # mmap needs the zip format of torch >= 1.6
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} is not a plain tensor checkpoint that can be loaded safely "
+            f"(weights_only=True refused it): {error}"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+
+
+def strip_prefix(state_dict: StateDict, prefix: str = DDP_PREFIX) -> StateDict:
+    """Drop ``prefix`` when every key carries it (checkpoints saved from DDP)."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def select_prefix(state_dict: StateDict, prefix: str) -> StateDict:
+    """Keys under ``prefix``, with it removed."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _listed(keys: Iterable[str]) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def load_state_dict_strict(
+    model: nn.Module,
+    state_dict: StateDict,
+    *,
+    source: str,
+    ignore: Sequence[str] = (),
+    dtype: Optional[torch.dtype] = None,
+) -> None:
+    """Load with every key accounted for, assigning tensors (the model may live on ``meta``).
+
+    ``ignore`` holds regular expressions of checkpoint keys that are known and unused.
+    Missing, unexpected or mis-shaped keys raise :class:`CheckpointError` naming them.
+    Floating tensors are cast to ``dtype`` when given (else to the model's own dtypes).
+    """
+    expected = model.state_dict()
+    ignored = [re.compile(p) for p in ignore]
+    unexpected = [
+        k for k in state_dict if k not in expected and not any(p.fullmatch(k) for p in ignored)
+    ]
+    missing = [k for k in expected if k not in state_dict]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_listed(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    tensors = {}
+    for name, reference in expected.items():
+        tensor = state_dict[name]
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype or reference.dtype)
+        tensors[name] = tensor
+    model.load_state_dict(tensors, strict=True, assign=True)

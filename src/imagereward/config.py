@@ -1,0 +1,122 @@
+"""Configuration dataclasses for every model in the package.
+
+The defaults are the sizes of the released ImageReward-v1.0 model, so
+``ImageRewardConfig()`` describes the real thing and tests build tiny variants
+by overriding a few fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Normalisation of the released model's raw rewards (mean/std on its test set).
+IMAGEREWARD_MEAN = 0.16717362830052426
+IMAGEREWARD_STD = 1.0333394966054072
+
+
+@dataclass
+class VisionConfig:
+    """BLIP's ViT image encoder (timm layout). Defaults: ViT-L/16 at 224 px."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 1024
+    depth: int = 24
+    heads: int = 16
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-6
+    drop_path_rate: float = 0.1
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class TextConfig:
+    """BLIP's BERT text encoder with cross-attention ("MED"). Defaults: BERT-base."""
+
+    vocab_size: int = 30524
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    encoder_width: int = 1024
+    pad_token_id: int = 0
+
+    @classmethod
+    def from_med_config(cls, path: PathLike, encoder_width: int) -> "TextConfig":
+        """Read an original ``med_config.json`` (HF BertConfig keys).
+
+        As in BLIP, ``encoder_width`` is taken from the vision encoder, not the file.
+        """
+        with open(path, "r", encoding="utf-8") as handle:
+            raw = json.load(handle)
+        act = raw.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise ValueError(f"{path}: hidden_act {act!r} is not supported (only 'gelu')")
+        return cls(
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=int(raw["hidden_size"]),
+            num_layers=int(raw["num_hidden_layers"]),
+            num_heads=int(raw["num_attention_heads"]),
+            intermediate_size=int(raw["intermediate_size"]),
+            max_position_embeddings=int(raw["max_position_embeddings"]),
+            layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
+            hidden_dropout=float(raw.get("hidden_dropout_prob", 0.1)),
+            attention_dropout=float(raw.get("attention_probs_dropout_prob", 0.1)),
+            encoder_width=encoder_width,
+            pad_token_id=int(raw.get("pad_token_id", 0)),
+        )
+
+
+@dataclass
+class HeadConfig:
+    """The reward MLP: linear layers with dropout between them and no activations."""
+
+    hidden_dims: Tuple[int, ...] = (1024, 128, 64, 16)
+    dropouts: Tuple[float, ...] = (0.2, 0.2, 0.1)
+
+
+@dataclass
+class ImageRewardConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    max_text_length: int = 35
+    reward_mean: float = IMAGEREWARD_MEAN
+    reward_std: float = IMAGEREWARD_STD
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ImageRewardConfig":
+        data = dict(data)
+        head = dict(data.pop("head", {}))
+        head = {k: tuple(v) if isinstance(v, list) else v for k, v in head.items()}
+        return cls(
+            vision=VisionConfig(**data.pop("vision", {})),
+            text=TextConfig(**data.pop("text", {})),
+            head=HeadConfig(**head),
+            **data,
+        )
+
+
+@dataclass
+class PreprocessConfig:
+    """How pixels reach the image encoder (BLIP and OpenAI CLIP share these values)."""
+
+    image_size: int = 224
+    mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)

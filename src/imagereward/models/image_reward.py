@@ -1,0 +1,43 @@
+"""The ImageReward network: BLIP encoders, the reward head and the normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ImageRewardConfig
+from .blip import BLIPBackbone
+from .head import RewardHead
+
+
+class ImageRewardNet(nn.Module):
+    """Pure tensor model. ``forward`` returns raw rewards ``[B]``; see :meth:`normalize`.
+
+    Parameter names are those of the original ``ImageReward.pt`` (``blip.*``, ``mlp.*``).
+    """
+
+    def __init__(self, config: ImageRewardConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blip = BLIPBackbone(config.vision, config.text)
+        self.mlp = RewardHead(config.text.hidden_size, config.head)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels ``[B, 3, S, S]`` -> image tokens ``[B, N, width]``."""
+        return self.blip.visual_encoder(pixels)
+
+    def reward_from_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw rewards ``[B]`` from tokenised prompts and image tokens (row-aligned)."""
+        features = self.blip.multimodal_cls(input_ids, attention_mask, image_tokens)
+        head_dtype = self.mlp.layers[0].weight.dtype
+        return self.mlp(features.to(head_dtype)).squeeze(-1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixels: torch.Tensor
+    ) -> torch.Tensor:
+        return self.reward_from_tokens(input_ids, attention_mask, self.encode_images(pixels))
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.config.reward_mean) / self.config.reward_std

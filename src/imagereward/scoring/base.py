@@ -1,0 +1,158 @@
+"""The scoring contract shared by ImageReward and the baseline scorers.
+
+A scorer turns (prompt, image) pairs into one float each. Subclasses say how to
+prepare prompts (:meth:`RewardScorer.encode_prompts`) and how to score a batch of
+preprocessed pixels against prepared prompt rows (:meth:`RewardScorer.score_rows`);
+this module supplies input checking, decoding in worker threads, batching,
+inference mode, device and dtype placement, and the original return conventions.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+
+import torch
+
+from ..preprocess import ImageInput, ImagePreprocessor, check_image_input
+
+TextRows = Dict[str, torch.Tensor]
+
+
+@dataclass
+class RankResult:
+    """Rewards and 1-based ranks (1 = best) of a list of images, both in input order."""
+
+    ranking: List[int]
+    rewards: List[float]
+
+
+def check_prompt(prompt: Any, name: str = "prompt") -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"{name} must be a str, got {type(prompt).__name__}")
+    return prompt
+
+
+def check_images(images: Any) -> List[ImageInput]:
+    """A non-empty list or tuple of valid image inputs (paths are checked to exist)."""
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"images must be a list or tuple, got {type(images).__name__}")
+    if len(images) == 0:
+        raise ValueError("images is empty: give at least one image")
+    for image in images:
+        check_image_input(image)
+    return list(images)
+
+
+def ranks_from_rewards(rewards: Sequence[float]) -> List[int]:
+    """1-based ranks by descending reward; ties keep input order; NaN ranks last."""
+    order = sorted(
+        range(len(rewards)),
+        key=lambda i: math.inf if math.isnan(rewards[i]) else -rewards[i],
+    )
+    ranks = [0] * len(rewards)
+    for position, index in enumerate(order):
+        ranks[index] = position + 1
+    return ranks
+
+
+class RewardScorer:
+    """Mixin for ``nn.Module`` scorers. Attributes set by subclasses:
+
+    ``preprocess`` (an :class:`ImagePreprocessor`), ``batch_size``, ``num_workers``.
+    """
+
+    preprocess: ImagePreprocessor
+    batch_size: int = 16
+    num_workers: int = 4
+
+    # -- to implement -------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]) -> TextRows:
+        """Tensors with one row per prompt (token ids, or text embeddings)."""
+        raise NotImplementedError
+
+    def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B]`` for row-aligned prompt rows and normalised pixels ``[B, 3, S, S]``."""
+        raise NotImplementedError
+
+    # -- placement ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are now; inputs follow them (also after ``.to()``)."""
+        return next(self.parameters()).device  # type: ignore[attr-defined]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype  # type: ignore[attr-defined]
+
+    # -- public API ---------------------------------------------------------------
+    def score(self, prompt: str, image: Union[ImageInput, Sequence[ImageInput]]):
+        """Reward of one image (a float), or the list of rewards of a list of images."""
+        check_prompt(prompt)
+        if isinstance(image, (list, tuple)):
+            return self.inference_rank(prompt, image)[1]
+        return self._score_pairs([prompt], [image])[0]
+
+    def inference_rank(self, prompt: str, generations_list: Sequence[ImageInput]):
+        """``(ranking, rewards)`` in input order, as the original package returns them.
+
+        For a one-element list the original returns the bare ``1`` and a bare float,
+        and so does this method; :meth:`rank` always returns lists.
+        """
+        result = self.rank(prompt, generations_list)
+        if len(result.rewards) == 1:
+            return result.ranking[0], result.rewards[0]
+        return result.ranking, result.rewards
+
+    def rank(self, prompt: str, images: Sequence[ImageInput]) -> RankResult:
+        check_prompt(prompt)
+        images = check_images(images)
+        rewards = self._score_pairs([prompt] * len(images), images)
+        return RankResult(ranks_from_rewards(rewards), rewards)
+
+    def score_batch(self, prompts: Sequence[str], images: Sequence[ImageInput]) -> List[float]:
+        """Rewards of N independent (prompt, image) pairs."""
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise TypeError(f"prompts must be a list or tuple of str, got {type(prompts).__name__}")
+        images = check_images(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
+        for index, prompt in enumerate(prompts):
+            check_prompt(prompt, f"prompts[{index}]")
+        return self._score_pairs(list(prompts), images)
+
+    # -- engine ---------------------------------------------------------------------
+    def _score_pairs(self, prompts: List[str], images: List[ImageInput]) -> List[float]:
+        for image in images:
+            check_image_input(image)
+        unique = list(dict.fromkeys(prompts))
+        row_of = {prompt: row for row, prompt in enumerate(unique)}
+        prompt_rows = torch.tensor([row_of[p] for p in prompts], dtype=torch.long)
+        device, dtype = self.device, self.compute_dtype
+        scores: List[float] = []
+        with torch.inference_mode():
+            text = {k: v.to(device) for k, v in self.encode_prompts(unique).items()}
+            for start, pixels in self._pixel_batches(images):
+                rows = prompt_rows[start : start + pixels.shape[0]].to(device)
+                batch_text = {k: v.index_select(0, rows) for k, v in text.items()}
+                out = self.score_rows(batch_text, pixels.to(device=device, dtype=dtype))
+                scores.extend(out.float().cpu().tolist())
+        return scores
+
+    def _pixel_batches(self, images: List[ImageInput]) -> Iterator[Tuple[int, torch.Tensor]]:
+        """Preprocessed batches in order; decoding runs ahead in worker threads."""
+        size = max(1, int(self.batch_size))
+        chunks = [images[i : i + size] for i in range(0, len(images), size)]
+        if self.num_workers <= 0:
+            for index, chunk in enumerate(chunks):
+                yield index * size, torch.stack([self.preprocess(im) for im in chunk])
+            return
+        with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
+            pending = [pool.map(self.preprocess, chunk) for chunk in chunks[:2]]
+            for index in range(len(chunks)):
+                batch = torch.stack(list(pending.pop(0)))
+                if index + 2 < len(chunks):
+                    pending.append(pool.map(self.preprocess, chunks[index + 2]))
+                yield index * size, batch

@@ -1,0 +1,85 @@
+"""``ImageReward``: the reward network with its tokenizer and preprocessing attached."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from ..config import ImageRewardConfig, PreprocessConfig
+from ..models.image_reward import ImageRewardNet
+from ..preprocess import ImagePreprocessor
+from ..tokenizers.bert import BertTokenizer
+from .base import RewardScorer, TextRows, check_prompt
+
+
+class ImageReward(ImageRewardNet, RewardScorer):
+    """Scores how much people will prefer an image for a prompt (higher is better).
+
+    Its ``state_dict`` has the keys of the original ``ImageReward.pt``. Scoring
+    methods (``score``, ``inference_rank``, ``rank``, ``score_batch``) return
+    normalised rewards as Python floats; ``score_tensors`` and ``score_gard``
+    return tensors with gradients.
+    """
+
+    def __init__(
+        self,
+        config: ImageRewardConfig = ImageRewardConfig(),
+        tokenizer: Optional[BertTokenizer] = None,
+        preprocess: Optional[ImagePreprocessor] = None,
+        batch_size: int = 16,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__(config)
+        self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
+        self.preprocess = preprocess or ImagePreprocessor(
+            PreprocessConfig(image_size=config.vision.image_size)
+        )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    @property
+    def mean(self) -> float:
+        return self.config.reward_mean
+
+    @property
+    def std(self) -> float:
+        return self.config.reward_std
+
+    def encode_prompts(self, prompts: Sequence[str]) -> TextRows:
+        return self.tokenizer(prompts)
+
+    def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
+        raw = self(text["input_ids"], text["attention_mask"], pixels)
+        return self.normalize(raw.float())
+
+    def score_tensors(
+        self, pixels: torch.Tensor, prompts: Union[str, Sequence[str]]
+    ) -> torch.Tensor:
+        """Differentiable normalised rewards ``[N]`` for pixels ``[N, 3, H, W]`` in [0, 1].
+
+        Resizing (bicubic, antialiased), centre-cropping and normalising happen on
+        tensors, so gradients reach ``pixels``. ``prompts`` is one string for all
+        images or one string per image.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts] * pixels.shape[0]
+        prompts = [check_prompt(p, "prompts[i]") for p in prompts]
+        if len(prompts) != pixels.shape[0]:
+            raise ValueError(f"got {len(prompts)} prompts for {pixels.shape[0]} images")
+        tokens = self.tokenizer(prompts)
+        device = self.device
+        image = self.preprocess.tensor_transform(pixels.to(device)).to(self.compute_dtype)
+        raw = self(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), image)
+        return self.normalize(raw)
+
+    def score_gard(
+        self, prompt_ids: torch.Tensor, prompt_attention_mask: torch.Tensor, image: torch.Tensor
+    ) -> torch.Tensor:
+        """Original-compatible differentiable score: ``[B, 1]`` normalised rewards.
+
+        ``image`` is already preprocessed (``[B, 3, S, S]``, normalised).
+        """
+        device = self.device
+        raw = self(prompt_ids.to(device), prompt_attention_mask.to(device), image.to(device))
+        return self.normalize(raw).unsqueeze(-1)
