@@ -1,0 +1,42 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import ASSETS, BERT_VOCAB, random_state_dict, tiny_config
+
+
+def pytest_sessionstart(session):
+    missing = [p for p in [BERT_VOCAB, *ASSETS] if not Path(p).is_file()]
+    if missing:
+        raise pytest.UsageError(f"shared test data missing (set IMAGEREWARD_SHARED): {missing}")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test may reach a hub: offline mode on, the shared BERT vocabulary by default."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("IMAGEREWARD_OFFLINE", "1")
+    monkeypatch.setenv("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def config():
+    return tiny_config()
+
+
+@pytest.fixture
+def checkpoint(tmp_path, config):
+    """A tiny random checkpoint in the original ``ImageReward.pt`` format."""
+    path = tmp_path / "ImageReward.pt"
+    torch.save(random_state_dict(config), path)
+    return path
+
+
+@pytest.fixture
+def model(checkpoint, config):
+    import imagereward
+
+    return imagereward.load(str(checkpoint), config=config, device="cpu")
