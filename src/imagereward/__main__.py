@@ -1,0 +1,8 @@
+"""``python -m imagereward``: the same command line as ``imagereward``."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

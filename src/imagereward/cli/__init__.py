@@ -1,0 +1,144 @@
+"""The ``imagereward`` command line.
+
+Subcommands live in separate modules listed in :data:`COMMANDS`. Only the
+module of the command being run is imported (``imagereward --help`` imports
+none of them, and no command module imports torch before it runs). A module
+provides ``register(subparsers)``, which adds its parser(s) and sets the
+default ``func(args) -> int | None``. A listed module that is not installed
+(e.g. the training extension) is left out; one that exists but fails to import
+is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+import traceback
+from typing import List, Optional, Sequence, Tuple
+
+from .common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
+    HelpFormatter,
+)
+
+# (command, module providing register(subparsers), one-line summary)
+COMMANDS: Tuple[Tuple[str, str, str], ...] = (
+    ("score", "imagereward.cli.score", "reward of each image for a prompt, or of a JSONL file of pairs"),
+    ("rank", "imagereward.cli.score", "rank images for a prompt (1 = best)"),
+    ("eval", "imagereward.cli.eval", "preference accuracy on test.json, as the paper's Table 3"),
+    ("benchmark", "imagereward.cli.benchmark", "rank text-to-image models by mean reward (Table 1)"),
+    ("train", "imagereward.train.cli", "train a reward model on ranked preference data"),
+)
+
+DESCRIPTION = """\
+ImageReward: how much will people prefer this image for this prompt?
+
+examples:
+  imagereward score --prompt "a red bicycle" a.png b.png
+  imagereward rank --prompt "a red bicycle" *.png --json
+  imagereward score --input pairs.jsonl --output scores.jsonl --resume
+  imagereward eval --download --models all --output-dir results/
+
+Run 'imagereward COMMAND --help' for the options of a command."""
+
+
+def _module_exists(dotted: str) -> bool:
+    """Whether a module can be found, without executing it or its parent packages."""
+    if dotted in sys.modules:
+        return True
+    parts = dotted.split(".")
+    spec = importlib.util.find_spec(parts[0])
+    for depth in range(1, len(parts)):
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+        name = ".".join(parts[: depth + 1])
+        spec = importlib.machinery.PathFinder.find_spec(name, list(spec.submodule_search_locations))
+    return spec is not None
+
+
+def _selected(argv: Sequence[str]) -> Optional[str]:
+    for token in argv:
+        if not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; ``command``'s module is imported and registered, the rest are stubs."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="imagereward",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"imagereward {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, module, _ in COMMANDS:
+        if name == command and _module_exists(module):
+            importlib.import_module(module).register(subparsers)
+    for name, module, summary in COMMANDS:
+        if name not in subparsers.choices and _module_exists(module):
+            subparsers.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="imagereward: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"imagereward: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit code (see ``imagereward --help``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_selected(argv))
+    try:
+        args = parser.parse_args(argv)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        verbose = bool(getattr(args, "verbose", False))
+        _configure_logging(verbose)
+        try:
+            return int(func(args) or 0)
+        except KeyboardInterrupt:
+            return _fail("interrupted", EXIT_INTERRUPTED)
+        except CliError as error:
+            if verbose:
+                traceback.print_exc()
+            return _fail(str(error), error.code)
+        except FileNotFoundError as error:
+            if verbose:
+                traceback.print_exc()
+            return _fail(f"{error.strerror or error}: {error.filename}", EXIT_INPUT)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAILURE
+        except Exception as error:  # one line, no traceback, unless --verbose
+            if verbose:
+                traceback.print_exc()
+            hint = "" if verbose else " (run with --verbose for details)"
+            return _fail(f"{type(error).__name__}: {error}{hint}", EXIT_FAILURE)
+    except SystemExit as exit_:  # argparse: --help, --version, usage errors
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)

@@ -1,0 +1,195 @@
+"""``imagereward benchmark``: the paper's Table 1 over folders of generations."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+from typing import Any, Dict, List
+
+from .common import (
+    EXIT_CODES_HELP,
+    EXIT_INPUT,
+    IMAGEREWARD,
+    CliError,
+    HelpFormatter,
+    add_general_options,
+    add_model_options,
+    apply_offline,
+    load_scorer,
+    model_list,
+    split_list,
+)
+
+PAPER_ORDER = "openjourney,sd2-1,dalle2,sd1-4,vd,cogview2"
+
+EPILOG = f"""\
+layout:
+  --images DIR holds one folder per text-to-image model, each with the images
+  <prompt_id>_<k>.png (k = 0, 1, ...) for every prompt of --prompts.
+
+examples:
+  imagereward benchmark                         # the paper's six models, ImageReward and CLIP
+  imagereward benchmark --models all --metrics ImageReward-v1.0 --images gens/
+  imagereward benchmark --models a,b,c --human-ranking b,a,c --output-dir out/
+
+outputs (in --output-dir, as the original):
+  <metric>/<metric>-benchmark-<model>-result.json  [{{id, prompt, mean_score, rewards}}]
+  <metric>-benchmark-results.json                  {{model: score}}
+  benchmark.json, report.md, report.png             scores, ranks, Spearman rho, plot
+
+A model's score is the mean over prompts of the per-prompt mean reward.
+
+{EXIT_CODES_HELP}"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="rank text-to-image models by mean reward (Table 1)",
+        description="Score folders of generations per text-to-image model with each metric, "
+        "rank the models and compare with a human ranking (Spearman's rho).",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--prompts", metavar="FILE", default=os.path.join("benchmark", "benchmark-prompts.json"),
+        help="list of {id, prompt} (default: %(default)s)",
+    )
+    data.add_argument(
+        "--images", metavar="DIR", default=os.path.join("benchmark", "generations"),
+        help="one sub-folder of images per generation model (default: %(default)s)",
+    )
+    data.add_argument(
+        "--models", metavar="LIST", default="default",
+        help="generation models (sub-folders): comma list, 'default' (the paper's six: "
+        f"{PAPER_ORDER}) or 'all' sub-folders (default: %(default)s)",
+    )
+    run = parser.add_argument_group("benchmark")
+    run.add_argument(
+        "--metrics", type=model_list, default="ImageReward-v1.0,CLIP", metavar="LIST",
+        help="reward models to score with: ImageReward-v1.0, CLIP, BLIP, Aesthetic, or 'all' "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--human-ranking", metavar="LIST", default=PAPER_ORDER,
+        help="generation models from most to least preferred by people, for Spearman's rho "
+        "(default: the paper's Table 1, %(default)s)",
+    )
+    run.add_argument(
+        "--output-dir", metavar="DIR", default=os.path.join("benchmark", "results"),
+        help="where results go (default: %(default)s)",
+    )
+    run.add_argument(
+        "--reuse", action="store_true",
+        help="use existing per-model result files in --output-dir instead of scoring again",
+    )
+    run.add_argument("--no-plot", action="store_true", help="skip report.png (no matplotlib needed)")
+    add_model_options(parser, "local ImageReward weights for the ImageReward-v1.0 metric")
+    add_general_options(parser)
+    parser.set_defaults(func=run_benchmark, parser=parser)
+
+
+def _models(args: argparse.Namespace) -> List[str]:
+    from ..eval.benchmark import list_models
+
+    if not os.path.isdir(args.images):
+        raise CliError(f"generations folder not found: {args.images}", EXIT_INPUT)
+    choice = args.models.strip().lower()
+    if choice == "all":  # human ranking order first, then the rest by name
+        human = split_list(args.human_ranking)
+        models = sorted(
+            list_models(args.images),
+            key=lambda m: (human.index(m) if m in human else len(human), m),
+        )
+    else:
+        models = split_list(PAPER_ORDER if choice == "default" else args.models)
+    if not models:
+        raise CliError(f"no model folders in {args.images}", EXIT_INPUT)
+    missing = [m for m in models if not os.path.isdir(os.path.join(args.images, m))]
+    if missing:
+        raise CliError(
+            f"no folder for model {missing[0]!r} in {args.images} (found: "
+            f"{', '.join(list_models(args.images)) or 'none'})",
+            EXIT_INPUT,
+        )
+    return models
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from ..eval import benchmark as bench
+    from ..eval import report
+    from ..eval.data import DataError
+
+    apply_offline(args)
+    if args.checkpoint is not None and IMAGEREWARD not in args.metrics:
+        args.parser.error(f"--checkpoint is for {IMAGEREWARD}, which is not in --metrics")
+    if not os.path.isfile(args.prompts):
+        raise CliError(f"prompts file not found: {args.prompts}", EXIT_INPUT)
+    try:
+        prompts = bench.load_prompts(args.prompts)
+        models = _models(args)
+        human = split_list(args.human_ranking)
+        if not args.no_plot:  # fail before the long part
+            try:
+                report.require_plotting()
+            except report.ReportError as error:
+                raise CliError(str(error)) from None
+        per_prompt: Dict[str, Dict[str, List[float]]] = {}
+        for metric in args.metrics:
+            per_prompt[metric] = _run_metric(metric, models, prompts, args)
+    except DataError as error:
+        raise CliError(str(error), EXIT_INPUT) from None
+
+    scores = {m: {g: sum(v) / len(v) for g, v in per_prompt[m].items()} for m in args.metrics}
+    ranks = {m: bench.metric_ranks(scores[m]) for m in args.metrics}
+    rho = {m: bench.rank_correlation(scores[m], human) for m in args.metrics}
+    written = [
+        bench.write_json(bench.summary_path(args.output_dir, m), scores[m]) for m in args.metrics
+    ]
+    summary = {"prompts": args.prompts, "images": args.images, "human_ranking": human,
+               "scores": scores, "ranks": ranks, "spearman": rho}
+    written.append(bench.write_json(os.path.join(args.output_dir, "benchmark.json"), summary))
+    table = report.benchmark_table(scores, ranks, models, human, rho)
+    plot = None
+    if not args.no_plot:
+        plot = report.plot_benchmark(os.path.join(args.output_dir, "report.png"), per_prompt)
+        written.append(plot)
+    markdown = report.benchmark_report(table, args.prompts, args.images, plot and os.path.basename(plot))
+    written.append(report.write_text(os.path.join(args.output_dir, "report.md"), markdown))
+    print(table)
+    print(f"imagereward: wrote {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def _run_metric(metric: str, models: List[str], prompts: List[Any], args: argparse.Namespace) -> Dict[str, List[float]]:
+    """Per-prompt mean rewards of each generation model under one metric."""
+    from ..eval import benchmark as bench
+    from ..preprocess import ImageLoadError
+
+    scorer = None
+    per_prompt: Dict[str, List[float]] = {}
+    try:
+        for model in models:
+            path = bench.result_path(args.output_dir, metric, model)
+            if args.reuse and os.path.isfile(path):
+                records = bench.read_records(path)
+            else:
+                generations = bench.find_generations(os.path.join(args.images, model), prompts)
+                if scorer is None:
+                    scorer = load_scorer(metric, args, args.checkpoint if metric == IMAGEREWARD else None)
+                try:
+                    records = bench.score_model(
+                        scorer, prompts, generations, desc=f"{metric} / {model}",
+                        progress=not args.no_progress,
+                    )
+                except (ImageLoadError, FileNotFoundError) as error:
+                    raise CliError(str(error), EXIT_INPUT) from error
+                bench.write_json(path, records)
+            per_prompt[model] = [float(r["mean_score"]) for r in records]
+    finally:
+        del scorer
+        gc.collect()
+    return per_prompt

@@ -1,0 +1,217 @@
+"""``imagereward eval``: preference accuracy of reward models on a ``test.json`` test set."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+from typing import Any, Dict, List
+
+from .common import (
+    EXIT_CODES_HELP,
+    EXIT_INPUT,
+    IMAGEREWARD,
+    CliError,
+    HelpFormatter,
+    add_general_options,
+    add_model_options,
+    apply_offline,
+    load_scorer,
+    model_list,
+)
+
+EPILOG = f"""\
+examples:
+  imagereward eval --download                      # the paper's test set, all four models
+  imagereward eval --models ImageReward-v1.0 --checkpoint ImageReward.pt
+  imagereward eval --data my.json --images my_images/ --models CLIP,BLIP --output-dir out/
+  imagereward eval --reuse --output-dir out/       # recompute the table from test_<model>.json
+
+outputs (in --output-dir):
+  test_<model>.json  predictions in the original format: [{{id, prompt, ranking, rewards}}]
+  accuracy.json      every number of the table, per model
+  report.md          the table as markdown, with the plot
+  report.png         accuracy per model and the reward distribution of each model
+
+The accuracy is the original's: pooled over all pairs of images with different
+human ranks; a hit when the better-ranked image gets a strictly larger reward
+(equal rewards are misses); human ties and pairs with a NaN reward are skipped.
+
+{EXIT_CODES_HELP}"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="preference accuracy on test.json, as the paper's Table 3",
+        description="Score a test.json-format test set with reward models, write "
+        "test_<model>.json per model and print the preference accuracy table.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data", metavar="FILE", default=os.path.join("data", "test.json"),
+        help="test annotations: a list of {id, prompt, generations, ranking} (default: %(default)s)",
+    )
+    data.add_argument(
+        "--images", metavar="DIR", default=os.path.join("data", "test_images"),
+        help="folder the 'generations' paths are relative to (default: %(default)s)",
+    )
+    data.add_argument(
+        "--download", action="store_true",
+        help="fetch what is missing: the original test.json (pinned, checksummed) to --data "
+        "and test_images.zip from the hub repo THUDM/ImageReward, unpacked into --images",
+    )
+    run = parser.add_argument_group("evaluation")
+    run.add_argument(
+        "--models", type=model_list, default="all", metavar="LIST",
+        help="comma-separated subset of ImageReward-v1.0, CLIP, BLIP, Aesthetic, or 'all' "
+        "(default: all)",
+    )
+    run.add_argument(
+        "--output-dir", metavar="DIR", default="results",
+        help="where test_<model>.json and the report go (default: %(default)s)",
+    )
+    run.add_argument(
+        "--reuse", action="store_true",
+        help="use an existing test_<model>.json in --output-dir instead of scoring again",
+    )
+    run.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N",
+        help="bootstrap resamples of prompts for the confidence interval; 0 to skip "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence level (default: %(default)s)"
+    )
+    run.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    run.add_argument("--no-plot", action="store_true", help="skip report.png (no matplotlib needed)")
+    add_model_options(parser, "local ImageReward weights (ImageReward.pt, .safetensors or a "
+                      "save_pretrained folder) for ImageReward-v1.0")
+    add_general_options(parser)
+    parser.set_defaults(func=run_eval, parser=parser)
+
+
+def _ensure_data(args: argparse.Namespace) -> None:
+    from ..eval.data import fetch_test_json
+
+    if os.path.isfile(args.data):
+        return
+    if not args.download:
+        raise CliError(
+            f"test data not found: {args.data} (pass --download to fetch the original test set)",
+            EXIT_INPUT,
+        )
+    fetch_test_json(args.data)
+
+
+def _ensure_images(args: argparse.Namespace, items: List[Any]) -> None:
+    from ..eval.data import fetch_test_images, missing_images
+
+    absent = not os.path.isdir(args.images) or not os.listdir(args.images)
+    if absent and args.download:
+        fetch_test_images(args.images, items[0].generations[0])
+    if absent and not os.path.isdir(args.images):
+        raise CliError(
+            f"image folder not found: {args.images} (pass --download to fetch the test images)",
+            EXIT_INPUT,
+        )
+    missing = missing_images(items, args.images)
+    if missing:
+        total = sum(len(item.generations) for item in items)
+        raise CliError(
+            f"{len(missing)} of {total} test images missing under {args.images}, e.g. {missing[0]}",
+            EXIT_INPUT,
+        )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..eval import preference, report
+    from ..eval.data import TEST_JSON_SHA256, DataError, load_test_json
+    from ..hub import sha256_file
+
+    apply_offline(args)
+    if args.checkpoint is not None and IMAGEREWARD not in args.models:
+        args.parser.error(f"--checkpoint is for {IMAGEREWARD}, which is not in --models")
+    if not 0.0 < args.confidence < 1.0:
+        args.parser.error("--confidence must be between 0 and 1")
+    _ensure_data(args)
+    try:
+        items = load_test_json(args.data)
+    except DataError as error:
+        raise CliError(str(error), EXIT_INPUT) from None
+    if not items:
+        raise CliError(f"{args.data} holds no prompts", EXIT_INPUT)
+    paths = {m: preference.predictions_path(args.output_dir, m) for m in args.models}
+    to_score = [m for m in args.models if not (args.reuse and os.path.isfile(paths[m]))]
+    if not args.no_plot:  # fail before the long part
+        try:
+            report.require_plotting()
+        except report.ReportError as error:
+            raise CliError(str(error)) from None
+    if to_score:
+        _ensure_images(args, items)
+
+    rewards: Dict[str, List[List[float]]] = {}
+    for model in args.models:
+        if model in to_score:
+            try:
+                rewards[model] = _score(model, items, args)
+            except CliError as error:
+                done = [m for m in to_score if m in rewards]
+                if not done:
+                    raise
+                saved = ", ".join(paths[m] for m in done)
+                raise CliError(f"{error} (saved: {saved}; add --reuse to keep them)", error.code) from error
+            preference.write_predictions(paths[model], preference.prediction_records(items, rewards[model]))
+        else:
+            try:
+                rewards[model] = preference.read_predictions(paths[model], items)
+            except DataError as error:
+                raise CliError(str(error), EXIT_INPUT) from None
+
+    bootstrap = dict(n_bootstrap=max(0, args.bootstrap), confidence=args.confidence, seed=args.seed)
+    results = {m: preference.evaluate_rewards(items, rewards[m], **bootstrap) for m in args.models}
+    official = sha256_file(args.data) == TEST_JSON_SHA256
+    written = [paths[m] for m in to_score]
+    summary = {"data": args.data, "images": args.images, "official_test_set": official,
+               "models": report.results_dict(results)}
+    written.append(_write_json(os.path.join(args.output_dir, "accuracy.json"), summary))
+    plot = None
+    if not args.no_plot:
+        flat = {m: [v for r in rewards[m] for v in r] for m in args.models}
+        plot = report.plot_accuracy(os.path.join(args.output_dir, "report.png"), results, flat, paper=official)
+        written.append(plot)
+    markdown = report.accuracy_report(results, args.data, official, plot and os.path.basename(plot))
+    written.append(report.write_text(os.path.join(args.output_dir, "report.md"), markdown))
+    print(report.accuracy_table(results, paper=official))
+    print(f"imagereward: wrote {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+def _score(model: str, items: List[Any], args: argparse.Namespace) -> List[List[float]]:
+    from ..eval.preference import score_items
+    from ..preprocess import ImageLoadError
+
+    scorer = load_scorer(model, args, args.checkpoint if model == IMAGEREWARD else None)
+    try:
+        return score_items(
+            scorer, items, args.images, chunk_size=4 * args.batch_size, desc=model,
+            progress=not args.no_progress,
+        )
+    except (ImageLoadError, FileNotFoundError) as error:
+        raise CliError(str(error), EXIT_INPUT) from error
+    finally:
+        del scorer
+        gc.collect()
+
+
+def _write_json(path: str, data: Any) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    return path

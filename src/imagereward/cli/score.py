@@ -1,0 +1,248 @@
+"""``imagereward score`` and ``imagereward rank``: rewards of images for a prompt."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from typing import Any, Dict, List, Sequence
+
+from .common import (
+    EXIT_CODES_HELP,
+    EXIT_INPUT,
+    EXIT_PARTIAL,
+    IMAGEREWARD,
+    CliError,
+    HelpFormatter,
+    add_general_options,
+    add_model_options,
+    apply_offline,
+    load_scorer,
+    model_name,
+)
+
+SCORE_EPILOG = f"""\
+examples:
+  imagereward score --prompt "a red bicycle" a.png b.png
+  imagereward score --prompt "a red bicycle" a.png --json
+  imagereward score --model CLIP --prompt "a red bicycle" *.png --csv > clip.csv
+  imagereward score --input pairs.jsonl --output scores.jsonl
+  imagereward score --input pairs.jsonl --output scores.jsonl --resume
+
+batch jobs (--input):
+  Each input line is a JSON object with "prompt" and "image" (a path; relative
+  paths are taken from --image-root, default the current folder); other fields
+  are copied to the output. Each output line is the input record plus "reward",
+  or plus "error" when that image could not be scored. Results are appended and
+  flushed batch by batch; after an interruption, --resume skips every
+  (prompt, image) pair already in the output.
+
+{EXIT_CODES_HELP}"""
+
+RANK_EPILOG = f"""\
+examples:
+  imagereward rank --prompt "a red bicycle" a.png b.png c.png
+  imagereward rank --prompt "a red bicycle" *.png --json
+
+{EXIT_CODES_HELP}"""
+
+CHECKPOINT_HELP = (
+    "local weights instead of downloading: for ImageReward an ImageReward.pt, a "
+    ".safetensors file or a folder written by save_pretrained; for a baseline its "
+    "original weight file"
+)
+
+
+def register(subparsers: Any) -> None:
+    score = subparsers.add_parser(
+        "score",
+        help="reward of each image for a prompt, or of a JSONL file of pairs",
+        description="Reward of each image for a prompt (higher is better), or of every "
+        "(prompt, image) pair of a JSONL file.",
+        epilog=SCORE_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    _add_single_options(score)
+    batch = score.add_argument_group("batch job")
+    batch.add_argument("--input", metavar="FILE", help="JSONL file of {\"prompt\", \"image\"} records")
+    batch.add_argument("--output", metavar="FILE", help="JSONL file the results are appended to")
+    batch.add_argument(
+        "--resume", action="store_true",
+        help="continue an existing --output: skip pairs already in it",
+    )
+    batch.add_argument(
+        "--overwrite", action="store_true", help="start --output afresh if it exists"
+    )
+    batch.add_argument(
+        "--image-root", metavar="DIR", default="",
+        help="folder that relative image paths in --input are taken from (default: current folder)",
+    )
+    _add_model_options(score)
+    add_general_options(score)
+    score.set_defaults(func=run_score, parser=score)
+
+    rank = subparsers.add_parser(
+        "rank",
+        help="rank images for a prompt (1 = best)",
+        description="Rank images for a prompt by reward (rank 1 = highest reward).",
+        epilog=RANK_EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    _add_single_options(rank)
+    _add_model_options(rank)
+    add_general_options(rank)
+    rank.set_defaults(func=run_rank, parser=rank)
+
+
+def _add_single_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to score")
+    parser.add_argument("--prompt", "-p", help="the text prompt the images were generated for")
+    parser.add_argument(
+        "--model", "-m", type=model_name, default=IMAGEREWARD,
+        help="ImageReward-v1.0, or a baseline: CLIP, BLIP, Aesthetic (default: %(default)s)",
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print a JSON list of records")
+    output.add_argument("--csv", action="store_true", help="print CSV with a header row")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = add_model_options(parser, CHECKPOINT_HELP)
+    group.add_argument(
+        "--clip-checkpoint", metavar="PATH",
+        help="for Aesthetic: a local OpenAI CLIP ViT-L-14.pt for its image encoder",
+    )
+
+
+def _load(args: argparse.Namespace) -> Any:
+    if args.clip_checkpoint is not None and args.model != "Aesthetic":
+        args.parser.error("--clip-checkpoint is for --model Aesthetic")
+    return load_scorer(args.model, args, args.checkpoint, clip_checkpoint=args.clip_checkpoint)
+
+
+def _check_single(args: argparse.Namespace) -> None:
+    if args.prompt is None:
+        args.parser.error("--prompt is required (or use --input for a batch job)")
+    if not args.images:
+        args.parser.error("give at least one IMAGE")
+    missing = [path for path in args.images if not os.path.isfile(path)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CliError(f"image not found: {missing[0]}{more}", EXIT_INPUT)
+
+
+def _scoring_errors() -> tuple:
+    from ..preprocess import ImageLoadError
+
+    return (ImageLoadError, FileNotFoundError)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    apply_offline(args)
+    if args.input is not None:
+        return _run_batch(args)
+    if args.output is not None or args.resume:
+        args.parser.error("--output and --resume need --input")
+    _check_single(args)
+    scorer = _load(args)
+    try:
+        rewards = scorer.score_batch([args.prompt] * len(args.images), list(args.images))
+    except _scoring_errors() as error:
+        raise CliError(str(error), EXIT_INPUT) from error
+    records = [
+        {"prompt": args.prompt, "image": image, "reward": float(reward)}
+        for image, reward in zip(args.images, rewards)
+    ]
+    _emit(records, ["reward", "image"], args)
+    return 0
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    apply_offline(args)
+    _check_single(args)
+    scorer = _load(args)
+    try:
+        result = scorer.rank(args.prompt, list(args.images))
+    except _scoring_errors() as error:
+        raise CliError(str(error), EXIT_INPUT) from error
+    records = sorted(
+        (
+            {"rank": rank, "prompt": args.prompt, "image": image, "reward": float(reward)}
+            for image, rank, reward in zip(args.images, result.ranking, result.rewards)
+        ),
+        key=lambda r: r["rank"],
+    )
+    _emit(records, ["rank", "reward", "image"], args)
+    return 0
+
+
+def _emit(records: List[Dict[str, Any]], columns: Sequence[str], args: argparse.Namespace) -> None:
+    if args.json:
+        text = json.dumps(records, indent=2, ensure_ascii=False)
+    elif args.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        text = buffer.getvalue().rstrip("\n")
+    else:
+        text = format_table(records, columns, args.model, args.prompt)
+    print(text)
+
+
+def format_table(
+    records: Sequence[Dict[str, Any]], columns: Sequence[str], model: str, prompt: str
+) -> str:
+    """A plain aligned table for people; rewards with 4 decimals."""
+    def cell(record: Dict[str, Any], column: str) -> str:
+        value = record[column]
+        return f"{value:.4f}" if column == "reward" else str(value)
+
+    rows = [[cell(r, c) for c in columns] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    last = len(columns) - 1
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c if i == last else c.rjust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
+
+    return "\n".join([f"{model} | prompt: {prompt}", line(columns), *(line(r) for r in rows)])
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .batch import BatchJob
+
+    if args.prompt is not None or args.images:
+        args.parser.error("--input cannot be combined with --prompt or IMAGE arguments")
+    if args.json or args.csv:
+        args.parser.error("--json/--csv apply to single runs; --output is always JSONL")
+    if args.output is None:
+        args.parser.error("--input needs --output")
+    if args.resume and args.overwrite:
+        args.parser.error("--resume and --overwrite exclude each other")
+    if os.path.exists(args.output) and os.path.getsize(args.output) > 0:
+        if not (args.resume or args.overwrite):
+            args.parser.error(
+                f"{args.output} exists: pass --resume to continue it or --overwrite to replace it"
+            )
+    job = BatchJob(
+        input_path=args.input,
+        output_path=args.output,
+        image_root=args.image_root,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    stats = job.run(lambda: _load(args))
+    summary = (
+        f"imagereward: {stats.scored} pairs scored, {stats.failed} failed, "
+        f"{stats.skipped} skipped (already done) -> {args.output}"
+    )
+    if stats.errors:
+        summary += f"; it holds {stats.errors} error record(s)"
+    print(summary, file=sys.stderr)
+    return EXIT_PARTIAL if stats.errors else 0
