@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from .checkpoints import CheckpointError, load_state_dict_strict, read_state_dic
 from .config import ImageRewardConfig, PreprocessConfig, TextConfig
 from .dtypes import DtypeLike, resolve_device, resolve_dtype
 from .hub import fetch_hub_file, legacy_cache_dir
+from .models.image_reward import ImageRewardNet
 from .preprocess import ImagePreprocessor
 from .registry import PRETRAINED_MODELS, available_models
 from .scoring.image_reward import ImageReward
@@ -92,15 +94,15 @@ def load(
     ``dtype`` (``"fp32"``, ``"bf16"``, ``"fp16"`` or a ``torch.dtype``) sets the
     precision of the encoders; the head always runs in float32.
     """
+    target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
     path, saved_config, preprocess_config = _resolve_checkpoint(name, download_root)
     config = config or saved_config or ImageRewardConfig()
     if med_config is not None:
         config.text = TextConfig.from_med_config(med_config, encoder_width=config.vision.width)
-    target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
     logger.info("load checkpoint from %s", path)
     tokenizer = BertTokenizer(vocab_file, max_length=config.max_text_length)
     preprocess = ImagePreprocessor(
-        preprocess_config or PreprocessConfig(image_size=config.vision.image_size)
+        dataclasses.replace(preprocess_config or PreprocessConfig(), image_size=config.vision.image_size)
     )
     with torch.device("meta"):
         model = ImageReward(config, tokenizer, preprocess, batch_size, num_workers)
@@ -114,7 +116,31 @@ def load(
     return model
 
 
-def save_pretrained(model: ImageReward, directory: str, dtype: DtypeLike = None) -> str:
+def convert_checkpoint(
+    source: str,
+    directory: str,
+    *,
+    dtype: DtypeLike = None,
+    config: Optional[ImageRewardConfig] = None,
+    med_config: Optional[str] = None,
+) -> str:
+    """Rewrite an ImageReward checkpoint as a folder that :func:`load` maps instantly.
+
+    The weights are checked strictly on the way (no tokenizer or network needed);
+    ``dtype="fp16"``/``"bf16"`` halves the file. Returns ``directory``.
+    """
+    path, saved_config, _ = _resolve_checkpoint(source, download_root=None)
+    config = config or saved_config or ImageRewardConfig()
+    if med_config is not None:
+        config.text = TextConfig.from_med_config(med_config, encoder_width=config.vision.width)
+    with torch.device("meta"):
+        net = ImageRewardNet(config)
+    state_dict = strip_prefix(read_state_dict(path))
+    load_state_dict_strict(net, state_dict, source=path, ignore=UNUSED_KEYS)
+    return save_pretrained(net, directory, dtype=dtype)
+
+
+def save_pretrained(model: ImageRewardNet, directory: str, dtype: DtypeLike = None) -> str:
     """Write ``config.json`` and ``model.safetensors`` that :func:`load` reads back."""
     from safetensors.torch import save_file
 

@@ -20,15 +20,26 @@ from .layers import attention, merge_heads, split_heads
 MASK_VALUE = -10000.0
 
 
+def _embedding(rows: int, width: int) -> nn.Embedding:
+    """An embedding initialised N(0, 0.02) as BERT, with no init work on the meta device.
+
+    (``nn.Embedding``'s own init on meta tensors imports torch's compiler stack, which
+    would add seconds to every model load.)
+    """
+    weight = torch.empty(rows, width)
+    if not weight.is_meta:
+        nn.init.normal_(weight, std=0.02)
+    return nn.Embedding(rows, width, _weight=weight)
+
+
 class BertEmbeddings(nn.Module):
     """Word plus absolute position embeddings (BLIP uses no token types)."""
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(
-            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
-        )
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.word_embeddings = _embedding(config.vocab_size, config.hidden_size)
+        self.word_embeddings.padding_idx = config.pad_token_id  # no gradient for [PAD]
+        self.position_embeddings = _embedding(config.max_position_embeddings, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 

@@ -1,0 +1,82 @@
+"""Inputs shared by the parity and speed tools: odd images, odd prompts, a med_config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import numpy as np
+from PIL import Image
+
+from refenv import REFERENCE_DATA
+
+PROMPTS = [
+    "a painting of an ocean with clouds and birds, day time, low depth field effect",
+    "",
+    "a very long prompt " + " ".join(f"with many words number {i}" for i in range(20)),
+    "un café à Zürich, 東京の夜景, ∑ ≠ ∞ and a wave emoji 🌊",
+    "!!! ??? ... ,,, ;; -- (( )) [[ ]] {{ }} <<>> @#$%^&*",
+    "a cat",
+]
+
+# BLIP's med_config.json as published with ImageReward (facts section 2.2).
+MED_CONFIG = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 30524,
+    "encoder_width": 768,
+    "add_cross_attention": True,
+}
+
+
+def write_med_config(workdir: Path) -> Path:
+    path = workdir / "med_config.json"
+    path.write_text(json.dumps(MED_CONFIG, indent=2))
+    return path
+
+
+def _gradient(width: int, height: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), (x + y) / (width + height)], -1)
+    noise = rng.normal(0, 0.15, size=(height, width, 3))
+    return (np.clip(base + noise, 0, 1) * 255).astype(np.uint8)
+
+
+def odd_images(workdir: Path) -> List[str]:
+    """The four real example images plus synthetic ones in every awkward mode and shape."""
+    folder = workdir / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [str(REFERENCE_DATA / "assets" / f"{i}.webp") for i in range(1, 5)]
+    rgb = Image.fromarray(_gradient(640, 480, 0))
+    made = {
+        "rgba.png": Image.fromarray(np.dstack([_gradient(300, 260, 1), _gradient(300, 260, 2)[:, :, 0]]), "RGBA"),
+        "gray.jpg": Image.fromarray(_gradient(333, 517, 3)).convert("L"),
+        "palette.png": Image.fromarray(_gradient(400, 300, 4)).convert("P", palette=Image.ADAPTIVE),
+        "cmyk.jpg": Image.fromarray(_gradient(350, 350, 5)).convert("CMYK"),
+        "tiny.png": Image.fromarray(_gradient(9, 7, 6)),
+        "huge.jpg": Image.fromarray(_gradient(4000, 3000, 7)),
+        "tall.webp": Image.fromarray(_gradient(227, 2000, 8)),
+        "wide.png": Image.fromarray(_gradient(2001, 225, 9)),
+        "exact.png": rgb.resize((224, 224)),
+        "photo.jpg": rgb,
+    }
+    for name, image in made.items():
+        path = folder / name
+        if not path.exists():
+            image.save(path, quality=90) if name.endswith((".jpg", ".webp")) else image.save(path)
+        paths.append(str(path))
+    return paths

@@ -1,0 +1,111 @@
+"""The reference oracle: image-reward 1.5 in its own virtual environment.
+
+The reference is never a dependency of the product; the parity and speed tools
+create this environment once (about 6 GB, from PyPI and the local wheel store),
+then run ``reference_side.py`` inside it, offline, with a Hugging Face cache that
+holds only the BERT vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED = Path(os.environ.get("IMAGEREWARD_SHARED", REPO.parent / "shared"))
+BERT_VOCAB = SHARED / "data" / "bert-base-uncased-vocab.txt"
+REFERENCE_DATA = SHARED / "reference" / "data"
+DEFAULT_VENV = Path(os.path.expanduser("~/.cache/imagereward-bench/refvenv"))
+
+# DEVELOPERS.md: a set that installs and runs image-reward 1.5 on Python 3.11.
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+REFERENCE = "image-reward==1.5"
+REFERENCE_DEPS = [
+    "transformers==4.36.2", "tokenizers==0.15.2", "huggingface_hub==0.25.2", "timm==0.6.13",
+    "fairscale==0.4.13", "diffusers==0.25.1", "accelerate==0.26.1", "datasets==2.16.1",
+    "pyarrow==17.0.0", "numpy==1.26.4", "setuptools==80.10.2", "clip-anytorch==2.6.0", "ftfy",
+]
+_SNAPSHOT = "0" * 40
+
+
+def venv_python(venv: Optional[Path] = None) -> Path:
+    venv = Path(os.environ.get("IMAGEREWARD_REF_VENV", venv or DEFAULT_VENV))
+    return venv / "bin" / "python"
+
+
+def ensure_reference_venv(venv: Optional[Path] = None) -> Path:
+    """Create the reference environment if it is not there yet; return its python."""
+    python = venv_python(venv)
+    if python.exists() and _imports_reference(python):
+        return python
+    root = python.parent.parent
+    print(f"[refenv] creating the reference environment in {root} (one time, several GB)")
+    subprocess.run(["python3.11", "-m", "venv", str(root)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=True)
+    subprocess.run(pip + TORCH, check=True)
+    subprocess.run(pip + ["--no-deps", REFERENCE], check=True)
+    subprocess.run(pip + REFERENCE_DEPS, check=True)
+    if not _imports_reference(python):
+        raise RuntimeError(f"the reference environment in {root} does not import ImageReward")
+    return python
+
+
+def _imports_reference(python: Path) -> bool:
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; assert u.find_spec('ImageReward')"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def offline_hf_home(workdir: Path) -> Path:
+    """An HF cache in hub layout holding ``bert-base-uncased/vocab.txt`` (nothing else)."""
+    home = workdir / "hf"
+    repo = home / "hub" / "models--bert-base-uncased"
+    snapshot = repo / "snapshots" / _SNAPSHOT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(BERT_VOCAB, snapshot / "vocab.txt")
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(_SNAPSHOT)
+    return home
+
+
+def offline_env(workdir: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HOME=str(offline_hf_home(workdir)),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        IMAGEREWARD_OFFLINE="1",
+        IMAGEREWARD_BERT_VOCAB=str(BERT_VOCAB),
+        PYTHONWARNINGS="ignore",
+    )
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_reference(command: str, args: Dict[str, object], workdir: Path) -> Dict[str, object]:
+    """Run ``reference_side.py COMMAND`` in the reference venv; exchange JSON through files."""
+    python = ensure_reference_venv()
+    request = workdir / f"{command}.request.json"
+    reply = workdir / f"{command}.reply.json"
+    request.write_text(json.dumps(args))
+    subprocess.run(
+        [str(python), str(HERE / "reference_side.py"), command, str(request), str(reply)],
+        check=True,
+        env=offline_env(workdir),
+        cwd=str(workdir),
+    )
+    return json.loads(reply.read_text())
+
+
+def run_ours(script: str, argv: List[str], workdir: Path) -> None:
+    """Run one of our benchmark scripts in a fresh process of this interpreter, offline."""
+    subprocess.run([sys.executable, str(HERE / script), *argv], check=True, env=offline_env(workdir))

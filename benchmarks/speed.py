@@ -1,0 +1,229 @@
+"""Speed and memory, ours against image-reward 1.5, side by side in one run.
+
+    python benchmarks/speed.py                 # full run against the reference (CPU)
+    python benchmarks/speed.py --tiny          # smoke run of our side on a tiny model (CI)
+
+Every workload runs in a fresh process (speed_side.py) for each implementation,
+one after the other on the same machine, on the same random-weight checkpoint in
+the original format. Prints a table of absolute figures and ratios and writes
+JSON (``--json``). Ratios are ours relative to the reference: for speed, higher
+is better; for times and memory, lower is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+import refenv
+from fixtures import PROMPTS, odd_images
+
+HERE = Path(__file__).resolve().parent
+
+
+def _python(impl: str) -> str:
+    return str(refenv.ensure_reference_venv()) if impl == "reference" else sys.executable
+
+
+def run_side(impl: str, command: str, request: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
+    tag = f"{impl}-{command}-{request.get('dtype', 'fp32')}"
+    req_path, reply_path = workdir / f"{tag}.request.json", workdir / f"{tag}.reply.json"
+    req_path.write_text(json.dumps(dict(request, impl=impl)))
+    subprocess.run(
+        [_python(impl), str(HERE / "speed_side.py"), command, str(req_path), str(reply_path)],
+        check=True, env=refenv.offline_env(workdir), cwd=str(workdir),
+    )
+    return json.loads(reply_path.read_text())
+
+
+def import_seconds(impl: str, workdir: Path, repeats: int = 3) -> float:
+    """Median wall time of ``python -c "import ImageReward"`` in a fresh process."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([_python(impl), "-c", "import ImageReward"], check=True,
+                       env=refenv.offline_env(workdir), cwd=str(workdir), capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def eval_items(workdir: Path, prompts: int) -> List[Dict[str, Any]]:
+    """The first ``prompts`` prompts of test.json, each with stand-in 512 px webp images."""
+    data = json.loads((refenv.REFERENCE_DATA / "test.json").read_text())[:prompts]
+    items = []
+    rng = np.random.default_rng(0)
+    for item in data:
+        folder = workdir / "eval_images" / item["id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for k in range(len(item["generations"])):
+            path = folder / f"{k}.webp"
+            if not path.exists():
+                pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+                Image.fromarray(pixels).resize((512, 512), Image.BICUBIC).save(path, quality=90)
+            paths.append(str(path))
+        items.append({"prompt": item["prompt"], "images": paths})
+    return items
+
+
+def _max_diff(a: List[Any], b: List[Any]) -> float:
+    flat_a = np.concatenate([np.atleast_1d(x) for x in a]) if a and isinstance(a[0], list) else np.array(a)
+    flat_b = np.concatenate([np.atleast_1d(x) for x in b]) if b and isinstance(b[0], list) else np.array(b)
+    return float(np.max(np.abs(flat_a - flat_b)))
+
+
+def _same_order(a: List[float], b: List[float]) -> bool:
+    return list(np.argsort(-np.array(a), kind="stable")) == list(np.argsort(-np.array(b), kind="stable"))
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    workdir: Path = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    images = odd_images(workdir)
+    rank_images = [p for p in images if not p.endswith(("huge.jpg", "tiny.png", "exact.png", "cmyk.jpg"))][:10]
+    items = eval_items(workdir, args.eval_prompts)
+    if args.tiny:
+        base: Dict[str, Any] = {"checkpoint": str(_tiny_checkpoint(workdir)), "med_config": None}
+        impls = ["ours"]
+    else:
+        from parity import SCORERS
+
+        base = SCORERS["ImageReward-v1.0"].make(workdir)
+        impls = ["reference", "ours"]
+    base.update(threads=args.threads, batch_size=args.batch_size)
+    results: Dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cores": os.cpu_count(),
+                    "threads": args.threads},
+        "workloads": {},
+    }
+    variants = [("reference", "fp32")] * ("reference" in impls) + [("ours", d) for d in args.dtypes.split(",")]
+    for impl, dtype in variants:
+        key = f"{impl}-{dtype}"
+        print(f"[speed] {key}", flush=True)
+        request = dict(base, dtype=dtype)
+        entry: Dict[str, Any] = {}
+        if dtype == "fp32":
+            entry["import_seconds"] = import_seconds(impl, workdir)
+            entry["load"] = run_side(impl, "load", request, workdir)
+        entry["rank"] = run_side(impl, "rank", dict(request, prompt=PROMPTS[0], images=rank_images,
+                                                    repeats=args.repeats), workdir)
+        entry["eval"] = run_side(impl, "eval", dict(request, items=items), workdir)
+        results["workloads"][key] = entry
+    if "reference" in impls:
+        results["agreement"] = _agreement(results["workloads"])
+    return results
+
+
+def _agreement(workloads: Dict[str, Any]) -> Dict[str, Any]:
+    ref = workloads["reference-fp32"]
+    out = {}
+    for key, entry in workloads.items():
+        if key == "reference-fp32":
+            continue
+        out[key] = {
+            "rank_max_abs_diff": _max_diff(entry["rank"]["rewards"], ref["rank"]["rewards"]),
+            "eval_max_abs_diff": _max_diff(entry["eval"]["rewards"], ref["eval"]["rewards"]),
+            "rank_same_order": _same_order(entry["rank"]["rewards"], ref["rank"]["rewards"]),
+            "eval_prompts_same_order": sum(
+                _same_order(a, b) for a, b in zip(entry["eval"]["rewards"], ref["eval"]["rewards"])
+            ),
+            "eval_prompts": len(ref["eval"]["rewards"]),
+        }
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _tiny_checkpoint(workdir: Path) -> Path:
+    """A tiny random ImageReward saved in our folder format (no reference needed)."""
+    sys.path.insert(0, str(refenv.REPO / "tests"))
+    import torch
+    from helpers import random_state_dict, tiny_config
+
+    import imagereward
+
+    folder = workdir / "tiny-model"
+    config = tiny_config(image_size=224)
+    path = workdir / "tiny.pt"
+    torch.save(random_state_dict(config), path)
+    os.environ["IMAGEREWARD_BERT_VOCAB"] = str(refenv.BERT_VOCAB)
+    imagereward.save_pretrained(imagereward.load(str(path), config=config, device="cpu"), str(folder))
+    return folder
+
+
+def table(results: Dict[str, Any]) -> str:
+    work = results["workloads"]
+    ref: Optional[Dict[str, Any]] = work.get("reference-fp32")
+    rows = [
+        ("`import ImageReward` (s)", lambda e: e.get("import_seconds"), False),
+        ("load to ready (s)", lambda e: e.get("load", {}).get("seconds"), False),
+        ("load peak RSS (MB)", lambda e: e.get("load", {}).get("peak_rss_mb"), False),
+        ("inference_rank, 10 mixed images (img/s)", lambda e: e["rank"]["images_per_second"], True),
+        (f"eval-shaped, {len(next(iter(work.values()))['eval']['rewards'])} prompts (img/s)",
+         lambda e: e["eval"]["images_per_second"], True),
+    ]
+    keys = list(work)
+    header = "| workload | " + " | ".join(keys) + " |"
+    lines = [header, "|---" * (len(keys) + 1) + "|"]
+    for label, get, higher_better in rows:
+        cells = []
+        for key in keys:
+            value = get(work[key])
+            if value is None:
+                cells.append("")
+                continue
+            cell = f"{value:.3g}"
+            base = get(ref) if ref else None
+            if base and key != "reference-fp32":
+                ratio = value / base
+                cell += f" ({ratio:.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=refenv.REPO / ".bench" / "speed")
+    parser.add_argument("--tiny", action="store_true", help="our side only, on a tiny random model")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="our precisions to time")
+    parser.add_argument("--eval-prompts", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
+    args = parser.parse_args()
+    results = run(args)
+    text = table(results)
+    print(text)
+    if "agreement" in results:
+        print(json.dumps(results["agreement"], indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

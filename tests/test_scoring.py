@@ -1,0 +1,160 @@
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imagereward
+from imagereward.preprocess import ImageLoadError
+from imagereward.scoring.base import ranks_from_rewards
+from helpers import ASSETS
+
+PROMPT = "a painting of an ocean with clouds and birds, day time, low depth field effect"
+PATHS = [str(p) for p in ASSETS]
+
+
+def test_inference_rank_contract(model):
+    ranking, rewards = model.inference_rank(PROMPT, PATHS)
+    assert isinstance(ranking, list) and isinstance(rewards, list)
+    assert all(isinstance(r, float) for r in rewards) and sorted(ranking) == [1, 2, 3, 4]
+    by_rank = sorted(range(4), key=lambda i: ranking[i])
+    assert [rewards[i] for i in by_rank] == sorted(rewards, reverse=True)
+    assert len(set(rewards)) == 4
+
+
+def test_score_single_and_list_agree_with_rank(model):
+    _, rewards = model.inference_rank(PROMPT, PATHS)
+    assert model.score(PROMPT, PATHS[2]) == pytest.approx(rewards[2], abs=1e-5)
+    assert model.score(PROMPT, PATHS) == pytest.approx(rewards, abs=1e-5)
+
+
+def test_one_element_list_returns_bare_values_like_the_original(model):
+    ranking, rewards = model.inference_rank(PROMPT, [PATHS[0]])
+    assert ranking == 1 and isinstance(rewards, float)
+    result = model.rank(PROMPT, [PATHS[0]])
+    assert result.ranking == [1] and len(result.rewards) == 1
+
+
+def test_every_input_kind_gives_the_same_reward(model):
+    with Image.open(PATHS[1]) as handle:
+        pil = handle.convert("RGB")
+    expected = model.score(PROMPT, PATHS[1])
+    assert model.score(PROMPT, pathlib.Path(PATHS[1])) == pytest.approx(expected, abs=1e-6)
+    assert model.score(PROMPT, pil) == pytest.approx(expected, abs=1e-6)
+    assert model.score(PROMPT, np.asarray(pil)) == pytest.approx(expected, abs=1e-6)
+    assert model.inference_rank(PROMPT, tuple(PATHS))[1] == pytest.approx(model.inference_rank(PROMPT, PATHS)[1])
+
+
+def test_batching_does_not_change_results(model):
+    many = PATHS * 3
+    model.batch_size, model.num_workers = 1, 0
+    one_by_one = model.rank(PROMPT, many).rewards
+    model.batch_size, model.num_workers = 5, 3
+    assert model.rank(PROMPT, many).rewards == pytest.approx(one_by_one, abs=1e-5)
+
+
+def test_score_batch_pairs(model):
+    prompts = ["a cat", PROMPT, "a cat", "a dog"]
+    batch = model.score_batch(prompts, PATHS)
+    singles = [model.score(p, i) for p, i in zip(prompts, PATHS)]
+    assert batch == pytest.approx(singles, abs=1e-5)
+    with pytest.raises(ValueError, match="4 prompts but 3 images"):
+        model.score_batch(prompts, PATHS[:3])
+    with pytest.raises(TypeError, match=r"prompts\[1\]"):
+        model.score_batch(["a", 3, "b", "c"], PATHS)
+
+
+def test_prompt_changes_reward(model):
+    assert model.score("a cat", PATHS[0]) != pytest.approx(model.score(PROMPT, PATHS[0]), abs=1e-4)
+
+
+def test_ties_keep_input_order():
+    assert ranks_from_rewards([0.5, 0.9, 0.5, 0.1]) == [2, 1, 3, 4]
+    assert ranks_from_rewards([float("nan"), 1.0, 0.0]) == [3, 1, 2]
+
+
+def test_identical_images_tie(model):
+    model.batch_size = 1  # within one batch, blocked matmuls may differ in the last bit
+    ranking, rewards = model.inference_rank(PROMPT, [PATHS[0], PATHS[0]])
+    assert rewards[0] == rewards[1] and ranking == [1, 2]
+
+
+def test_missing_path_is_named_before_any_work(model, tmp_path):
+    missing = str(tmp_path / "nope.png")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        model.inference_rank(PROMPT, [PATHS[0], missing])
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        model.score(PROMPT, missing)
+
+
+def test_corrupt_image_is_named(model, tmp_path):
+    bad = tmp_path / "bad.webp"
+    bad.write_bytes(b"RIFF0000WEBPjunk")
+    with pytest.raises(ImageLoadError, match="bad.webp"):
+        model.inference_rank(PROMPT, [PATHS[0], str(bad)])
+
+
+def test_bad_arguments(model):
+    with pytest.raises(ValueError, match="empty"):
+        model.inference_rank(PROMPT, [])
+    with pytest.raises(TypeError, match="prompt must be a str, got int"):
+        model.score(3, PATHS[0])
+    with pytest.raises(TypeError, match="prompt must be a str, got NoneType"):
+        model.inference_rank(None, PATHS)
+    with pytest.raises(TypeError, match="got int"):
+        model.score(PROMPT, 42)
+    with pytest.raises(TypeError, match="list or tuple"):
+        model.inference_rank(PROMPT, PATHS[0])
+
+
+def test_score_tensors_is_differentiable_and_matches_pil_path(model):
+    with Image.open(PATHS[0]) as handle:
+        array = np.asarray(handle.convert("RGB").resize((32, 32), Image.BICUBIC))
+    pixels = (torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    reward = model.score_tensors(pixels, PROMPT)
+    reward.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    assert reward.item() == pytest.approx(model.score(PROMPT, array), abs=1e-4)
+
+
+def test_score_tensors_any_size_and_prompt_list(model):
+    pixels = torch.rand(3, 3, 50, 70, requires_grad=True)
+    rewards = model.score_tensors(pixels, ["a", "b", "c"])
+    assert rewards.shape == (3,)
+    (-rewards.mean()).backward()
+    assert pixels.grad.shape == pixels.shape
+    with pytest.raises(ValueError, match="2 prompts for 3 images"):
+        model.score_tensors(pixels, ["a", "b"])
+
+
+def test_score_gard_compatibility(model):
+    tokens = model.tokenizer([PROMPT, PROMPT])
+    image = torch.stack([model.preprocess(PATHS[0]), model.preprocess(PATHS[1])]).requires_grad_(True)
+    out = model.score_gard(tokens["input_ids"], tokens["attention_mask"], image)
+    assert out.shape == (2, 1) and out.requires_grad
+    assert out[:, 0].tolist() == pytest.approx(model.inference_rank(PROMPT, PATHS[:2])[1], abs=1e-5)
+
+
+def test_inputs_follow_the_model(model):
+    assert model.device == torch.device("cpu")
+    model.to("cpu")
+    assert model.score(PROMPT, PATHS[0]) == pytest.approx(model.score(PROMPT, PATHS[0]))
+
+
+def test_scoring_keeps_no_graph(model):
+    torch.set_grad_enabled(True)
+    model.score(PROMPT, PATHS[0])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_drop_in_module(checkpoint, config):
+    import ImageReward as reward
+
+    assert reward.available_models() == ["ImageReward-v1.0"]
+    model = reward.load(str(checkpoint), config=config, device="cpu")
+    assert isinstance(model, imagereward.ImageReward)
+    assert isinstance(model, torch.nn.Module)
+    ranking, rewards = model.inference_rank(PROMPT, PATHS)
+    assert len(ranking) == len(rewards) == 4
+    assert set(model.state_dict()) <= set(torch.load(checkpoint))
