@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 import refenv
+from imagereward.dtypes import cpu_has_fast, resolve_dtype
 from fixtures import PROMPTS, odd_images
 
 HERE = Path(__file__).resolve().parent
@@ -107,7 +108,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     "threads": args.threads},
         "workloads": {},
     }
-    variants = [("reference", "fp32")] * ("reference" in impls) + [("ours", d) for d in args.dtypes.split(",")]
+    dtypes = args.dtypes.split(",")
+    slow = [d for d in dtypes if not args.force_half and not cpu_has_fast(resolve_dtype(d))]
+    if slow:
+        print(f"[speed] skipping {slow}: this CPU has no native support for them "
+              "(use --force-half to time them anyway)", flush=True)
+        results["skipped"] = {d: "no native CPU support" for d in slow}
+    variants = [("reference", "fp32")] * ("reference" in impls) + [("ours", d) for d in dtypes if d not in slow]
     for impl, dtype in variants:
         key = f"{impl}-{dtype}"
         print(f"[speed] {key}", flush=True)
@@ -206,6 +213,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=refenv.REPO / ".bench" / "speed")
     parser.add_argument("--tiny", action="store_true", help="our side only, on a tiny random model")
     parser.add_argument("--dtypes", default="fp32,bf16", help="our precisions to time")
+    parser.add_argument("--force-half", action="store_true",
+                        help="time bf16/fp16 even on a CPU without native support for them")
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -216,6 +225,8 @@ def main() -> int:
     results = run(args)
     text = table(results)
     print(text)
+    for dtype, why in results.get("skipped", {}).items():
+        print(f"not timed: ours-{dtype} ({why})")
     if "agreement" in results:
         print(json.dumps(results["agreement"], indent=2))
     if args.json:

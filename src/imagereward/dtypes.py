@@ -38,3 +38,18 @@ def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def cpu_has_fast(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs ``dtype`` matrix products natively (AVX512-BF16/FP16, AMX).
+
+    Without it PyTorch falls back to a path far slower than float32.
+    """
+    if dtype == torch.float32:
+        return True
+    try:
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):  # private API: assume yes when unknown
+        return True

@@ -6,13 +6,14 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from typing import Optional, Tuple, Union
 
 import torch
 
 from .checkpoints import CheckpointError, load_state_dict_strict, read_state_dict, strip_prefix
 from .config import ImageRewardConfig, PreprocessConfig, TextConfig
-from .dtypes import DtypeLike, resolve_device, resolve_dtype
+from .dtypes import DtypeLike, cpu_has_fast, resolve_device, resolve_dtype
 from .hub import fetch_hub_file, legacy_cache_dir
 from .models.image_reward import ImageRewardNet
 from .preprocess import ImagePreprocessor
@@ -110,6 +111,12 @@ def load(
     load_state_dict_strict(model, state_dict, source=path, ignore=UNUSED_KEYS)
     model.eval()
     if target_dtype != torch.float32:
+        if target_device.type == "cpu" and not cpu_has_fast(target_dtype):
+            warnings.warn(
+                f"{target_dtype} on this CPU has no native support (AVX512-BF16/FP16 or AMX): "
+                "scoring will be much slower than in float32",
+                stacklevel=2,
+            )
         model.blip.to(target_dtype)
     model.to(target_device)
     logger.info("checkpoint loaded")

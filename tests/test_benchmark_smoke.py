@@ -1,0 +1,21 @@
+"""The speed benchmark runs end to end on a tiny model, so it cannot rot (no timings asserted)."""
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO
+
+
+def test_speed_benchmark_tiny(tmp_path):
+    out = tmp_path / "speed.json"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--tiny", "--dtypes", "fp32",
+         "--eval-prompts", "2", "--repeats", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        check=True,
+    )
+    result = json.loads(out.read_text())
+    ours = result["workloads"]["ours-fp32"]
+    assert ours["load"]["seconds"] > 0 and ours["import_seconds"] > 0
+    assert len(ours["rank"]["rewards"]) == 10
+    assert sum(len(r) for r in ours["eval"]["rewards"]) == ours["eval"]["images"] > 0
