@@ -1,0 +1,65 @@
+"""Two processes under torchrun (gloo) follow the loss curve of one process with the same
+effective batch: 8 pairs per step as 2 processes x 4 pairs, or 1 process x 4 pairs x 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train_synthetic import write_model_config, write_rankings
+from imagereward.train.config import TrainConfig
+from imagereward.train.logs import read_log
+from imagereward.train.trainer import train
+
+# Same pairs per step and no dropout: the runs differ only in float summation order
+# (gradients averaged by all-reduce instead of accumulated).
+TOLERANCE = 1e-4
+
+
+def curve(output_dir):
+    return [(r["type"], r["step"], r["loss"], r["accuracy"])
+            for r in read_log(os.path.join(output_dir, "train_log.jsonl")) if r["type"] in ("train", "valid")]
+
+
+def test_two_processes_match_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    options = dict(
+        train_data=str(write_rankings(tmp_path, "train", 16, seed=5)),  # 80 pairs: 10 steps
+        valid_data=str(write_rankings(tmp_path, "valid", 4, seed=6)),
+        model_config=str(write_model_config(tmp_path / "model.json")),
+        init="scratch", freeze_rate=0.5, lr=1e-3, pairs_per_step=8, batch_size=4, epochs=1,
+        validations_per_epoch=2, num_workers=0, checkpoint_every=0,
+    )
+    train(TrainConfig(**options, plot=False, output_dir=str(tmp_path / "one")))
+
+    config_file = tmp_path / "options.json"
+    config_file.write_text(json.dumps({**options, "output_dir": str(tmp_path / "two")}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "imagereward.train", "--config", str(config_file), "--no-plot"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 process(es) x 4 pairs x 1 accumulation" in done.stderr
+    assert done.stdout.strip().endswith(os.path.join(str(tmp_path / "two"), "best"))  # printed once, by rank 0
+
+    one, two = curve(tmp_path / "one"), curve(tmp_path / "two")
+    assert [r[:2] for r in two] == [r[:2] for r in one]  # same steps and validations, each logged once
+    loss_difference = max(abs(a[2] - b[2]) for a, b in zip(one, two))
+    weights_one = load_file(str(tmp_path / "one" / "last" / "model.safetensors"))
+    weights_two = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
+    assert weights_two.keys() == weights_one.keys()  # saved unwrapped: no "module." prefix
+    # The head has no activations and dropout is off here, so its biases only shift every reward
+    # by a constant, which the pairwise loss ignores: their gradient is zero up to rounding,
+    # and Adam turns that rounding noise into steps of size lr. Compare everything else.
+    weight_difference = max((weights_one[k] - weights_two[k]).abs().max().item()
+                            for k in weights_one if not (k.startswith("mlp.") and k.endswith(".bias")))
+    print(f"torchrun: max loss difference {loss_difference:.3g}, max weight difference {weight_difference:.3g}")
+    assert loss_difference <= TOLERANCE
+    assert [a[3] for a in one] == pytest.approx([b[3] for b in two], abs=1e-9)
+    assert weight_difference <= TOLERANCE
