@@ -60,3 +60,21 @@ def random_state_dict(config: ImageRewardConfig, seed: int = 0, head_scale: floa
     state["blip.text_proj.weight"] = torch.randn(256, text.hidden_size)
     state["blip.text_proj.bias"] = torch.zeros(256)
     return state
+
+
+def save_tiny_model(root: Path, seed: int = 0) -> str:
+    """A tiny random ImageReward written with ``save_pretrained``: loads with no config flags."""
+    import imagereward
+
+    config = tiny_config()
+    torch.save(random_state_dict(config, seed=seed), root / "ImageReward.pt")
+    previous = os.environ.get("IMAGEREWARD_BERT_VOCAB")
+    os.environ["IMAGEREWARD_BERT_VOCAB"] = str(BERT_VOCAB)
+    try:
+        model = imagereward.load(str(root / "ImageReward.pt"), config=config, device="cpu")
+    finally:
+        if previous is None:
+            del os.environ["IMAGEREWARD_BERT_VOCAB"]
+        else:
+            os.environ["IMAGEREWARD_BERT_VOCAB"] = previous
+    return str(imagereward.save_pretrained(model, str(root / "model")))

@@ -8,11 +8,10 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import imagereward
-from helpers import ASSETS, BERT_VOCAB, random_state_dict, tiny_config
+from helpers import ASSETS, save_tiny_model
 from imagereward import cli
 from imagereward.cli.common import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 
@@ -22,13 +21,7 @@ ASSET_PATHS = [str(p) for p in ASSETS]
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny random ImageReward saved with save_pretrained, so the CLI needs no config flags."""
-    root = tmp_path_factory.mktemp("tiny")
-    config = tiny_config()
-    torch.save(random_state_dict(config), root / "ImageReward.pt")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
-        model = imagereward.load(str(root / "ImageReward.pt"), config=config, device="cpu")
-    return str(imagereward.save_pretrained(model, str(root / "model")))
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def run(capsys, *argv):

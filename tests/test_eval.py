@@ -9,11 +9,10 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import imagereward
-from helpers import BERT_VOCAB, REFERENCE_DATA, TEST_JSON, random_state_dict, tiny_config
+from helpers import REFERENCE_DATA, TEST_JSON, save_tiny_model
 from imagereward import cli
 from imagereward.cli.common import EXIT_FAILURE, EXIT_INPUT
 from imagereward.eval import data as eval_data
@@ -26,13 +25,8 @@ N_PROMPTS = 20
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    config = tiny_config()
-    torch.save(random_state_dict(config, seed=1), root / "ImageReward.pt")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
-        model = imagereward.load(str(root / "ImageReward.pt"), config=config, device="cpu")
-    return str(imagereward.save_pretrained(model, str(root / "model")))
+    """A tiny random ImageReward saved with save_pretrained, so the CLI needs no config flags."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=1)
 
 
 def write_images(root, relative_paths, seed=0):
