@@ -80,7 +80,7 @@ def fetch_hub_file(
             local_files_only=is_offline(),
         )
     except Exception as error:  # network, offline cache miss, auth: all end here
-        mode = "offline mode is on and it is not cached" if is_offline() else str(error)
+        mode = "offline mode is on and it is not cached" if is_offline() else str(error).rstrip(". ")
         raise DownloadError(
             f"Could not get {what} ({filename} from the Hugging Face repo {repo_id}): {mode}. "
             f"To work without a network, {local_hint}."

@@ -48,7 +48,7 @@ def _resolve_checkpoint(
             entry.repo_id,
             entry.filename,
             what=f"the {name} weights",
-            local_hint=f"pass the path of a local {entry.filename} to load()",
+            local_hint=f"pass the path of a local {entry.filename} (load(path), or --checkpoint PATH)",
             local_dir=root,
         )
         return path, None, entry.preprocess

@@ -96,11 +96,14 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="imagereward: %(message)s",
-        stream=sys.stderr,
-    )
+    """Our own messages on stderr; other libraries' loggers are left as they are."""
+    logger = logging.getLogger("imagereward")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("imagereward: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _fail(message: str, code: int) -> int:
