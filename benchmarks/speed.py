@@ -202,7 +202,7 @@ def table(results: Dict[str, Any]) -> str:
             base = get(ref) if ref else None
             if base and key != "reference-fp32":
                 ratio = value / base
-                cell += f" ({ratio:.2f}x)"
+                cell += f" ({ratio:.3g}x)"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
