@@ -120,3 +120,34 @@ class PreprocessConfig:
     image_size: int = 224
     mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class CLIPConfig:
+    """OpenAI CLIP with a ViT image tower. Defaults: ViT-L/14 at 224 px (``ViT-L-14.pt``)."""
+
+    embed_dim: int = 768
+    image_size: int = 224
+    patch_size: int = 14
+    vision_width: int = 1024
+    vision_layers: int = 24
+    vision_heads: int = 16
+    context_length: int = 77
+    vocab_size: int = 49408
+    text_width: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class BLIPScoreConfig:
+    """The BLIP encoders used by the BLIP baseline. Defaults: BLIP-large (``model_large.pth``)."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    max_text_length: int = 35

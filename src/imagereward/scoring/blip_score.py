@@ -1,0 +1,54 @@
+"""``BLIPScore``: cosine similarity of BLIP's projected unimodal text and image features."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import BLIPScoreConfig, PreprocessConfig
+from ..models.blip import BLIPBackbone
+from ..preprocess import ImagePreprocessor
+from ..tokenizers.bert import BertTokenizer
+from .similarity import CosineScorer
+
+
+class BLIPScore(nn.Module, CosineScorer):
+    """The BLIP baseline (BLIP's image-text contrastive similarity, without temperature).
+
+    Text: the BERT encoder in text-only mode, ``[CLS]`` state -> ``text_proj``.
+    Image: the ViT's class token -> ``vision_proj``. Both are L2-normalised.
+    ``blip`` has the keys of the pretraining checkpoint's ``"model"`` entry.
+    """
+
+    def __init__(
+        self,
+        config: BLIPScoreConfig = BLIPScoreConfig(),
+        tokenizer: Optional[BertTokenizer] = None,
+        preprocess: Optional[ImagePreprocessor] = None,
+        batch_size: int = 16,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.blip = BLIPBackbone(config.vision, config.text, with_projections=True)
+        self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
+        self.preprocess = preprocess or ImagePreprocessor(
+            PreprocessConfig(image_size=config.vision.image_size)
+        )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(prompts))
+        device = self.device
+        hidden = self.blip.text_encoder(
+            tokens["input_ids"].to(device), tokens["attention_mask"].to(device), mode="text"
+        )
+        return F.normalize(self.blip.text_proj(hidden[:, 0, :]).float(), dim=-1)
+
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        tokens = self.blip.visual_encoder(pixels)
+        return F.normalize(self.blip.vision_proj(tokens[:, 0, :]).float(), dim=-1)

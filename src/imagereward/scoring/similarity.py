@@ -1,0 +1,50 @@
+"""Scores that are the cosine of L2-normalised text and image embeddings (CLIP, BLIP)."""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Union
+
+import torch
+
+from .base import RewardScorer, TextRows, check_prompt
+
+
+def expand_prompts(prompts: Union[str, Sequence[str]], count: int) -> List[str]:
+    """One prompt per image: a single string is repeated ``count`` times."""
+    if isinstance(prompts, str):
+        return [prompts] * count
+    prompts = [check_prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+    if len(prompts) != count:
+        raise ValueError(f"got {len(prompts)} prompts for {count} images")
+    return prompts
+
+
+class CosineScorer(RewardScorer):
+    """Mixin: subclasses give normalised float32 embeddings of prompts and of pixels."""
+
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Unit-length embeddings ``[N, D]`` (float32, on the model's device)."""
+        raise NotImplementedError
+
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit-length embeddings ``[B, D]`` (float32) of normalised pixels ``[B, 3, S, S]``."""
+        raise NotImplementedError
+
+    def encode_prompts(self, prompts: Sequence[str]) -> TextRows:
+        size = max(1, int(self.batch_size))
+        chunks = [self.text_embeddings(prompts[i : i + size]) for i in range(0, len(prompts), size)]
+        return {"text_embeds": torch.cat(chunks)}
+
+    def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
+        return (text["text_embeds"] * self.image_embeddings(pixels)).sum(dim=-1)
+
+    def score_tensors(
+        self, pixels: torch.Tensor, prompts: Union[str, Sequence[str]]
+    ) -> torch.Tensor:
+        """Differentiable scores ``[N]`` for pixels ``[N, 3, H, W]`` in [0, 1].
+
+        ``prompts`` is one string for all images or one string per image.
+        """
+        prompts = expand_prompts(prompts, pixels.shape[0])
+        image = self.preprocess.tensor_transform(pixels.to(self.device)).to(self.compute_dtype)
+        return (self.text_embeddings(prompts) * self.image_embeddings(image)).sum(dim=-1)

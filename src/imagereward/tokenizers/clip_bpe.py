@@ -1,0 +1,192 @@
+"""OpenAI CLIP's byte-level BPE tokenizer, written from its published behaviour.
+
+Text is cleaned the way OpenAI cleans it (``ftfy.fix_text``, HTML entities
+unescaped twice, whitespace runs collapsed, lower-cased), split into words with
+CLIP's regular expression, mapped byte by byte onto printable characters and
+merged with the 48,894 merges of ``bpe_simple_vocab_16e6.txt.gz``. Prompts become
+``[SOT] tokens [EOT]`` zero-padded to 77 ids; longer prompts are cut to 77 with
+the last id forced to ``[EOT]`` (``clip.tokenize(..., truncate=True)``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import ftfy
+import regex
+import torch
+
+from ..hub import default_cache_dir, download_url
+
+BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+# The merges file of the openai/CLIP repository at a fixed commit (unchanged since release).
+BPE_URL = (
+    "https://raw.githubusercontent.com/openai/CLIP/"
+    "d50d76daa670286dd6cacf3bcd80b5e4823fc8e1/clip/" + BPE_FILENAME
+)
+BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+BPE_ENV = "IMAGEREWARD_CLIP_BPE"
+
+SOT_TOKEN = "<|startoftext|>"
+EOT_TOKEN = "<|endoftext|>"
+WORD_END = "</w>"
+# CLIP's vocabulary: 256 byte symbols, the same with a word end, the merges, 2 specials.
+NUM_MERGES = 49152 - 256 - 2
+
+_WORDS = regex.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+    regex.IGNORECASE,
+)
+_WHITESPACE = regex.compile(r"\s+")
+_CACHE_LIMIT = 100_000
+
+
+def resolve_clip_bpe(bpe_file: Optional[str] = None, cache_dir: Optional[str] = None) -> str:
+    """An explicit path, else ``$IMAGEREWARD_CLIP_BPE``, else the pinned download (checksummed)."""
+    path = bpe_file or os.environ.get(BPE_ENV)
+    if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(2, "CLIP BPE merges file not found", path)
+        return path
+    return download_url(
+        BPE_URL,
+        cache_dir or default_cache_dir(),
+        BPE_FILENAME,
+        sha256=BPE_SHA256,
+        what="the CLIP BPE merges",
+        local_hint=f"set {BPE_ENV}=/path/to/{BPE_FILENAME} or pass bpe_file=",
+    )
+
+
+def byte_table() -> List[Tuple[int, str]]:
+    """``(byte, symbol)`` for all 256 bytes, in CLIP's vocabulary order.
+
+    Printable Latin-1 bytes stand for themselves and come first; the remaining
+    bytes (controls, space, soft hyphen, ...) follow as code points 256, 257, ...
+    """
+    def printable(b: int) -> bool:
+        return ord("!") <= b <= ord("~") or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF
+
+    kept = [(b, chr(b)) for b in range(256) if printable(b)]
+    moved = [b for b in range(256) if not printable(b)]
+    return kept + [(b, chr(256 + n)) for n, b in enumerate(moved)]
+
+
+def clean_text(text: str) -> str:
+    """OpenAI's cleaning: fix mojibake, unescape HTML twice, collapse whitespace, lower-case."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return _WHITESPACE.sub(" ", text).strip().lower()
+
+
+def _read_merges(path: str) -> List[Tuple[str, str]]:
+    try:
+        with gzip.open(path, "rb") as handle:
+            lines = handle.read().decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a gzipped CLIP BPE merges file: {error}") from error
+    merges = []
+    for line in lines[1 : NUM_MERGES + 1]:  # line 0 is a version header
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path} is not a CLIP BPE merges file: bad line {line!r}")
+        merges.append((parts[0], parts[1]))
+    if len(merges) != NUM_MERGES:
+        raise ValueError(f"{path} holds {len(merges)} merges, CLIP needs {NUM_MERGES}")
+    return merges
+
+
+class CLIPTokenizer:
+    """Callable: prompts -> ``int64`` ids ``[N, context_length]`` exactly as ``clip.tokenize``."""
+
+    def __init__(self, bpe_file: Optional[str] = None, context_length: int = 77) -> None:
+        if context_length < 2:
+            raise ValueError(f"context_length must be at least 2, got {context_length}")
+        path = resolve_clip_bpe(bpe_file)
+        merges = _read_merges(path)
+        table = byte_table()
+        symbols = [symbol for _, symbol in table]
+        vocab = symbols + [s + WORD_END for s in symbols] + [a + b for a, b in merges]
+        vocab += [SOT_TOKEN, EOT_TOKEN]
+        self.encoder: Dict[str, int] = {token: index for index, token in enumerate(vocab)}
+        self.decoder: Dict[int, str] = {index: token for token, index in self.encoder.items()}
+        self.merge_ranks: Dict[Tuple[str, str], int] = {pair: r for r, pair in enumerate(merges)}
+        self.byte_encoder = dict(table)
+        self.byte_decoder = {s: b for b, s in self.byte_encoder.items()}
+        self.sot_token_id = self.encoder[SOT_TOKEN]
+        self.eot_token_id = self.encoder[EOT_TOKEN]
+        self.context_length = context_length
+        self.bpe_file = path
+        self._cache: Dict[str, List[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.encoder)
+
+    def _merge(self, word: str) -> List[str]:
+        """Apply the merges to one byte-mapped word, lowest rank first."""
+        parts = list(word[:-1]) + [word[-1] + WORD_END]
+        ranks = self.merge_ranks
+        while len(parts) > 1:
+            best: Optional[Tuple[str, str]] = None
+            best_rank = len(ranks)
+            for pair in zip(parts, parts[1:]):
+                rank = ranks.get(pair, best_rank)
+                if rank < best_rank:
+                    best, best_rank = pair, rank
+            if best is None:
+                break
+            first, second = best
+            merged: List[str] = []
+            i = 0
+            while i < len(parts):
+                if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return parts
+
+    def _word_ids(self, word: str) -> List[int]:
+        ids = self._cache.get(word)
+        if ids is None:
+            if word in (SOT_TOKEN, EOT_TOKEN):
+                ids = [self.encoder[word]]
+            else:
+                mapped = "".join(self.byte_encoder[b] for b in word.encode("utf-8"))
+                ids = [self.encoder[part] for part in self._merge(mapped)]
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[word] = ids
+        return ids
+
+    def encode(self, text: str) -> List[int]:
+        """BPE ids of one text, without start/end tokens or padding."""
+        ids: List[int] = []
+        for word in _WORDS.findall(clean_text(text)):
+            ids.extend(self._word_ids(word))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of BPE ids (special tokens kept; word ends become spaces)."""
+        text = "".join(self.decoder[int(i)] for i in ids)
+        data = bytearray(self.byte_decoder[c] for c in text)
+        return data.decode("utf-8", errors="replace").replace(WORD_END, " ")
+
+    def __call__(self, prompts: Union[str, Sequence[str]]) -> torch.Tensor:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        length = self.context_length
+        result = torch.zeros(len(prompts), length, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompts[{row}] must be a str, got {type(prompt).__name__}")
+            ids = [self.sot_token_id] + self.encode(prompt) + [self.eot_token_id]
+            if len(ids) > length:
+                ids = ids[: length - 1] + [self.eot_token_id]
+            result[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return result
