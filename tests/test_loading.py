@@ -137,7 +137,13 @@ def test_convert_command(tmp_path, model):
 
 @pytest.mark.parametrize("dtype", ["bf16", torch.float16])
 def test_half_precision_loads_and_scores_close(checkpoint, config, model, dtype):
-    half = imagereward.load(str(checkpoint), config=config, dtype=dtype)
+    from imagereward.dtypes import cpu_has_fast, resolve_dtype
+
+    if cpu_has_fast(resolve_dtype(dtype)):
+        half = imagereward.load(str(checkpoint), config=config, dtype=dtype)
+    else:  # the user is told that this CPU runs half precision slowly
+        with pytest.warns(UserWarning, match="no native support"):
+            half = imagereward.load(str(checkpoint), config=config, dtype=dtype)
     assert half.blip.visual_encoder.norm.weight.dtype in (torch.bfloat16, torch.float16)
     assert half.mlp.layers[0].weight.dtype == torch.float32
     assert _rewards(half) == pytest.approx(_rewards(model), abs=0.1)
