@@ -35,6 +35,16 @@ def check_prompt(prompt: Any, name: str = "prompt") -> str:
     return prompt
 
 
+def expand_prompts(prompts: Union[str, Sequence[str]], count: int) -> List[str]:
+    """One prompt per image: a single string is repeated ``count`` times."""
+    if isinstance(prompts, str):
+        return [prompts] * count
+    prompts = [check_prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+    if len(prompts) != count:
+        raise ValueError(f"got {len(prompts)} prompts for {count} images")
+    return prompts
+
+
 def check_images(images: Any) -> List[ImageInput]:
     """A non-empty list or tuple of valid image inputs (paths are checked to exist)."""
     if not isinstance(images, (list, tuple)):

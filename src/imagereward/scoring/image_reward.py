@@ -10,7 +10,7 @@ from ..config import ImageRewardConfig, PreprocessConfig
 from ..models.image_reward import ImageRewardNet
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
-from .base import RewardScorer, TextRows, check_prompt
+from .base import RewardScorer, TextRows, expand_prompts
 
 
 class ImageReward(ImageRewardNet, RewardScorer):
@@ -62,11 +62,7 @@ class ImageReward(ImageRewardNet, RewardScorer):
         tensors, so gradients reach ``pixels``. ``prompts`` is one string for all
         images or one string per image.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts] * pixels.shape[0]
-        prompts = [check_prompt(p, "prompts[i]") for p in prompts]
-        if len(prompts) != pixels.shape[0]:
-            raise ValueError(f"got {len(prompts)} prompts for {pixels.shape[0]} images")
+        prompts = expand_prompts(prompts, pixels.shape[0])
         tokens = self.tokenizer(prompts)
         device = self.device
         image = self.preprocess.tensor_transform(pixels.to(device)).to(self.compute_dtype)

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
-from .base import RewardScorer, TextRows, check_prompt
-
-
-def expand_prompts(prompts: Union[str, Sequence[str]], count: int) -> List[str]:
-    """One prompt per image: a single string is repeated ``count`` times."""
-    if isinstance(prompts, str):
-        return [prompts] * count
-    prompts = [check_prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
-    if len(prompts) != count:
-        raise ValueError(f"got {len(prompts)} prompts for {count} images")
-    return prompts
+from .base import RewardScorer, TextRows, expand_prompts
 
 
 class CosineScorer(RewardScorer):
