@@ -49,10 +49,16 @@ def write_med_config(workdir: Path) -> Path:
 
 
 def _gradient(width: int, height: int, seed: int) -> np.ndarray:
+    """A tinted wave pattern with noise; the seed sets tint, frequencies and phases, so
+    synthetic images look clearly different to a random network, not just to a person."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), (x + y) / (width + height)], -1)
-    noise = rng.normal(0, 0.15, size=(height, width, 3))
+    x = (x / max(width - 1, 1))[..., None]
+    y = (y / max(height - 1, 1))[..., None]
+    freq_x, freq_y = rng.uniform(0.5, 6, 3), rng.uniform(0.5, 6, 3)
+    phase, tint = rng.uniform(0, 2 * np.pi, 3), rng.uniform(0.2, 1.0, 3)
+    base = tint * (0.5 + 0.5 * np.sin(2 * np.pi * (freq_x * x + freq_y * y) + phase))
+    noise = rng.normal(0, 0.08, size=(height, width, 3))
     return (np.clip(base + noise, 0, 1) * 255).astype(np.uint8)
 
 
