@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from .data import DataError
+from .data import DataError, read_json_list
 from .metrics import average_ranks, spearman
 
 # Table 1 of the paper: the six generation models, best first by human preference.
@@ -31,12 +31,8 @@ class BenchmarkPrompt:
 
 def load_prompts(path: str) -> List[BenchmarkPrompt]:
     """Read ``benchmark-prompts.json`` (a list of ``{"id", "prompt"}``)."""
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            raw = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(raw, list) or not raw:
+    raw = read_json_list(path, "prompts")
+    if not raw:
         raise DataError(f"{path}: expected a non-empty list of prompts")
     prompts = []
     for index, entry in enumerate(raw):
@@ -109,14 +105,8 @@ def write_json(path: str, data: Any) -> str:
 
 
 def read_records(path: str) -> List[Dict[str, Any]]:
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            records = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(records, list) or not all(
-        isinstance(r, dict) and "mean_score" in r for r in records
-    ):
+    records = read_json_list(path, "benchmark results")
+    if not all(isinstance(r, dict) and "mean_score" in r for r in records):
         raise DataError(f"{path}: expected a list of {{'id', 'prompt', 'mean_score', 'rewards'}}")
     return records
 

@@ -47,15 +47,21 @@ class TestItem:
     ranking: List[int]
 
 
-def load_test_json(path: str) -> List[TestItem]:
-    """Read and check a ``test.json``-format file; errors name the file and the item."""
+def read_json_list(path: str, what: str) -> List[Any]:
+    """The JSON list in ``path``; a :class:`DataError` naming the file otherwise."""
     try:
         with open(path, "r", encoding="utf-8") as handle:
             raw = json.load(handle)
     except json.JSONDecodeError as error:
         raise DataError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(raw, list):
-        raise DataError(f"{path}: expected a list of prompts, found {type(raw).__name__}")
+        raise DataError(f"{path}: expected a list of {what}, found {type(raw).__name__}")
+    return raw
+
+
+def load_test_json(path: str) -> List[TestItem]:
+    """Read and check a ``test.json``-format file; errors name the file and the item."""
+    raw = read_json_list(path, "prompts")
     return [_parse_item(entry, index, path) for index, entry in enumerate(raw)]
 
 

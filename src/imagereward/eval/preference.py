@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Dict, List, Sequence
 
-from .data import DataError, TestItem, image_paths
+from .data import DataError, TestItem, image_paths, read_json_list
 from .metrics import AccuracyResult, preference_accuracy
 
 
@@ -75,13 +75,7 @@ def write_predictions(path: str, records: Sequence[Dict[str, Any]]) -> str:
 
 def read_predictions(path: str, items: Sequence[TestItem]) -> List[List[float]]:
     """Rewards from a prediction file, matched to ``items`` by id and checked for size."""
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            raw = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(raw, list):
-        raise DataError(f"{path}: expected a list of predictions")
+    raw = read_json_list(path, "predictions")
     by_id: Dict[str, Any] = {}
     for index, entry in enumerate(raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("rewards"), list):
