@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CLIPConfig, HeadConfig, PreprocessConfig
+from ..config import CLIPConfig, HeadConfig
 from ..models.clip import CLIPVisionTransformer
 from ..models.head import RewardHead
 from ..preprocess import ImagePreprocessor
@@ -34,11 +34,7 @@ class AestheticScore(nn.Module, RewardScorer):
         self.config = config
         self.visual = CLIPVisionTransformer(config)
         self.mlp = RewardHead(config.embed_dim, head)
-        self.preprocess = preprocess or ImagePreprocessor(
-            PreprocessConfig(image_size=config.image_size)
-        )
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.init_scoring(preprocess, config.image_size, batch_size, num_workers)
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unit-length CLIP image embeddings ``[B, D]`` in float32."""

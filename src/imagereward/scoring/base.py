@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..config import PreprocessConfig
 from ..preprocess import ImageInput, ImagePreprocessor, check_image_input
 
 TextRows = Dict[str, torch.Tensor]
@@ -77,6 +78,18 @@ class RewardScorer:
     preprocess: ImagePreprocessor
     batch_size: int = 16
     num_workers: int = 4
+
+    def init_scoring(
+        self,
+        preprocess: Optional[ImagePreprocessor],
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+    ) -> None:
+        """Attach preprocessing (by default the BLIP/CLIP chain at ``image_size``) and batching."""
+        self.preprocess = preprocess or ImagePreprocessor(PreprocessConfig(image_size=image_size))
+        self.batch_size = batch_size
+        self.num_workers = num_workers
 
     # -- to implement -------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> TextRows:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import BLIPScoreConfig, PreprocessConfig
+from ..config import BLIPScoreConfig
 from ..models.blip import BLIPBackbone
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
@@ -35,11 +35,7 @@ class BLIPScore(nn.Module, CosineScorer):
         self.config = config
         self.blip = BLIPBackbone(config.vision, config.text, with_projections=True)
         self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
-        self.preprocess = preprocess or ImagePreprocessor(
-            PreprocessConfig(image_size=config.vision.image_size)
-        )
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.init_scoring(preprocess, config.vision.image_size, batch_size, num_workers)
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CLIPConfig, PreprocessConfig
+from ..config import CLIPConfig
 from ..models.clip import CLIPModel
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.clip_bpe import CLIPTokenizer
@@ -34,11 +34,7 @@ class CLIPScore(nn.Module, CosineScorer):
         self.config = config
         self.clip_model = CLIPModel(config)
         self.tokenizer = tokenizer or CLIPTokenizer(context_length=config.context_length)
-        self.preprocess = preprocess or ImagePreprocessor(
-            PreprocessConfig(image_size=config.image_size)
-        )
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.init_scoring(preprocess, config.image_size, batch_size, num_workers)
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts)).to(self.device)

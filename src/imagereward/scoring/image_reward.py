@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ..config import ImageRewardConfig, PreprocessConfig
+from ..config import ImageRewardConfig
 from ..models.image_reward import ImageRewardNet
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
@@ -32,11 +32,7 @@ class ImageReward(ImageRewardNet, RewardScorer):
     ) -> None:
         super().__init__(config)
         self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
-        self.preprocess = preprocess or ImagePreprocessor(
-            PreprocessConfig(image_size=config.vision.image_size)
-        )
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.init_scoring(preprocess, config.vision.image_size, batch_size, num_workers)
 
     @property
     def mean(self) -> float:
