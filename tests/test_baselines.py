@@ -288,6 +288,18 @@ def test_prompt_matters_and_score_batch(name, request):
 
 
 @pytest.mark.parametrize("name", ["clip_score", "blip_score", "aesthetic_score"])
+def test_score_matrix_equals_every_pair(name, request):
+    model = request.getfixturevalue(name)
+    prompts = [PROMPT, "a red sports car", "two birds"]
+    matrix = model.score_matrix(prompts, IMAGES)
+    assert matrix.shape == (3, len(IMAGES))
+    pairs = model.score_batch(
+        [p for p in prompts for _ in IMAGES], [i for _ in prompts for i in IMAGES]
+    )
+    assert matrix.flatten().tolist() == pytest.approx(pairs, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["clip_score", "blip_score", "aesthetic_score"])
 def test_score_tensors_is_differentiable(name, request):
     model = request.getfixturevalue(name)
     pixels = torch.rand(2, 3, 40, 48, requires_grad=True)

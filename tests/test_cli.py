@@ -104,6 +104,31 @@ def test_external_command_modules_are_registered_lazily(tmp_path, monkeypatch, c
 # -- single runs -----------------------------------------------------------------------
 
 
+def test_several_prompts_score_every_image_for_each(capsys, tiny_model):
+    import imagereward
+
+    prompts = ["an ocean", "a red car at night"]
+    args = ["--checkpoint", tiny_model, "-p", prompts[0], "-p", prompts[1], *ASSET_PATHS]
+    code, out, _ = run(capsys, "score", *args, "--json")
+    assert code == 0
+    records = json.loads(out)
+    assert [(r["prompt"], r["image"]) for r in records] == [
+        (p, i) for p in prompts for i in ASSET_PATHS
+    ]
+    model = imagereward.load(tiny_model, device="cpu")
+    for record in records:
+        expected = model.score(record["prompt"], record["image"])
+        assert record["reward"] == pytest.approx(expected, abs=1e-5)
+    code, table, _ = run(capsys, "rank", *args)
+    sections = table.split("\n\n")
+    assert [s.splitlines()[0] for s in sections] == [
+        f"ImageReward-v1.0 | prompt: {p}" for p in prompts
+    ]
+    for prompt, section in zip(prompts, sections):
+        rewards = [float(line.split()[1]) for line in section.splitlines()[2:]]
+        assert rewards == sorted(rewards, reverse=True) and len(rewards) == 4
+
+
 def test_score_table_json_csv(capsys, tiny_model):
     base = ["score", "--checkpoint", tiny_model, "--prompt", "an ocean", *ASSET_PATHS]
     code, table, _ = run(capsys, *base)

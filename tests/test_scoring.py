@@ -65,6 +65,44 @@ def test_score_batch_pairs(model):
         model.score_batch(["a", 3, "b", "c"], PATHS)
 
 
+def test_score_matrix_equals_every_pair(model):
+    prompts = ["a cat", PROMPT, "a dog on a red sofa, oil painting", "a cat"]
+    model.batch_size = 3  # two image batches: 3 + 1
+    matrix = model.score_matrix(prompts, PATHS)
+    assert matrix.shape == (4, 4) and matrix.dtype == torch.float32
+    pairs = model.score_batch(
+        [p for p in prompts for _ in PATHS], [i for _ in prompts for i in PATHS]
+    )
+    assert matrix.flatten().tolist() == pytest.approx(pairs, abs=1e-5)
+    assert torch.equal(matrix[0], matrix[3])  # a repeated prompt is scored once
+    assert matrix[:3].std(dim=0).min() > 1e-3  # and the prompt matters
+
+
+def test_score_matrix_in_chunks_of_prompts(model, monkeypatch):
+    from imagereward.scoring import image_reward
+
+    prompts = [f"prompt number {i}" for i in range(7)]
+    whole = model.score_matrix(prompts, PATHS)
+    monkeypatch.setattr(image_reward, "GRID_ROWS", 5)  # 4 images -> one prompt per pass
+    assert (model.score_matrix(prompts, PATHS) - whole).abs().max() < 1e-5
+
+
+def test_score_matrix_bad_arguments(model):
+    with pytest.raises(TypeError, match="list or tuple of str"):
+        model.score_matrix(PROMPT, PATHS)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        model.score_matrix([], PATHS)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        model.score_matrix([PROMPT], [PATHS[0], "nope.png"])
+
+
+def test_text_rows_must_split_over_images(model):
+    tokens = model.tokenizer(["a", "b", "c"])
+    image_tokens = model.encode_images(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="3 text rows cannot be split evenly over 2 images"):
+        model.blip.multimodal_cls(tokens["input_ids"], tokens["attention_mask"], image_tokens)
+
+
 def test_prompt_changes_reward(model):
     assert model.score("a cat", PATHS[0]) != pytest.approx(model.score(PROMPT, PATHS[0]), abs=1e-4)
 
@@ -158,3 +196,15 @@ def test_drop_in_module(checkpoint, config):
     ranking, rewards = model.inference_rank(PROMPT, PATHS)
     assert len(ranking) == len(rewards) == 4
     assert set(model.state_dict()) <= set(torch.load(checkpoint))
+
+
+def test_compiled_encoders_give_the_same_rewards(checkpoint, config):
+    from torch._dynamo.utils import counters
+
+    eager = imagereward.load(str(checkpoint), config=config, device="cpu")
+    compiled = imagereward.load(str(checkpoint), config=config, device="cpu", compile=True)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    before = counters["stats"]["unique_graphs"]
+    expected = eager.score(PROMPT, PATHS)
+    assert compiled.score(PROMPT, PATHS) == pytest.approx(expected, abs=1e-5)
+    assert counters["stats"]["unique_graphs"] >= before + 2  # both encoders went through dynamo

@@ -218,6 +218,7 @@ def load_score(
     vocab_file: Optional[str] = None,
     batch_size: int = 16,
     num_workers: int = 4,
+    compile: bool = False,
 ) -> Scorer:
     """Load a baseline scorer (``"CLIP"``, ``"BLIP"`` or ``"Aesthetic"``) in eval mode.
 
@@ -229,7 +230,8 @@ def load_score(
     BLIP); CLIP sizes are otherwise read from the weights. ``dtype`` sets the
     precision of the encoders (float32 by default, also on the CPU); the aesthetic
     MLP always runs in float32. ``bpe_file`` / ``vocab_file`` are local CLIP BPE
-    merges / BERT vocabulary files.
+    merges / BERT vocabulary files. ``compile=True`` runs the encoders through
+    ``torch.compile``.
     """
     if name not in available_scores():
         raise RuntimeError(f"Score {name} not found; available scores = {available_scores()}")
@@ -251,5 +253,7 @@ def load_score(
         clip_path = clip_checkpoint or baseline_file("CLIP", download_root)
         model = _load_aesthetic(path, clip_path, config, target_dtype, batch_size, num_workers)
     model.eval().to(target_device)
+    if compile:
+        model.compile_encoders()
     logger.info("checkpoint loaded")
     return model

@@ -84,6 +84,7 @@ def load(
     vocab_file: Optional[str] = None,
     batch_size: int = 16,
     num_workers: int = 4,
+    compile: bool = False,
 ) -> ImageReward:
     """Load an ImageReward model in eval mode on ``device``.
 
@@ -93,7 +94,8 @@ def load(
     otherwise they go to the Hugging Face cache. ``med_config`` is an optional
     original BERT config JSON; ``config`` overrides the whole architecture.
     ``dtype`` (``"fp32"``, ``"bf16"``, ``"fp16"`` or a ``torch.dtype``) sets the
-    precision of the encoders; the head always runs in float32.
+    precision of the encoders; the head always runs in float32. ``compile=True``
+    runs the encoders through ``torch.compile`` (see :meth:`~RewardScorer.compile_encoders`).
     """
     target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
     path, saved_config, preprocess_config = _resolve_checkpoint(name, download_root)
@@ -119,6 +121,8 @@ def load(
             )
         model.blip.to(target_dtype)
     model.to(target_device)
+    if compile:
+        model.compile_encoders()
     logger.info("checkpoint loaded")
     return model
 

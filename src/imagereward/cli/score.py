@@ -28,6 +28,7 @@ SCORE_EPILOG = f"""\
 examples:
   imagereward score --prompt "a red bicycle" a.png b.png
   imagereward score --prompt "a red bicycle" a.png --json
+  imagereward score -p "a red bicycle" -p "a blue bicycle" a.png b.png
   imagereward score --model CLIP --prompt "a red bicycle" *.png --csv > clip.csv
   imagereward score --input pairs.jsonl --output scores.jsonl
   imagereward score --input pairs.jsonl --output scores.jsonl --resume
@@ -46,6 +47,10 @@ RANK_EPILOG = f"""\
 examples:
   imagereward rank --prompt "a red bicycle" a.png b.png c.png
   imagereward rank --prompt "a red bicycle" *.png --json
+  imagereward rank -p "a red bicycle" -p "a bicycle at night" *.png
+
+Several --prompt options rank the same images for each prompt; every image is
+decoded and encoded once for all of them.
 
 {EXIT_CODES_HELP}"""
 
@@ -99,7 +104,11 @@ def register(subparsers: Any) -> None:
 
 def _add_single_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files to score")
-    parser.add_argument("--prompt", "-p", help="the text prompt the images were generated for")
+    parser.add_argument(
+        "--prompt", "-p", action="append",
+        help="the text prompt the images were generated for; repeat it to score the "
+        "images for several prompts (each image is encoded once)",
+    )
     parser.add_argument(
         "--model", "-m", type=model_name, default=IMAGEREWARD,
         help="ImageReward-v1.0, or a baseline: CLIP, BLIP, Aesthetic (default: %(default)s)",
@@ -146,14 +155,10 @@ def run_score(args: argparse.Namespace) -> int:
         return _run_batch(args)
     if args.output is not None or args.resume:
         args.parser.error("--output and --resume need --input")
-    _check_single(args)
-    scorer = _load(args)
-    try:
-        rewards = scorer.score_batch([args.prompt] * len(args.images), list(args.images))
-    except _scoring_errors() as error:
-        raise CliError(str(error), EXIT_INPUT) from error
+    rows = _reward_rows(args)
     records = [
-        {"prompt": args.prompt, "image": image, "reward": float(reward)}
+        {"prompt": prompt, "image": image, "reward": reward}
+        for prompt, rewards in zip(args.prompt, rows)
         for image, reward in zip(args.images, rewards)
     ]
     _emit(records, ["reward", "image"], args)
@@ -161,22 +166,35 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_rank(args: argparse.Namespace) -> int:
+    from ..scoring.base import ranks_from_rewards
+
     apply_offline(args)
+    rows = _reward_rows(args)
+    records: List[Dict[str, Any]] = []
+    for prompt, rewards in zip(args.prompt, rows):
+        ranked = zip(args.images, ranks_from_rewards(rewards), rewards)
+        records.extend(
+            sorted(
+                (
+                    {"rank": rank, "prompt": prompt, "image": image, "reward": reward}
+                    for image, rank, reward in ranked
+                ),
+                key=lambda r: r["rank"],
+            )
+        )
+    _emit(records, ["rank", "reward", "image"], args)
+    return 0
+
+
+def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
+    """Rewards of every image for each ``--prompt``, one list per prompt."""
     _check_single(args)
     scorer = _load(args)
     try:
-        result = scorer.rank(args.prompt, list(args.images))
+        matrix = scorer.score_matrix(args.prompt, list(args.images))
     except _scoring_errors() as error:
         raise CliError(str(error), EXIT_INPUT) from error
-    records = sorted(
-        (
-            {"rank": rank, "prompt": args.prompt, "image": image, "reward": float(reward)}
-            for image, rank, reward in zip(args.images, result.ranking, result.rewards)
-        ),
-        key=lambda r: r["rank"],
-    )
-    _emit(records, ["rank", "reward", "image"], args)
-    return 0
+    return matrix.tolist()
 
 
 def _emit(records: List[Dict[str, Any]], columns: Sequence[str], args: argparse.Namespace) -> None:
@@ -189,7 +207,10 @@ def _emit(records: List[Dict[str, Any]], columns: Sequence[str], args: argparse.
         writer.writerows(records)
         text = buffer.getvalue().rstrip("\n")
     else:
-        text = format_table(records, columns, args.model, args.prompt)
+        text = "\n\n".join(
+            format_table([r for r in records if r["prompt"] == prompt], columns, args.model, prompt)
+            for prompt in dict.fromkeys(args.prompt)
+        )
     print(text)
 
 

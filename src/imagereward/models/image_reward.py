@@ -29,10 +29,26 @@ class ImageRewardNet(nn.Module):
     def reward_from_tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
     ) -> torch.Tensor:
-        """Raw rewards ``[B]`` from tokenised prompts and image tokens (row-aligned)."""
+        """Raw rewards ``[B]`` from tokenised prompts and image tokens.
+
+        Rows are aligned, or there are ``P`` prompt rows per image, image-major.
+        """
         features = self.blip.multimodal_cls(input_ids, attention_mask, image_tokens)
         head_dtype = self.mlp.layers[0].weight.dtype
         return self.mlp(features.to(head_dtype)).squeeze(-1)
+
+    def reward_matrix(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw rewards ``[P, I]`` of every prompt (rows of ``input_ids``) with every image.
+
+        Each layer projects an image's keys and values once for all ``P`` prompts.
+        """
+        images, prompts = image_tokens.shape[0], input_ids.shape[0]
+        raw = self.reward_from_tokens(
+            input_ids.repeat(images, 1), attention_mask.repeat(images, 1), image_tokens
+        )
+        return raw.view(images, prompts).t()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixels: torch.Tensor

@@ -3,6 +3,12 @@
 Module and parameter names follow the original BLIP ``med.py`` so that its
 checkpoints load with strict key checking. ``mode="multimodal"`` attends to
 image tokens; ``mode="text"`` skips cross-attention (BLIP's unimodal encoder).
+
+Several prompts can meet one image: with ``I`` images and ``I * P`` text rows
+(image-major: row ``i * P + p`` is prompt ``p`` with image ``i``), cross-attention
+runs once per image with the queries of all ``P`` prompts side by side, so each
+layer projects an image's keys and values once instead of ``P`` times. Queries
+are independent rows and image tokens carry no mask, so this is the same math.
 """
 
 from __future__ import annotations
@@ -121,8 +127,17 @@ class BertLayer(nn.Module):
     ) -> torch.Tensor:
         x = self.attention(x, x, mask)
         if image_tokens is not None:
-            x = self.crossattention(x, image_tokens, None)
+            x = self.cross_attend(x, image_tokens)
         return self.output(self.intermediate(x), x)
+
+    def cross_attend(self, x: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Cross-attention of ``[I * P, L, D]`` text states to ``[I, N, W]`` image tokens."""
+        images = image_tokens.shape[0]
+        if x.shape[0] == images:
+            return self.crossattention(x, image_tokens, None)
+        batch, length, width = x.shape
+        grouped = x.reshape(images, (batch // images) * length, width)
+        return self.crossattention(grouped, image_tokens, None).reshape(batch, length, width)
 
 
 class BertEncoder(nn.Module):
@@ -166,6 +181,11 @@ class BertModel(nn.Module):
         if mode == "multimodal":
             if image_tokens is None:
                 raise ValueError("multimodal mode needs image tokens")
+            if input_ids.shape[0] % image_tokens.shape[0] != 0:
+                raise ValueError(
+                    f"{input_ids.shape[0]} text rows cannot be split evenly over "
+                    f"{image_tokens.shape[0]} images"
+                )
         elif mode == "text":
             image_tokens = None
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ class AestheticScore(nn.Module, RewardScorer):
         self.mlp = RewardHead(config.embed_dim, head)
         self.init_scoring(preprocess, config.image_size, batch_size, num_workers)
 
+    def encoders(self) -> List[nn.Module]:
+        return [self.visual]
+
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unit-length CLIP image embeddings ``[B, D]`` in float32."""
         return F.normalize(self.visual(pixels).float(), dim=-1)
@@ -46,6 +49,12 @@ class AestheticScore(nn.Module, RewardScorer):
     def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
         features = self.image_embeddings(pixels)
         return self.mlp(features.to(self.mlp.layers[0].weight.dtype)).squeeze(-1).float()
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.score_rows({}, pixels)
+
+    def score_grid(self, text: TextRows, features: torch.Tensor) -> torch.Tensor:
+        return features.unsqueeze(0)
 
     def score_tensors(
         self, pixels: torch.Tensor, prompts: Union[str, Sequence[str], None] = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ class BLIPScore(nn.Module, CosineScorer):
         self.blip = BLIPBackbone(config.vision, config.text, with_projections=True)
         self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
         self.init_scoring(preprocess, config.vision.image_size, batch_size, num_workers)
+
+    def encoders(self) -> List[nn.Module]:
+        return [self.blip.visual_encoder, self.blip.text_encoder]
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ class CLIPScore(nn.Module, CosineScorer):
         self.clip_model = CLIPModel(config)
         self.tokenizer = tokenizer or CLIPTokenizer(context_length=config.context_length)
         self.init_scoring(preprocess, config.image_size, batch_size, num_workers)
+
+    def encoders(self) -> List[nn.Module]:
+        return [self.clip_model.visual, self.clip_model.transformer]
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts)).to(self.device)

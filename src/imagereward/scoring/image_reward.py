@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
 from ..config import ImageRewardConfig
 from ..models.image_reward import ImageRewardNet
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
 from .base import RewardScorer, TextRows, expand_prompts
+
+# Text rows per forward pass when many prompts meet a batch of images.
+GRID_ROWS = 256
 
 
 class ImageReward(ImageRewardNet, RewardScorer):
@@ -34,6 +38,9 @@ class ImageReward(ImageRewardNet, RewardScorer):
         self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
         self.init_scoring(preprocess, config.vision.image_size, batch_size, num_workers)
 
+    def encoders(self) -> List[nn.Module]:
+        return [self.blip.visual_encoder, self.blip.text_encoder]
+
     @property
     def mean(self) -> float:
         return self.config.reward_mean
@@ -47,6 +54,20 @@ class ImageReward(ImageRewardNet, RewardScorer):
 
     def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
         raw = self(text["input_ids"], text["attention_mask"], pixels)
+        return self.normalize(raw.float())
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encode_images(pixels)
+
+    def score_grid(self, text: TextRows, features: torch.Tensor) -> torch.Tensor:
+        ids, mask = text["input_ids"], text["attention_mask"]
+        step = max(1, GRID_ROWS // features.shape[0])
+        raw = torch.cat(
+            [
+                self.reward_matrix(ids[i : i + step], mask[i : i + step], features)
+                for i in range(0, ids.shape[0], step)
+            ]
+        )
         return self.normalize(raw.float())
 
     def score_tensors(

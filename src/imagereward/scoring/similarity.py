@@ -28,6 +28,12 @@ class CosineScorer(RewardScorer):
     def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
         return (text["text_embeds"] * self.image_embeddings(pixels)).sum(dim=-1)
 
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_embeddings(pixels)
+
+    def score_grid(self, text: TextRows, features: torch.Tensor) -> torch.Tensor:
+        return text["text_embeds"] @ features.t()
+
     def score_tensors(
         self, pixels: torch.Tensor, prompts: Union[str, Sequence[str]]
     ) -> torch.Tensor:
