@@ -4,6 +4,11 @@ The reference is never a dependency of the product; the parity and speed tools
 create this environment once (about 6 GB, from PyPI and the local wheel store),
 then run ``reference_side.py`` inside it, offline, with a Hugging Face cache that
 holds only the BERT vocabulary.
+
+Where no virtual environment can be built (the GPU machine has no network), the
+reference runs on this interpreter from a folder of installed wheels named by
+``IMAGEREWARD_REF_SITE``, and ours from the ``PYTHONPATH`` in ``IMAGEREWARD_OURS_PATH``
+(see ``gpu.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ REFERENCE_DEPS = [
     "pyarrow==17.0.0", "numpy==1.26.4", "setuptools==80.10.2", "clip-anytorch==2.6.0", "ftfy",
 ]
 _SNAPSHOT = "0" * 40
+REF_SITE_ENV = "IMAGEREWARD_REF_SITE"
+OURS_PATH_ENV = "IMAGEREWARD_OURS_PATH"
 
 
 def venv_python(venv: Optional[Path] = None) -> Path:
@@ -55,6 +62,17 @@ def ensure_reference_venv(venv: Optional[Path] = None) -> Path:
     if not _imports_reference(python):
         raise RuntimeError(f"the reference environment in {root} does not import ImageReward")
     return python
+
+
+def reference_python() -> str:
+    """The interpreter that runs the reference: this one over a wheel folder, or the venv's."""
+    if os.environ.get(REF_SITE_ENV):
+        return sys.executable
+    return str(ensure_reference_venv())
+
+
+def python_for(impl: str) -> str:
+    return reference_python() if impl == "reference" else sys.executable
 
 
 def _imports_reference(python: Path) -> bool:
@@ -91,16 +109,25 @@ def offline_env(workdir: Path) -> Dict[str, str]:
     return env
 
 
+def side_env(workdir: Path, impl: str) -> Dict[str, str]:
+    """The offline environment for one side, with its import path where one is configured."""
+    env = offline_env(workdir)
+    path = os.environ.get(REF_SITE_ENV if impl == "reference" else OURS_PATH_ENV)
+    if path:
+        env["PYTHONPATH"] = path
+    return env
+
+
 def run_reference(command: str, args: Dict[str, object], workdir: Path) -> Dict[str, object]:
     """Run ``reference_side.py COMMAND`` in the reference venv; exchange JSON through files."""
-    python = ensure_reference_venv()
+    python = reference_python()
     request = workdir / f"{command}.request.json"
     reply = workdir / f"{command}.reply.json"
     request.write_text(json.dumps(args))
     subprocess.run(
         [str(python), str(HERE / "reference_side.py"), command, str(request), str(reply)],
         check=True,
-        env=offline_env(workdir),
+        env=side_env(workdir, "reference"),
         cwd=str(workdir),
     )
     return json.loads(reply.read_text())
@@ -108,4 +135,5 @@ def run_reference(command: str, args: Dict[str, object], workdir: Path) -> Dict[
 
 def run_ours(script: str, argv: List[str], workdir: Path) -> None:
     """Run one of our benchmark scripts in a fresh process of this interpreter, offline."""
-    subprocess.run([sys.executable, str(HERE / script), *argv], check=True, env=offline_env(workdir))
+    subprocess.run([sys.executable, str(HERE / script), *argv], check=True,
+                   env=side_env(workdir, "ours"))

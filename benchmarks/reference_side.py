@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from reference_import import import_reference
+
 
 def _scale_head(mlp_layers: torch.nn.Sequential, head_scale: float) -> None:
     """Random BLIP weights give nearly equal features; a wide head makes rewards differ."""
@@ -25,6 +27,7 @@ def _scale_head(mlp_layers: torch.nn.Sequential, head_scale: float) -> None:
 
 def make_imagereward(req):
     """A random-weight ``ImageReward.pt`` written by the reference's own classes."""
+    import_reference()
     from ImageReward.ImageReward import ImageReward
 
     torch.manual_seed(req["seed"])
@@ -51,8 +54,7 @@ def _rank_all(model, req, load_seconds: float):
 
 
 def score_imagereward(req):
-    import ImageReward as RM
-
+    RM = import_reference()
     torch.set_num_threads(req.get("threads", torch.get_num_threads()))
     start = time.perf_counter()
     model = RM.load(req["checkpoint"], device="cpu", med_config=req["med_config"])
@@ -84,6 +86,7 @@ def make_clip(req):
 
 def make_blip(req):
     """BLIP-large pretraining weights under ``"model"``, with some of the unused extras."""
+    import_reference()
     from ImageReward.models.BLIP.blip_pretrain import BLIP_Pretrain
 
     torch.manual_seed(req["seed"])
@@ -108,6 +111,7 @@ def make_blip(req):
 
 def make_aesthetic(req):
     """A random aesthetic MLP state dict (``layers.*`` keys) for 768-wide CLIP features."""
+    import_reference()
     from ImageReward.models.AestheticScore import MLP
 
     torch.manual_seed(req["seed"])
@@ -123,8 +127,8 @@ def score_baseline(req):
     ``clip.load`` checks the SHA-256 in its URL table: point it at the fixture's hash.
     """
     import clip
-    import ImageReward as RM
 
+    RM = import_reference()
     torch.set_num_threads(req.get("threads", torch.get_num_threads()))
     clip.clip._MODELS["ViT-L/14"] = (
         f"https://openaipublic.azureedge.net/clip/models/{req['clip_sha256']}/ViT-L-14.pt"

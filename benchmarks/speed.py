@@ -33,17 +33,14 @@ from fixtures import PROMPTS, odd_images
 HERE = Path(__file__).resolve().parent
 
 
-def _python(impl: str) -> str:
-    return str(refenv.ensure_reference_venv()) if impl == "reference" else sys.executable
-
-
 def run_side(impl: str, command: str, request: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
     tag = f"{impl}-{command}-{request.get('dtype', 'fp32')}"
     req_path, reply_path = workdir / f"{tag}.request.json", workdir / f"{tag}.reply.json"
     req_path.write_text(json.dumps(dict(request, impl=impl)))
     subprocess.run(
-        [_python(impl), str(HERE / "speed_side.py"), command, str(req_path), str(reply_path)],
-        check=True, env=refenv.offline_env(workdir), cwd=str(workdir),
+        [refenv.python_for(impl), str(HERE / "speed_side.py"), command, str(req_path),
+         str(reply_path)],
+        check=True, env=refenv.side_env(workdir, impl), cwd=str(workdir),
     )
     return json.loads(reply_path.read_text())
 
@@ -53,8 +50,8 @@ def import_seconds(impl: str, workdir: Path, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([_python(impl), "-c", "import ImageReward"], check=True,
-                       env=refenv.offline_env(workdir), cwd=str(workdir), capture_output=True)
+        subprocess.run([refenv.python_for(impl), "-c", "import ImageReward"], check=True,
+                       env=refenv.side_env(workdir, impl), cwd=str(workdir), capture_output=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -102,51 +99,76 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
         base = SCORERS["ImageReward-v1.0"].make(workdir)
         impls = ["reference", "ours"]
-    base.update(threads=args.threads, batch_size=args.batch_size)
-    results: Dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cores": os.cpu_count(),
-                    "threads": args.threads},
-        "workloads": {},
-    }
+    base.update(threads=args.threads, batch_size=args.batch_size, compile=args.compile)
+    results: Dict[str, Any] = {"machine": machine(args.threads), "workloads": {}}
     dtypes = args.dtypes.split(",")
     slow = [d for d in dtypes if not args.force_half and not cpu_has_fast(resolve_dtype(d))]
     if slow:
         print(f"[speed] skipping {slow}: this CPU has no native support for them "
               "(use --force-half to time them anyway)", flush=True)
         results["skipped"] = {d: "no native CPU support" for d in slow}
+    workloads = {
+        "rank": ("rank", {"prompt": PROMPTS[0], "images": rank_images, "repeats": args.repeats}),
+        "eval": ("eval", {"items": items}),
+        "matrix": ("matrix", {"prompts": PROMPTS[:4], "images": rank_images[:6]}),
+    }
     variants = [("reference", "fp32")] * ("reference" in impls) + [("ours", d) for d in dtypes if d not in slow]
+    work = results["workloads"]
     for impl, dtype in variants:
         key = f"{impl}-{dtype}"
-        print(f"[speed] {key}", flush=True)
-        request = dict(base, dtype=dtype)
-        entry: Dict[str, Any] = {}
+        work[key] = {}
         if dtype == "fp32":
-            entry["import_seconds"] = import_seconds(impl, workdir)
-            entry["load"] = run_side(impl, "load", request, workdir)
-        entry["rank"] = run_side(impl, "rank", dict(request, prompt=PROMPTS[0], images=rank_images,
-                                                    repeats=args.repeats), workdir)
-        entry["eval"] = run_side(impl, "eval", dict(request, items=items), workdir)
-        results["workloads"][key] = entry
+            print(f"[speed] {key}: import, load", flush=True)
+            work[key]["import_seconds"] = import_seconds(impl, workdir)
+            work[key]["load"] = run_side(impl, "load", dict(base, dtype=dtype), workdir)
+    # Short workloads alternate between the sides for --rounds rounds, so that a drift
+    # in machine speed (shared hosts) hits both; the best timing of all rounds counts.
+    for name in args.workloads.split(","):
+        command, extra = workloads[name]
+        for round_index in range(1 if name == "eval" else args.rounds):
+            for impl, dtype in variants:
+                key = f"{impl}-{dtype}"
+                print(f"[speed] {key}: {name}, round {round_index + 1}", flush=True)
+                reply = run_side(impl, command, dict(base, dtype=dtype, **extra), workdir)
+                work[key][name] = merge_rounds(work[key].get(name), reply)
     if "reference" in impls:
-        results["agreement"] = _agreement(results["workloads"])
+        results["agreement"] = agreement(results["workloads"], "reference-fp32")
     return results
 
 
-def _agreement(workloads: Dict[str, Any]) -> Dict[str, Any]:
-    ref = workloads["reference-fp32"]
-    out = {}
+def merge_rounds(earlier: Optional[Dict[str, Any]], reply: Dict[str, Any]) -> Dict[str, Any]:
+    """One reply for all rounds of a workload: every timing, the rate of the best one."""
+    if earlier is None:
+        return reply
+    seconds = earlier["seconds"] + reply["seconds"]
+    unit = reply["unit"]
+    return dict(reply, seconds=seconds, **{f"{unit}_per_second": reply["count"] / min(seconds)})
+
+
+def machine(threads: int) -> Dict[str, Any]:
+    return {"platform": platform.platform(), "processor": _cpu_name(), "cores": os.cpu_count(),
+            "threads": threads}
+
+
+def agreement(workloads: Dict[str, Any], baseline: str) -> Dict[str, Any]:
+    """Max |difference| and ranking agreement of every variant against ``baseline``."""
+    ref = workloads[baseline]
+    out: Dict[str, Any] = {}
     for key, entry in workloads.items():
-        if key == "reference-fp32":
+        if key == baseline:
             continue
-        out[key] = {
-            "rank_max_abs_diff": _max_diff(entry["rank"]["rewards"], ref["rank"]["rewards"]),
-            "eval_max_abs_diff": _max_diff(entry["eval"]["rewards"], ref["eval"]["rewards"]),
-            "rank_same_order": _same_order(entry["rank"]["rewards"], ref["rank"]["rewards"]),
-            "eval_prompts_same_order": sum(
-                _same_order(a, b) for a, b in zip(entry["eval"]["rewards"], ref["eval"]["rewards"])
-            ),
-            "eval_prompts": len(ref["eval"]["rewards"]),
-        }
+        row: Dict[str, Any] = {}
+        for name in ("rank", "model"):
+            if name in entry and name in ref:
+                row[f"{name}_max_abs_diff"] = _max_diff(entry[name]["rewards"], ref[name]["rewards"])
+                row[f"{name}_same_order"] = _same_order(entry[name]["rewards"], ref[name]["rewards"])
+        for name in ("eval", "matrix"):
+            if name in entry and name in ref:
+                mine, theirs = entry[name]["rewards"], ref[name]["rewards"]
+                row[f"{name}_max_abs_diff"] = _max_diff(mine, theirs)
+                row[f"{name}_prompts_same_order"] = sum(_same_order(a, b) for a, b in zip(mine, theirs))
+                row[f"{name}_prompts"] = len(theirs)
+        out[key] = row
     return out
 
 
@@ -177,32 +199,40 @@ def _tiny_checkpoint(workdir: Path) -> Path:
     return folder
 
 
-def table(results: Dict[str, Any]) -> str:
+ROWS = [
+    ("`import ImageReward` (s)", lambda e: e.get("import_seconds"), None),
+    ("load to ready (s)", lambda e: e.get("load", {}).get("seconds"), None),
+    ("load peak RSS (MB)", lambda e: e.get("load", {}).get("peak_rss_mb"), None),
+    ("inference_rank, {n} images (img/s)", lambda e: e.get("rank", {}).get("images_per_second"),
+     lambda e: len(e["rank"]["rewards"])),
+    ("eval-shaped, {n} prompts (img/s)", lambda e: e.get("eval", {}).get("images_per_second"),
+     lambda e: len(e["eval"]["rewards"])),
+    ("{n} prompts x images matrix (pairs/s)", lambda e: e.get("matrix", {}).get("pairs_per_second"),
+     lambda e: len(e["matrix"]["rewards"])),
+    ("model alone, {n} images (img/s)", lambda e: e.get("model", {}).get("images_per_second"),
+     lambda e: len(e["model"]["rewards"])),
+]
+
+
+def table(results: Dict[str, Any], baseline: str = "reference-fp32") -> str:
+    """Markdown: a column per variant, ratios against ``baseline`` in brackets."""
     work = results["workloads"]
-    ref: Optional[Dict[str, Any]] = work.get("reference-fp32")
-    rows = [
-        ("`import ImageReward` (s)", lambda e: e.get("import_seconds"), False),
-        ("load to ready (s)", lambda e: e.get("load", {}).get("seconds"), False),
-        ("load peak RSS (MB)", lambda e: e.get("load", {}).get("peak_rss_mb"), False),
-        ("inference_rank, 10 mixed images (img/s)", lambda e: e["rank"]["images_per_second"], True),
-        (f"eval-shaped, {len(next(iter(work.values()))['eval']['rewards'])} prompts (img/s)",
-         lambda e: e["eval"]["images_per_second"], True),
-    ]
+    ref: Optional[Dict[str, Any]] = work.get(baseline)
     keys = list(work)
-    header = "| workload | " + " | ".join(keys) + " |"
-    lines = [header, "|---" * (len(keys) + 1) + "|"]
-    for label, get, higher_better in rows:
+    lines = ["| workload | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for label, get, count in ROWS:
+        present = [key for key in keys if get(work[key]) is not None]
+        if not present:
+            continue
+        if count is not None:
+            label = label.format(n=count(work[present[0]]))
         cells = []
         for key in keys:
             value = get(work[key])
-            if value is None:
-                cells.append("")
-                continue
-            cell = f"{value:.3g}"
+            cell = "" if value is None else f"{value:.3g}"
             base = get(ref) if ref else None
-            if base and key != "reference-fp32":
-                ratio = value / base
-                cell += f" ({ratio:.3g}x)"
+            if value is not None and base and key != baseline:
+                cell += f" ({value / base:.3g}x)"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -215,8 +245,13 @@ def main() -> int:
     parser.add_argument("--dtypes", default="fp32,bf16", help="our precisions to time")
     parser.add_argument("--force-half", action="store_true",
                         help="time bf16/fp16 even on a CPU without native support for them")
+    parser.add_argument("--workloads", default="rank,eval,matrix",
+                        help="comma list of rank, eval, matrix")
+    parser.add_argument("--compile", action="store_true", help="load ours with compile=True")
     parser.add_argument("--eval-prompts", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per rank process")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating rounds of each short workload per side")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", type=Path, help="write all figures here")

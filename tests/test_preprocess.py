@@ -54,6 +54,16 @@ def test_matches_documented_chain(name):
     np.testing.assert_allclose(ours.numpy(), documented_chain(image), atol=1e-6)
 
 
+def test_uint8_batches_normalise_to_the_same_pixels():
+    """Scoring moves uint8 batches and normalises them on the model's device."""
+    preprocess = ImagePreprocessor()
+    images = [ODD[name]() for name in ("rgb_wide", "gray", "palette")]
+    raw = torch.stack([preprocess.to_uint8(image) for image in images])
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 3, 224, 224)
+    singles = torch.stack([preprocess(image) for image in images])
+    assert torch.equal(preprocess.normalize(raw), singles)
+
+
 @pytest.mark.parametrize("name", ["palette", "rgba"])
 def test_rgb_conversion_happens_after_resize(name):
     """Converting first would give other pixels: palette images resize with nearest

@@ -163,7 +163,7 @@ def _preprocess(image_size: int) -> ImagePreprocessor:
 
 def _load_clip(
     path: str, config: Optional[CLIPConfig], dtype: torch.dtype, bpe_file: Optional[str],
-    cache_dir: Optional[str], batch_size: int, num_workers: int,
+    cache_dir: Optional[str], batch_size: int, num_workers: Optional[int],
 ) -> CLIPScore:
     state = read_clip_checkpoint(path)
     config = config or infer_clip_config(state, path)
@@ -177,7 +177,7 @@ def _load_clip(
 
 def _load_blip(
     path: str, config: Optional[BLIPScoreConfig], dtype: torch.dtype, vocab_file: Optional[str],
-    batch_size: int, num_workers: int,
+    batch_size: int, num_workers: Optional[int],
 ) -> BLIPScore:
     config = config or BLIPScoreConfig()
     state = strip_prefix(read_state_dict(path, key="model"))
@@ -191,7 +191,7 @@ def _load_blip(
 
 def _load_aesthetic(
     path: str, clip_path: str, config: Optional[CLIPConfig], dtype: torch.dtype,
-    batch_size: int, num_workers: int,
+    batch_size: int, num_workers: Optional[int],
 ) -> AestheticScore:
     clip_state = read_clip_checkpoint(clip_path)
     config = config or infer_clip_config(clip_state, clip_path)
@@ -217,7 +217,7 @@ def load_score(
     bpe_file: Optional[str] = None,
     vocab_file: Optional[str] = None,
     batch_size: int = 16,
-    num_workers: int = 4,
+    num_workers: Optional[int] = None,
     compile: bool = False,
 ) -> Scorer:
     """Load a baseline scorer (``"CLIP"``, ``"BLIP"`` or ``"Aesthetic"``) in eval mode.

@@ -83,7 +83,7 @@ def load(
     config: Optional[ImageRewardConfig] = None,
     vocab_file: Optional[str] = None,
     batch_size: int = 16,
-    num_workers: int = 4,
+    num_workers: Optional[int] = None,
     compile: bool = False,
 ) -> ImageReward:
     """Load an ImageReward model in eval mode on ``device``.

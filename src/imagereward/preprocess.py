@@ -105,10 +105,23 @@ class ImagePreprocessor:
         return image.crop(center_crop_box(image.width, image.height, size))
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
+        return self.normalize(self.to_uint8(image))
+
+    def to_uint8(self, image: ImageInput) -> torch.Tensor:
+        """Decoded, resized, cropped RGB pixels ``[3, S, S]`` as ``uint8``, not yet normalised."""
         image = self.resize_and_crop(load_image(image)).convert("RGB")
         array = np.asarray(image, dtype=np.uint8)
-        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        return pixels.sub_(self._mean).div_(self._std)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``uint8`` pixels ``[..., 3, S, S]`` -> normalised ``float32``, on their device.
+
+        Scoring sends ``uint8`` batches to the model's device and normalises there:
+        a quarter of the bytes to move, and the same float32 operations in the same order.
+        """
+        mean = self._mean.to(pixels.device)
+        std = self._std.to(pixels.device)
+        return pixels.float().div_(255.0).sub_(mean).div_(std)
 
     def tensor_transform(self, pixels: torch.Tensor) -> torch.Tensor:
         """Differentiable chain for ``[N, 3, H, W]`` floats in [0, 1] (any H, W)."""

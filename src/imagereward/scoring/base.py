@@ -12,6 +12,7 @@ inference mode, device and dtype placement, and the original return conventions.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -66,6 +67,10 @@ def check_images(images: Any) -> List[ImageInput]:
     return list(images)
 
 
+def default_decode_workers() -> int:
+    return min(16, max(4, os.cpu_count() or 1))
+
+
 def ranks_from_rewards(rewards: Sequence[float]) -> List[int]:
     """1-based ranks by descending reward; ties keep input order; NaN ranks last."""
     order = sorted(
@@ -81,7 +86,8 @@ def ranks_from_rewards(rewards: Sequence[float]) -> List[int]:
 class RewardScorer:
     """Mixin for ``nn.Module`` scorers. Attributes set by subclasses:
 
-    ``preprocess`` (an :class:`ImagePreprocessor`), ``batch_size``, ``num_workers``.
+    ``preprocess`` (an :class:`ImagePreprocessor`), ``batch_size``, ``num_workers``
+    (threads that decode and preprocess images ahead of the model; 0 decodes inline).
     """
 
     preprocess: ImagePreprocessor
@@ -93,12 +99,16 @@ class RewardScorer:
         preprocess: Optional[ImagePreprocessor],
         image_size: int,
         batch_size: int,
-        num_workers: int,
+        num_workers: Optional[int],
     ) -> None:
-        """Attach preprocessing (by default the BLIP/CLIP chain at ``image_size``) and batching."""
+        """Attach preprocessing (by default the BLIP/CLIP chain at ``image_size``) and batching.
+
+        ``num_workers=None`` takes one decoding thread per CPU core, at least 4 and at
+        most 16 (PIL releases the GIL while it decodes and resizes).
+        """
         self.preprocess = preprocess or ImagePreprocessor(PreprocessConfig(image_size=image_size))
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_decode_workers() if num_workers is None else num_workers
 
     # -- to implement -------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> TextRows:
@@ -196,7 +206,7 @@ class RewardScorer:
         with torch.inference_mode():
             text = {k: v.to(device) for k, v in self.encode_prompts(unique).items()}
             for _, pixels in self._pixel_batches(images):
-                features = self.image_features(pixels.to(device=device, dtype=dtype))
+                features = self.image_features(self._on_device(pixels, device, dtype))
                 grid = self.score_grid(text, features).float().cpu()
                 columns.append(grid.expand(len(unique), -1))
         return torch.cat(columns, dim=1).index_select(0, prompt_rows)
@@ -215,22 +225,29 @@ class RewardScorer:
             for start, pixels in self._pixel_batches(images):
                 rows = prompt_rows[start : start + pixels.shape[0]].to(device)
                 batch_text = {k: v.index_select(0, rows) for k, v in text.items()}
-                out = self.score_rows(batch_text, pixels.to(device=device, dtype=dtype))
+                out = self.score_rows(batch_text, self._on_device(pixels, device, dtype))
                 scores.extend(out.float().cpu().tolist())
         return scores
 
+    def _on_device(
+        self, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """A ``uint8`` batch moved to ``device``, normalised there, in the compute dtype."""
+        return self.preprocess.normalize(pixels.to(device, non_blocking=True)).to(dtype)
+
     def _pixel_batches(self, images: List[ImageInput]) -> Iterator[Tuple[int, torch.Tensor]]:
-        """Preprocessed batches in order; decoding runs ahead in worker threads."""
+        """``uint8`` batches ``[B, 3, S, S]`` in order; decoding runs ahead in worker threads."""
         size = max(1, int(self.batch_size))
         chunks = [images[i : i + size] for i in range(0, len(images), size)]
+        decode = self.preprocess.to_uint8
         if self.num_workers <= 0:
             for index, chunk in enumerate(chunks):
-                yield index * size, torch.stack([self.preprocess(im) for im in chunk])
+                yield index * size, torch.stack([decode(im) for im in chunk])
             return
         with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
-            pending = [pool.map(self.preprocess, chunk) for chunk in chunks[:2]]
+            pending = [pool.map(decode, chunk) for chunk in chunks[:2]]
             for index in range(len(chunks)):
                 batch = torch.stack(list(pending.pop(0)))
                 if index + 2 < len(chunks):
-                    pending.append(pool.map(self.preprocess, chunks[index + 2]))
+                    pending.append(pool.map(decode, chunks[index + 2]))
                 yield index * size, batch

@@ -29,7 +29,7 @@ class BLIPScore(nn.Module, CosineScorer):
         tokenizer: Optional[BertTokenizer] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
-        num_workers: int = 4,
+        num_workers: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.config = config

@@ -28,7 +28,7 @@ class CLIPScore(nn.Module, CosineScorer):
         tokenizer: Optional[CLIPTokenizer] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
-        num_workers: int = 4,
+        num_workers: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.config = config

@@ -32,7 +32,7 @@ class ImageReward(ImageRewardNet, RewardScorer):
         tokenizer: Optional[BertTokenizer] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
-        num_workers: int = 4,
+        num_workers: Optional[int] = None,
     ) -> None:
         super().__init__(config)
         self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
