@@ -108,7 +108,8 @@ def test_several_prompts_score_every_image_for_each(capsys, tiny_model):
     import imagereward
 
     prompts = ["an ocean", "a red car at night"]
-    args = ["--checkpoint", tiny_model, "-p", prompts[0], "-p", prompts[1], *ASSET_PATHS]
+    args = ["--checkpoint", tiny_model, "-p", prompts[0], "-p", prompts[1], "-p", prompts[0],
+            *ASSET_PATHS]
     code, out, _ = run(capsys, "score", *args, "--json")
     assert code == 0
     records = json.loads(out)

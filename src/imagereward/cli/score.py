@@ -189,6 +189,7 @@ def run_rank(args: argparse.Namespace) -> int:
 def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
     """Rewards of every image for each ``--prompt``, one list per prompt."""
     _check_single(args)
+    args.prompt = list(dict.fromkeys(args.prompt))  # a repeated --prompt is scored once
     scorer = _load(args)
     try:
         matrix = scorer.score_matrix(args.prompt, list(args.images))

@@ -67,6 +67,13 @@ def check_images(images: Any) -> List[ImageInput]:
     return list(images)
 
 
+def distinct_prompts(prompts: List[str]) -> Tuple[List[str], torch.Tensor]:
+    """The distinct prompts in first-seen order, and each prompt's row among them."""
+    unique = list(dict.fromkeys(prompts))
+    row_of = {prompt: row for row, prompt in enumerate(unique)}
+    return unique, torch.tensor([row_of[p] for p in prompts], dtype=torch.long)
+
+
 def default_decode_workers() -> int:
     return min(16, max(4, os.cpu_count() or 1))
 
@@ -198,9 +205,7 @@ class RewardScorer:
         if not prompts:
             raise ValueError("prompts is empty: give at least one prompt")
         images = check_images(images)
-        unique = list(dict.fromkeys(prompts))
-        row_of = {prompt: row for row, prompt in enumerate(unique)}
-        prompt_rows = torch.tensor([row_of[p] for p in prompts], dtype=torch.long)
+        unique, prompt_rows = distinct_prompts(prompts)
         device, dtype = self.device, self.compute_dtype
         columns: List[torch.Tensor] = []
         with torch.inference_mode():
@@ -215,9 +220,7 @@ class RewardScorer:
     def _score_pairs(self, prompts: List[str], images: List[ImageInput]) -> List[float]:
         for image in images:
             check_image_input(image)
-        unique = list(dict.fromkeys(prompts))
-        row_of = {prompt: row for row, prompt in enumerate(unique)}
-        prompt_rows = torch.tensor([row_of[p] for p in prompts], dtype=torch.long)
+        unique, prompt_rows = distinct_prompts(prompts)
         device, dtype = self.device, self.compute_dtype
         scores: List[float] = []
         with torch.inference_mode():
