@@ -115,6 +115,8 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             continue
         for name, goal in (("rank", END_TO_END_TARGET), ("eval", END_TO_END_TARGET),
                            ("model", MODEL_TARGET)):
+            if name not in entry or name not in ref:
+                continue
             ratio = entry[name]["images_per_second"] / ref[name]["images_per_second"]
             rows.append({"variant": key, "target": f"{name} >= {goal:g}x", "value": ratio,
                          "met": ratio >= goal})
@@ -134,6 +136,7 @@ def report(results: Dict[str, Any]) -> str:
     for row in results["targets"]:
         lines.append(f"| {row['variant']} | {row['target']} | {row['value']:.4g} | "
                      f"{'yes' if row['met'] else 'NO'} |")
+    lines += [f"\nFAILED: {failed}: {why}" for failed, why in results["errors"].items()]
     lines += ["", "## Agreement with the reference", "", "```",
               json.dumps(results["agreement"], indent=2), "```", "",
               "## Half precision against our fp32", "", "```",
@@ -190,37 +193,41 @@ def main() -> int:
     variants = [("reference", "fp32", False)] + [("ours", d, False) for d in args.dtypes.split(",")]
     if args.compile:
         variants.append(("ours", "bf16", True))
-    results: Dict[str, Any] = {"machine": machine(args.device), "workloads": {}}
+    results: Dict[str, Any] = {"machine": machine(args.device), "workloads": {}, "errors": {}}
+    work = results["workloads"]
+
+    def measure(key: str, impl: str, command: str, request: Dict[str, Any]) -> None:
+        """One workload in its own process; a failure is recorded and the run goes on."""
+        step(f"{key}: {command}")
+        try:
+            work.setdefault(key, {})[command] = speed.run_side(impl, command, request, workdir)
+        except subprocess.CalledProcessError as error:
+            results["errors"][f"{key}/{command}"] = str(error)
+            step(f"{key}: {command} FAILED ({error})")
+        (args.out / "gpu.json").write_text(json.dumps(results, indent=2))  # results so far
+
     for impl, dtype, compiled in variants:
         key = f"{impl}-{dtype}" + ("-compile" if compiled else "")
         request = dict(base, dtype=dtype, batch_size=args.batch_size, compile=compiled)
-        entry: Dict[str, Any] = {}
         for name, extra in workloads.items():
-            step(f"{key}: {name}")
-            entry[name] = speed.run_side(impl, name, dict(request, **extra), workdir)
-        results["workloads"][key] = entry
+            measure(key, impl, name, dict(request, **extra))
         if impl == "reference":
-            step("reference-fp32-batched: model")
-            batched = dict(request, batched=True, **workloads["model"])
-            results["workloads"]["reference-fp32-batched"] = {
-                "model": speed.run_side(impl, "model", batched, workdir)
-            }
-    work = results["workloads"]
-    results["agreement"] = speed.agreement(
-        {k: v for k, v in work.items() if k != "reference-fp32-batched"}, "reference-fp32"
+            measure("reference-fp32-batched", impl, "model",
+                    dict(request, batched=True, **workloads["model"]))
+    comparable = {k: v for k, v in work.items() if k != "reference-fp32-batched"}
+    results["agreement"] = (
+        speed.agreement(comparable, "reference-fp32") if "reference-fp32" in work else {}
     )
-    results["half_vs_fp32"] = speed.agreement(
-        {k: v for k, v in work.items() if k.startswith("ours-")}, "ours-fp32"
-    )
-    results["targets"] = targets(results)
+    ours = {k: v for k, v in work.items() if k.startswith("ours-")}
+    results["half_vs_fp32"] = speed.agreement(ours, "ours-fp32") if "ours-fp32" in work else {}
+    results["targets"] = targets(results) if "reference-fp32" in work else []
     results["seconds"] = time.perf_counter() - started
     text = report(results)
     print(text)
     (args.out / "gpu.json").write_text(json.dumps(results, indent=2))
     (args.out / "gpu.md").write_text(text + "\n")
     step(f"done; wrote {args.out / 'gpu.json'} and gpu.md")
-    return 0
-
+    return 1 if results["errors"] else 0
 
 if __name__ == "__main__":
     sys.exit(main())
