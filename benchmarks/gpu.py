@@ -3,7 +3,7 @@
 Once, where PyPI answers (the GPU machine has no network):
     python benchmarks/gpu_bundle.py                       # writes .gpu/ (about 17 MB)
 On the GPU machine, from the repository root, with .gpu carried along:
-    python3 benchmarks/gpu.py --bundle .gpu --out "$OUT"  # about 5 minutes on an H100
+    python3 benchmarks/gpu.py --bundle .gpu --out "$OUT"  # meant to end well inside 10 minutes
 
 It installs the bundle's wheels into folders under ``--workdir`` (the reference's
 pinned dependencies for the reference, ftfy for ours), writes a random-weight
