@@ -95,10 +95,13 @@ def rank_images(workdir: Path, count: int) -> List[str]:
 
 
 def machine(device: str) -> Dict[str, Any]:
+    """The speed benchmark's machine description, plus Python, torch and the GPU."""
     import torch
 
-    info: Dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "torch": torch.__version__, "cpus": os.cpu_count(), "device": device}
+    import speed
+
+    info = dict(speed.machine(os.cpu_count() or 1), python=platform.python_version(),
+                torch=torch.__version__, device=device)
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

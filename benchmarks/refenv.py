@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -132,8 +132,3 @@ def run_reference(command: str, args: Dict[str, object], workdir: Path) -> Dict[
     )
     return json.loads(reply.read_text())
 
-
-def run_ours(script: str, argv: List[str], workdir: Path) -> None:
-    """Run one of our benchmark scripts in a fresh process of this interpreter, offline."""
-    subprocess.run([sys.executable, str(HERE / script), *argv], check=True,
-                   env=side_env(workdir, "ours"))

@@ -75,10 +75,15 @@ def eval_items(workdir: Path, prompts: int) -> List[Dict[str, Any]]:
     return items
 
 
+def _flat(rewards: List[Any]) -> np.ndarray:
+    """A list of rewards, or of per-prompt lists of rewards, as one array."""
+    if rewards and isinstance(rewards[0], list):
+        return np.concatenate([np.atleast_1d(x) for x in rewards])
+    return np.array(rewards)
+
+
 def _max_diff(a: List[Any], b: List[Any]) -> float:
-    flat_a = np.concatenate([np.atleast_1d(x) for x in a]) if a and isinstance(a[0], list) else np.array(a)
-    flat_b = np.concatenate([np.atleast_1d(x) for x in b]) if b and isinstance(b[0], list) else np.array(b)
-    return float(np.max(np.abs(flat_a - flat_b)))
+    return float(np.max(np.abs(_flat(a) - _flat(b))))
 
 
 def _same_order(a: List[float], b: List[float]) -> bool:

@@ -133,10 +133,8 @@ class BertLayer(nn.Module):
     def cross_attend(self, x: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """Cross-attention of ``[I * P, L, D]`` text states to ``[I, N, W]`` image tokens."""
         images = image_tokens.shape[0]
-        if x.shape[0] == images:
-            return self.crossattention(x, image_tokens, None)
         batch, length, width = x.shape
-        grouped = x.reshape(images, (batch // images) * length, width)
+        grouped = x.reshape(images, (batch // images) * length, width)  # a view when P == 1
         return self.crossattention(grouped, image_tokens, None).reshape(batch, length, width)
 
 

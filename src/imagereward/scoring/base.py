@@ -98,8 +98,8 @@ class RewardScorer:
     """
 
     preprocess: ImagePreprocessor
-    batch_size: int = 16
-    num_workers: int = 4
+    batch_size: int
+    num_workers: int
 
     def init_scoring(
         self,
@@ -167,7 +167,7 @@ class RewardScorer:
         check_prompt(prompt)
         if isinstance(image, (list, tuple)):
             return self.inference_rank(prompt, image)[1]
-        return self._score_pairs([prompt], [image])[0]
+        return self._score_pairs([prompt], check_images([image]))[0]
 
     def inference_rank(self, prompt: str, generations_list: Sequence[ImageInput]):
         """``(ranking, rewards)`` in input order, as the original package returns them.
@@ -218,8 +218,7 @@ class RewardScorer:
 
     # -- engine ---------------------------------------------------------------------
     def _score_pairs(self, prompts: List[str], images: List[ImageInput]) -> List[float]:
-        for image in images:
-            check_image_input(image)
+        """Scores of row-aligned prompts and images; the callers have checked the images."""
         unique, prompt_rows = distinct_prompts(prompts)
         device, dtype = self.device, self.compute_dtype
         scores: List[float] = []
