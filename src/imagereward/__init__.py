@@ -24,9 +24,16 @@ _LAZY = {
     "ImageReward": "imagereward.scoring.image_reward",
     "RankResult": "imagereward.scoring.base",
     "ImageRewardConfig": "imagereward.config",
-    "CheckpointError": "imagereward.checkpoints",
-    "DownloadError": "imagereward.hub",
-    "ImageLoadError": "imagereward.preprocess",
+    "CheckpointError": "imagereward.errors",
+    "DownloadError": "imagereward.errors",
+    "ImageLoadError": "imagereward.errors",
+    "ImageNotFoundError": "imagereward.errors",
+    "ImageRewardError": "imagereward.errors",
+    "ImageTypeError": "imagereward.errors",
+    "InputError": "imagereward.errors",
+    "ModelError": "imagereward.errors",
+    "PromptError": "imagereward.errors",
+    "UnknownModelError": "imagereward.errors",
     "CLIPScore": "imagereward.scoring.clip_score",
     "BLIPScore": "imagereward.scoring.blip_score",
     "AestheticScore": "imagereward.scoring.aesthetic_score",
@@ -35,11 +42,20 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoints import CheckpointError
     from .config import ImageRewardConfig
-    from .hub import DownloadError
+    from .errors import (
+        CheckpointError,
+        DownloadError,
+        ImageLoadError,
+        ImageNotFoundError,
+        ImageRewardError,
+        ImageTypeError,
+        InputError,
+        ModelError,
+        PromptError,
+        UnknownModelError,
+    )
     from .loading import load, save_pretrained
-    from .preprocess import ImageLoadError
     from .registry import available_models
     from .scoring.base import RankResult
     from .scoring.image_reward import ImageReward

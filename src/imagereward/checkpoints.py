@@ -11,13 +11,11 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+
 StateDict = Dict[str, torch.Tensor]
 DDP_PREFIX = "module."
 _MAX_LISTED = 12
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable or does not fit the model it is loaded into."""
 
 
 def read_state_dict(path: str, key: Optional[str] = None) -> StateDict:

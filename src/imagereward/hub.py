@@ -15,12 +15,10 @@ from typing import Optional
 
 from tqdm.auto import tqdm
 
+from .errors import DownloadError
+
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "IMAGEREWARD_OFFLINE")
 LEGACY_CACHE = os.path.join("~", ".cache", "ImageReward")
-
-
-class DownloadError(RuntimeError):
-    """A file needed for a model could not be obtained."""
 
 
 def is_offline() -> bool:

@@ -17,12 +17,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .config import PreprocessConfig
+from .errors import ImageLoadError, ImageNotFoundError, ImageTypeError
 
 ImageInput = Union[Image.Image, str, "os.PathLike[str]", np.ndarray]
-
-
-class ImageLoadError(ValueError):
-    """An image file exists but cannot be decoded."""
 
 
 def check_image_input(image: Any) -> None:
@@ -31,16 +28,18 @@ def check_image_input(image: Any) -> None:
         return
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ValueError(
+            raise ImageLoadError(
                 f"numpy image must be HxW or HxWxC with C in (1, 3, 4), got shape {image.shape}"
             )
         return
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
+        if os.path.isdir(path):
+            raise ImageNotFoundError(path, "Image path is a folder, not a file")
         if not os.path.isfile(path):
-            raise FileNotFoundError(2, "Image file not found", path)
+            raise ImageNotFoundError(path)
         return
-    raise TypeError(
+    raise ImageTypeError(
         "image must be a PIL.Image.Image, a file path (str or os.PathLike) or a numpy array, "
         f"got {type(image).__name__}"
     )
@@ -57,7 +56,7 @@ def load_image(image: ImageInput) -> Image.Image:
             array = array[:, :, 0]
         if array.dtype != np.uint8:
             if np.issubdtype(array.dtype, np.floating):
-                raise ValueError(
+                raise ImageLoadError(
                     "float numpy images are ambiguous; pass uint8 arrays in 0..255 "
                     "(or use score_tensors for float pixels in [0, 1])"
                 )
@@ -98,7 +97,7 @@ class ImagePreprocessor:
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         size = self.config.image_size
         if image.width == 0 or image.height == 0:
-            raise ValueError(f"image has an empty side: {image.width}x{image.height}")
+            raise ImageLoadError(f"image has an empty side: {image.width}x{image.height}")
         target = resized_size(image.width, image.height, size)
         if target != image.size:
             image = image.resize(target, Image.BICUBIC)

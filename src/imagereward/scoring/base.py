@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..config import PreprocessConfig
+from ..errors import ImageTypeError, InputError, PromptError
 from ..preprocess import ImageInput, ImagePreprocessor, check_image_input
 
 TextRows = Dict[str, torch.Tensor]
@@ -35,7 +36,7 @@ class RankResult:
 
 def check_prompt(prompt: Any, name: str = "prompt") -> str:
     if not isinstance(prompt, str):
-        raise TypeError(f"{name} must be a str, got {type(prompt).__name__}")
+        raise PromptError(f"{name} must be a str, got {type(prompt).__name__}")
     return prompt
 
 
@@ -45,23 +46,23 @@ def expand_prompts(prompts: Union[str, Sequence[str]], count: int) -> List[str]:
         return [prompts] * count
     prompts = [check_prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
     if len(prompts) != count:
-        raise ValueError(f"got {len(prompts)} prompts for {count} images")
+        raise PromptError(f"got {len(prompts)} prompts for {count} images")
     return prompts
 
 
 def check_prompts(prompts: Any) -> List[str]:
     """A list or tuple of str (a bare string is refused: it is one prompt, not a list)."""
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-        raise TypeError(f"prompts must be a list or tuple of str, got {type(prompts).__name__}")
+        raise PromptError(f"prompts must be a list or tuple of str, got {type(prompts).__name__}")
     return [check_prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
 
 
 def check_images(images: Any) -> List[ImageInput]:
     """A non-empty list or tuple of valid image inputs (paths are checked to exist)."""
     if not isinstance(images, (list, tuple)):
-        raise TypeError(f"images must be a list or tuple, got {type(images).__name__}")
+        raise ImageTypeError(f"images must be a list or tuple, got {type(images).__name__}")
     if len(images) == 0:
-        raise ValueError("images is empty: give at least one image")
+        raise InputError("images is empty: give at least one image")
     for image in images:
         check_image_input(image)
     return list(images)
@@ -191,7 +192,7 @@ class RewardScorer:
         prompts = check_prompts(prompts)
         images = check_images(images)
         if len(prompts) != len(images):
-            raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
+            raise PromptError(f"got {len(prompts)} prompts but {len(images)} images")
         return self._score_pairs(prompts, images)
 
     def score_matrix(self, prompts: Sequence[str], images: Sequence[ImageInput]) -> torch.Tensor:
@@ -203,7 +204,7 @@ class RewardScorer:
         """
         prompts = check_prompts(prompts)
         if not prompts:
-            raise ValueError("prompts is empty: give at least one prompt")
+            raise PromptError("prompts is empty: give at least one prompt")
         images = check_images(images)
         unique, prompt_rows = distinct_prompts(prompts)
         device, dtype = self.device, self.compute_dtype
