@@ -41,6 +41,7 @@ logger = logging.getLogger("imagereward")
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 PICKSCORE_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+PICKSCORE_FOLDER = "PickScore_v1"  # under download_root: its files have generic names
 HF_CONFIG = "config.json"
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"HPSv2": "HPS_v2_compressed.pt", "HPSv2.1": "HPS_v2.1_compressed.pt"}
@@ -79,11 +80,12 @@ def pickscore_files(checkpoint: Optional[str], download_root: Optional[str]) -> 
         config = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), HF_CONFIG)
         return checkpoint, config if os.path.isfile(config) else None
     hint = "pass checkpoint= a local folder holding config.json and model.safetensors"
-    config = _hub_file(PICKSCORE_REPO, HF_CONFIG, "the PickScore config", hint, download_root)
+    root = os.path.join(download_root, PICKSCORE_FOLDER) if download_root else None
+    config = _hub_file(PICKSCORE_REPO, HF_CONFIG, "the PickScore config", hint, root)
     errors = []
     for name in PICKSCORE_WEIGHTS:
         try:
-            return _hub_file(PICKSCORE_REPO, name, "the PickScore weights", hint, download_root), config
+            return _hub_file(PICKSCORE_REPO, name, "the PickScore weights", hint, root), config
         except DownloadError as error:
             errors.append(error)
     raise errors[0]
