@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,13 @@ def ensure_prefvenv() -> Path:
     subprocess.run(["python3.11", "-m", "venv", str(PREFVENV)], check=True)
     for packages in PREFVENV_PACKAGES:
         subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], check=True)
+    # The hpsv2 1.2.0 wheel lacks the BPE merges its tokenizer opens at import time;
+    # they are OpenAI's file, which we have (checksum-pinned) anyway.
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    shutil.copyfile(BPE, Path(site) / "hpsv2" / "src" / "open_clip" / BPE.name)
     subprocess.run(probe, check=True)
     return python
 
