@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from ..registry import PAPER_SCORERS
 from .common import (
     EXIT_CODES_HELP,
     EXIT_INPUT,
@@ -20,6 +21,7 @@ from .common import (
     apply_offline,
     load_scorer,
     model_list,
+    model_names_help,
 )
 
 EPILOG = f"""\
@@ -67,9 +69,9 @@ def register(subparsers: Any) -> None:
     )
     run = parser.add_argument_group("evaluation")
     run.add_argument(
-        "--models", type=model_list, default="all", metavar="LIST",
-        help="comma-separated subset of ImageReward-v1.0, CLIP, BLIP, Aesthetic, or 'all' "
-        "(default: all)",
+        "--models", type=model_list, default=",".join(PAPER_SCORERS), metavar="LIST",
+        help=f"comma-separated scorers ({model_names_help()}), or 'all' for every one "
+        "(default: the paper's four, %(default)s)",
     )
     run.add_argument(
         "--output-dir", metavar="DIR", default="results",

@@ -22,6 +22,7 @@ from .common import (
     apply_offline,
     load_scorer,
     model_name,
+    model_names_help,
 )
 
 SCORE_EPILOG = f"""\
@@ -111,7 +112,7 @@ def _add_single_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model", "-m", type=model_name, default=IMAGEREWARD,
-        help="ImageReward-v1.0, or a baseline: CLIP, BLIP, Aesthetic (default: %(default)s)",
+        help=f"the scorer: {model_names_help()} (case-insensitive; default: %(default)s)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of records")

@@ -14,11 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from .data import DataError, read_json_list
+from .data import PAPER_MODELS, DataError, read_json_list
 from .metrics import average_ranks, spearman
 
-# Table 1 of the paper: the six generation models, best first by human preference.
-PAPER_MODELS = ("openjourney", "sd2-1", "dalle2", "sd1-4", "vd", "cogview2")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _NAME = re.compile(r"^(?P<id>.+)_(?P<k>\d+)$")
 

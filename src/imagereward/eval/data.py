@@ -16,6 +16,9 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
+# The text-to-image models of the paper's Table 1, in its human-ranking order.
+PAPER_MODELS = ("openjourney", "sd2-1", "dalle2", "sd1-4", "vd", "cogview2")
+
 # The original annotations, pinned to a commit of THUDM/ImageReward; the checksum
 # is that of the file at this commit (466 prompts, 2,720 images, 6,399 ranked pairs).
 TEST_JSON_URL = (
