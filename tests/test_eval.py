@@ -101,7 +101,7 @@ def test_load_test_json_real_file():
         ('{"a": 1}', "expected a list"),
         ('[{"prompt": "p", "generations": ["a.png"], "ranking": [1, 2]}]', "item 0: 1 generations but 2 ranks"),
         ('[{"prompt": 3, "generations": [], "ranking": []}]', "'prompt' must be a string"),
-        ('[{"prompt": "p", "generations": ["a"], "ranking": ["1"]}]', "list of integers"),
+        ('[{"prompt": "p", "generations": ["a"], "ranking": ["1"]}]', "list of numbers"),
     ],
 )
 def test_load_test_json_errors_name_the_file_and_item(tmp_path, content, message):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 from typing import Any, Dict, List
@@ -132,7 +131,7 @@ def _ensure_images(args: argparse.Namespace, items: List[Any]) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..eval import preference, report
-    from ..eval.data import TEST_JSON_SHA256, DataError, load_test_json
+    from ..eval.data import TEST_JSON_SHA256, DataError, load_test_json, write_json
     from ..hub import sha256_file
 
     apply_offline(args)
@@ -181,7 +180,7 @@ def run_eval(args: argparse.Namespace) -> int:
     written = [paths[m] for m in to_score]
     summary = {"data": args.data, "images": args.images, "official_test_set": official,
                "models": report.results_dict(results)}
-    written.append(_write_json(os.path.join(args.output_dir, "accuracy.json"), summary))
+    written.append(write_json(os.path.join(args.output_dir, "accuracy.json"), summary, indent=2))
     plot = None
     if not args.no_plot:
         flat = {m: [v for r in rewards[m] for v in r] for m in args.models}
@@ -209,11 +208,3 @@ def _score(model: str, items: List[Any], args: argparse.Namespace) -> List[List[
     finally:
         del scorer
         gc.collect()
-
-
-def _write_json(path: str, data: Any) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-    return path

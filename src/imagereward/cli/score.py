@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Sequence
 from .common import (
     EXIT_CODES_HELP,
     EXIT_INPUT,
+    EXIT_INTERRUPTED,
     EXIT_PARTIAL,
     IMAGEREWARD,
     CliError,
@@ -237,7 +238,8 @@ def format_table(
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from .batch import BatchJob
+    from ..batch import BatchJob
+    from ..errors import JobFileError
 
     if args.prompt is not None or args.images:
         args.parser.error("--input cannot be combined with --prompt or IMAGE arguments")
@@ -260,7 +262,16 @@ def _run_batch(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    stats = job.run(lambda: _load(args))
+    try:
+        stats = job.run(lambda: _load(args))
+    except JobFileError as error:
+        raise CliError(str(error), EXIT_INPUT) from error
+    except KeyboardInterrupt:
+        raise CliError(
+            f"interrupted: results so far are saved in {args.output}; "
+            "run again with --resume to continue",
+            EXIT_INTERRUPTED,
+        ) from None
     summary = (
         f"imagereward: {stats.scored} pairs scored, {stats.failed} failed, "
         f"{stats.skipped} skipped (already done) -> {args.output}"

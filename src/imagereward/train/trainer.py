@@ -36,7 +36,7 @@ from .state import (
     CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
-logger = logging.getLogger("imagereward.train")
+logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 LAST_DIR = "last"
