@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -129,3 +130,13 @@ def test_saved_folder_carries_its_preprocessing(tmp_path, checkpoint, config):
 def test_listing_names_imports_no_torch():
     code = "import sys, imagereward; imagereward.available_models(); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_models_command_lists_the_registry(capsys):
+    from imagereward.cli import main
+
+    assert main(["models", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in records] == imagereward.available_models()
+    assert records[0]["files"]["weights"] == "hf://THUDM/ImageReward/ImageReward.pt"
+    assert all(r["description"] for r in records)
