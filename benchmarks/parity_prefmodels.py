@@ -38,8 +38,7 @@ from fixtures import PROMPTS, odd_images  # noqa: E402
 from openai_clip import varied_prompts  # noqa: E402
 from refenv import SHARED  # noqa: E402
 
-from imagereward.config import CLIPConfig  # noqa: E402
-from imagereward.preference_models import load_hps, load_pickscore  # noqa: E402
+from imagereward.factory import load  # noqa: E402
 from imagereward.scoring.base import ranks_from_rewards  # noqa: E402
 
 BPE = SHARED / "data" / "bpe_simple_vocab_16e6.txt.gz"
@@ -176,7 +175,8 @@ def main(argv=None) -> int:
         for layout in ("safetensors", "bin"):
             ref = run_side("score-pickscore", {**common, "folder": str(out / layout)}, workdir)
             versions = ref["versions"]
-            model = load_pickscore(str(out / layout), device="cpu")
+            weights = "model.safetensors" if layout == "safetensors" else "pytorch_model.bin"
+            model = load("PickScore", checkpoint=str(out / layout / weights), device="cpu")
             matrix, by_rank, seconds = our_scores(model, prompts, images)
             rows.append(compare(f"PickScore ({layout})", matrix, by_rank, ref,
                                 model.tokenizer(token_prompts), pixel_sums(model, images), seconds))
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
                      workdir)
         ref = run_side("score-hps", {**common, **request, "checkpoint": str(checkpoint)}, workdir)
         versions = {**versions, **ref["versions"]}
-        model = load_hps(name, str(checkpoint), device="cpu")
+        model = load(name, checkpoint=str(checkpoint), device="cpu")
         matrix, by_rank, seconds = our_scores(model, prompts, images)
         rows.append(compare(name, matrix, by_rank, ref, model.tokenizer(token_prompts),
                             pixel_sums(model, images), seconds))

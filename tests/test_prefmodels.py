@@ -15,19 +15,30 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import imagereward
 from helpers import ASSETS, CLIP_BPE
 from imagereward.checkpoints import CheckpointError
 from imagereward.config import CLIPConfig, PreprocessConfig
 from imagereward.errors import DownloadError
 from imagereward.models.clip import CLIPModel, hf_clip_names
-from imagereward.preference_models import (
-    HPS_PREPROCESS, PICKSCORE_PREPROCESS, load_hps, load_pickscore,
-)
+from imagereward.factory import load
+from imagereward.registry import get_entry
 from imagereward.preprocess import ImagePreprocessor
 from imagereward.tokenizers.clip_bpe import BPE_ENV, CLIPTokenizer
 from openai_clip import load_openai_module, oracle_tokenize, varied_prompts
 
 DATA = Path(__file__).resolve().parent / "data"
+PICKSCORE_PREPROCESS = get_entry("PickScore").preprocess
+HPS_PREPROCESS = get_entry("HPSv2").preprocess
+
+
+def load_pickscore(checkpoint=None, **options):
+    return load("PickScore", checkpoint=checkpoint, **options)
+
+
+def load_hps(name, checkpoint=None, **options):
+    return load(name, checkpoint=checkpoint, **options)
+
 PROMPT = "a painting of an ocean with clouds and birds"
 # ViT-H-14's peculiarities at toy size: 80-wide image heads, 64-wide text heads, GELU.
 TINY = CLIPConfig(
@@ -155,7 +166,7 @@ def test_pickscore_loads_hf_layout_and_matches_direct_computation(tmp_path, weig
     source = random_clip()
     state = to_hf(source)
     folder = write_pickscore(tmp_path / "pick", state, weights)
-    model = load_pickscore(str(folder), device="cpu")
+    model = load_pickscore(str(folder / weights), device="cpu")
     assert model.config == TINY
     for key, value in source.state_dict().items():
         assert torch.equal(model.clip_model.state_dict()[key], value), key
@@ -175,7 +186,7 @@ def test_pickscore_loads_hf_layout_and_matches_direct_computation(tmp_path, weig
 def _error(tmp_path, state):
     write_pickscore(tmp_path / "bad", state)
     with pytest.raises(CheckpointError) as info:
-        load_pickscore(str(tmp_path / "bad"), device="cpu")
+        load_pickscore(str(tmp_path / "bad" / "model.safetensors"), device="cpu")
     return str(info.value)
 
 
@@ -198,18 +209,21 @@ def test_pickscore_strict_loading_names_hf_keys(tmp_path):
 
 def test_pickscore_missing_files_and_offline_download(tmp_path):
     with pytest.raises(FileNotFoundError):
-        load_pickscore(str(tmp_path / "nowhere"), device="cpu")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="model.safetensors or pytorch_model.bin"):
-        load_pickscore(str(tmp_path / "empty"), device="cpu")
-    with pytest.raises(DownloadError, match="offline mode.*checkpoint="):
+        load_pickscore(str(tmp_path / "nowhere.safetensors"), device="cpu")
+    with pytest.raises(DownloadError, match="offline mode.*model.safetensors"):
         load_pickscore(device="cpu", download_root=str(tmp_path / "cache"))
 
 
-def test_pickscore_uses_cached_hub_files(tmp_path):
-    write_pickscore(tmp_path / "cache" / "PickScore_v1", to_hf(random_clip()))
+def test_pickscore_uses_files_in_the_download_root(tmp_path):
+    write_pickscore(tmp_path / "cache", to_hf(random_clip()))
     model = load_pickscore(device="cpu", download_root=str(tmp_path / "cache"))
-    assert model.config == TINY
+    assert model.config == TINY  # from the config.json beside the weights
+    bare = tmp_path / "bare"
+    write_pickscore(bare, to_hf(random_clip()))
+    (bare / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="shape mismatches"):  # full ViT-H-14 assumed
+        load_pickscore(str(bare / "model.safetensors"), device="cpu")
+    assert load_pickscore(str(bare / "model.safetensors"), device="cpu", config=TINY).config == TINY
 
 
 # -- HPSv2: OpenCLIP layout ------------------------------------------------------------------
@@ -250,7 +264,7 @@ def test_hps_strict_loading(tmp_path):
         load_hps("HPSv2", str(write_hps(tmp_path / "e.pt", bad)), device="cpu")
     with pytest.raises(DownloadError, match="HPS_v2_compressed.pt"):
         load_hps("HPSv2", device="cpu", download_root=str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="unknown HPS version"):
+    with pytest.raises(imagereward.UnknownModelError, match="HPSv2.1"):
         load_hps("HPSv3", device="cpu")
 
 
@@ -261,7 +275,8 @@ def test_hps_strict_loading(tmp_path):
 def test_score_tensors_is_differentiable_and_matches_scoring(tmp_path, kind):
     source = random_clip()
     if kind == "pickscore":
-        model = load_pickscore(str(write_pickscore(tmp_path / "p", to_hf(source))), device="cpu")
+        folder = write_pickscore(tmp_path / "p", to_hf(source))
+        model = load_pickscore(str(folder / "model.safetensors"), device="cpu")
     else:
         model = load_hps("HPSv2", str(write_hps(tmp_path / "h.pt", source.state_dict())), device="cpu")
     image = Image.open(ASSETS[1]).convert("RGB").resize((48, 40))
@@ -377,6 +392,6 @@ def test_hps_preprocessing_resizes_longer_side_and_pads(index):
 def test_crop_rounding_differs_between_torchvision_and_hf():
     image = Image.new("RGB", (231, 224))  # 7 extra columns: torchvision offsets 4, HF 3
     image.putpixel((3, 0), (255, 255, 255))
-    hf = ImagePreprocessor(PreprocessConfig(crop_rounding="floor")).to_pixels(image)
+    hf = ImagePreprocessor(PreprocessConfig(crop="center_floor")).to_pixels(image)
     tv = ImagePreprocessor(PreprocessConfig()).to_pixels(image)
     assert hf[:, 0, 0].tolist() == [255, 255, 255] and tv[:, 0, 0].tolist() == [0, 0, 0]

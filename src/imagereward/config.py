@@ -2,7 +2,8 @@
 
 The defaults are the sizes of the released ImageReward-v1.0 model, so
 ``ImageRewardConfig()`` describes the real thing and tests build tiny variants
-by overriding a few fields.
+by overriding a few fields. Configs are frozen: derive a changed copy with
+:func:`dataclasses.replace`, never change one in place.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisionConfig:
     """BLIP's ViT image encoder (timm layout). Defaults: ViT-L/16 at 224 px."""
 
@@ -38,7 +39,7 @@ class VisionConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextConfig:
     """BLIP's BERT text encoder with cross-attention ("MED"). Defaults: BERT-base."""
 
@@ -80,7 +81,7 @@ class TextConfig:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
     """The reward MLP: linear layers with dropout between them and no activations."""
 
@@ -88,7 +89,7 @@ class HeadConfig:
     dropouts: Tuple[float, ...] = (0.2, 0.2, 0.1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageRewardConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -113,37 +114,41 @@ class ImageRewardConfig:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreprocessConfig:
-    """How pixels reach the image encoder. Defaults: BLIP's and OpenAI CLIP's chain.
+    """How pixels reach the image encoder: the whole chain, saved with a model.
 
-    ``resize``: ``"shorter_crop"`` scales the shorter side to ``image_size`` (PIL bicubic)
-    and centre-crops; ``"longer_pad"`` scales the longer side to ``image_size`` (torch
-    bicubic with antialiasing on float pixels) and pads to a square with black, as
-    HPSv2 does. ``crop_rounding`` places the crop: ``"round"`` as torchvision's
-    ``CenterCrop``, ``"floor"`` as Hugging Face's ``CLIPImageProcessor``.
-    ``convert_first`` converts to RGB before resizing (Hugging Face, HPSv2) instead
-    of after cropping (OpenAI CLIP, BLIP).
+    The defaults are the chain of BLIP and OpenAI CLIP: resize the shorter side to
+    ``image_size`` (``interpolation``), centre-crop (``crop``), then convert to RGB
+    (``convert_rgb="after_crop"``), scale to [0, 1] and normalise with ``mean``/``std``.
+
+    ``crop`` is ``"center"`` (torchvision's ``CenterCrop`` offsets, rounded),
+    ``"center_floor"`` (Hugging Face ``CLIPImageProcessor``'s, floored; PickScore) or
+    ``"pad"`` (HPSv2: the *longer* side to ``image_size`` on float pixels with torch's
+    antialiased ``interpolation``, then black padding to a square). ``convert_rgb``
+    is ``"after_crop"`` (OpenAI CLIP, BLIP) or ``"first"`` (Hugging Face, HPSv2).
     """
 
     image_size: int = 224
+    interpolation: str = "bicubic"
+    crop: str = "center"
+    convert_rgb: str = "after_crop"
     mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    resize: str = "shorter_crop"
-    crop_rounding: str = "round"
-    convert_first: bool = False
 
-    def __post_init__(self) -> None:
-        if self.resize not in ("shorter_crop", "longer_pad"):
-            raise ValueError(f"resize must be 'shorter_crop' or 'longer_pad', got {self.resize!r}")
-        if self.crop_rounding not in ("round", "floor"):
-            raise ValueError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "PreprocessConfig":
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**data)
 
 
 CLIP_ACTIVATIONS = ("quick_gelu", "gelu")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CLIPConfig:
     """CLIP with a ViT image tower. Defaults: OpenAI ViT-L/14 at 224 px (``ViT-L-14.pt``).
 
@@ -207,7 +212,7 @@ def openclip_vit_h_14() -> CLIPConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class BLIPScoreConfig:
     """The BLIP encoders used by the BLIP baseline. Defaults: BLIP-large (``model_large.pth``)."""
 

@@ -11,7 +11,7 @@ The tensor chain is the differentiable counterpart for pixels that are already t
 from __future__ import annotations
 
 import os
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,6 +22,11 @@ from .config import PreprocessConfig
 from .errors import ImageLoadError, ImageNotFoundError, ImageTypeError
 
 ImageInput = Union[Image.Image, str, "os.PathLike[str]", np.ndarray]
+
+# Supported values of the PreprocessConfig fields that name a step of the chain.
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+CROPS = ("center", "center_floor", "pad")
+RGB_ORDERS = ("after_crop", "first")
 
 
 def check_image_input(image: Any) -> None:
@@ -114,8 +119,18 @@ class ImagePreprocessor:
     model's device; ``__call__`` does both.
     """
 
-    def __init__(self, config: PreprocessConfig = PreprocessConfig()) -> None:
+    def __init__(self, config: Optional[PreprocessConfig] = None) -> None:
+        config = config or PreprocessConfig()
+        for field, value, allowed in (
+            ("interpolation", config.interpolation, INTERPOLATIONS),
+            ("crop", config.crop, CROPS),
+            ("convert_rgb", config.convert_rgb, RGB_ORDERS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"PreprocessConfig.{field} {value!r} is not one of {sorted(allowed)}")
         self.config = config
+        self._filter = INTERPOLATIONS[config.interpolation]
+        self._rounding = "floor" if config.crop == "center_floor" else "round"
         self._mean = torch.tensor(config.mean).view(3, 1, 1)
         self._std = torch.tensor(config.std).view(3, 1, 1)
 
@@ -124,27 +139,26 @@ class ImagePreprocessor:
         _check_sides(image)
         target = resized_size(image.width, image.height, size)
         if target != image.size:
-            image = image.resize(target, Image.BICUBIC)
-        return image.crop(center_crop_box(image.width, image.height, size, self.config.crop_rounding))
+            image = image.resize(target, self._filter)
+        return image.crop(center_crop_box(image.width, image.height, size, self._rounding))
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
         return self.normalize(self.to_pixels(image))
 
     def to_pixels(self, image: ImageInput) -> torch.Tensor:
         """Decoded, resized, cropped or padded RGB pixels ``[3, S, S]``, not yet normalised:
-        ``uint8`` for the cropping chains, ``float32`` in [0, 1]-ish for ``"longer_pad"``
+        ``uint8`` for the cropping chains, ``float32`` in [0, 1]-ish for ``crop="pad"``
         (bicubic filtering of floats overshoots slightly, as in the original)."""
-        if self.config.resize == "longer_pad":
+        if self.config.crop == "pad":
             return self.to_padded(image)
         return self.to_uint8(image)
 
     def to_uint8(self, image: ImageInput) -> torch.Tensor:
         """Decoded, resized, cropped RGB pixels ``[3, S, S]`` as ``uint8``, not yet normalised."""
         image = load_image(image)
-        if self.config.convert_first:
-            image = self.resize_and_crop(image.convert("RGB"))
-        else:
-            image = self.resize_and_crop(image).convert("RGB")
+        if self.config.convert_rgb == "first":
+            image = image.convert("RGB")
+        image = self.resize_and_crop(image).convert("RGB")
         array = np.asarray(image, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
@@ -163,7 +177,8 @@ class ImagePreprocessor:
         if max(height, width) != size:
             new_w, new_h = padded_size(width, height, size)
             pixels = F.interpolate(
-                pixels, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
+                pixels, size=(new_h, new_w), mode=self.config.interpolation, align_corners=False,
+                antialias=True,
             )
         height, width = pixels.shape[-2:]
         if (height, width) != (size, size):
@@ -190,7 +205,7 @@ class ImagePreprocessor:
             raise ValueError(f"pixels must be [N, 3, H, W], got shape {tuple(pixels.shape)}")
         if not pixels.is_floating_point():
             raise TypeError(f"pixels must be a float tensor in [0, 1], got {pixels.dtype}")
-        if self.config.resize == "longer_pad":
+        if self.config.crop == "pad":
             pixels = self._resize_and_pad(pixels)
         else:
             pixels = self._resize_and_crop_tensor(pixels)
@@ -204,9 +219,10 @@ class ImagePreprocessor:
         new_w, new_h = resized_size(width, height, size)
         if (new_h, new_w) != (height, width):
             pixels = F.interpolate(
-                pixels, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
+                pixels, size=(new_h, new_w), mode=self.config.interpolation, align_corners=False,
+                antialias=True,
             )
-        left, top, right, bottom = center_crop_box(new_w, new_h, size, self.config.crop_rounding)
+        left, top, right, bottom = center_crop_box(new_w, new_h, size, self._rounding)
         return pixels[:, :, top:bottom, left:right]
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from ..eval.data import PAPER_MODELS
 from .common import (
     EXIT_CODES_HELP,
     EXIT_INPUT,
@@ -19,10 +20,11 @@ from .common import (
     apply_offline,
     load_scorer,
     model_list,
+    model_names_help,
     split_list,
 )
 
-PAPER_ORDER = "openjourney,sd2-1,dalle2,sd1-4,vd,cogview2"
+PAPER_ORDER = ",".join(PAPER_MODELS)
 
 EPILOG = f"""\
 layout:
@@ -70,7 +72,7 @@ def register(subparsers: Any) -> None:
     run = parser.add_argument_group("benchmark")
     run.add_argument(
         "--metrics", type=model_list, default="ImageReward-v1.0,CLIP", metavar="LIST",
-        help="reward models to score with: ImageReward-v1.0, CLIP, BLIP, Aesthetic, or 'all' "
+        help=f"reward models to score with ({model_names_help()}), or 'all' "
         "(default: %(default)s)",
     )
     run.add_argument(

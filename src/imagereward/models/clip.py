@@ -236,9 +236,6 @@ def infer_clip_config(
 
 # -- Hugging Face ``CLIPModel`` layout (PickScore) ------------------------------------------
 
-# Keys of Hugging Face CLIP checkpoints that are buffers, not weights.
-HF_UNUSED_KEYS = (r"(text|vision)_model\.embeddings\.position_ids",)
-
 _HF_BLOCK = {
     "ln_1": "layer_norm1",
     "ln_2": "layer_norm2",

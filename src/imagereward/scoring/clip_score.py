@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import dataclasses
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import read_clip_checkpoint
 from ..config import CLIPConfig
-from ..models.clip import CLIPModel
+from ..models.clip import CLIPModel, infer_clip_config
 from ..preprocess import ImagePreprocessor
-from ..tokenizers.clip_bpe import CLIPTokenizer
+from ..tokenizers.clip_bpe import CLIPTokenizer, resolve_clip_bpe
 from .similarity import CosineScorer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..factory import BuildRequest
 
 
 class CLIPScore(nn.Module, CosineScorer):
@@ -24,13 +29,14 @@ class CLIPScore(nn.Module, CosineScorer):
 
     def __init__(
         self,
-        config: CLIPConfig = CLIPConfig(),
+        config: Optional[CLIPConfig] = None,
         tokenizer: Optional[CLIPTokenizer] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
         num_workers: Optional[int] = None,
     ) -> None:
         super().__init__()
+        config = config or CLIPConfig()
         self.config = config
         self.clip_model = CLIPModel(config)
         self.tokenizer = tokenizer or CLIPTokenizer(context_length=config.context_length)
@@ -45,3 +51,25 @@ class CLIPScore(nn.Module, CosineScorer):
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip_model.encode_image(pixels).float(), dim=-1)
+
+
+# Registry tokenizer names of the CLIP BPE and the front end each stands for.
+CLIP_TEXT_STYLES = {"clip_bpe": "openai", "clip_bpe_openclip": "open_clip", "clip_bpe_hf": "hf"}
+
+
+def clip_tokenizer(name: Optional[str], bpe_file: str, config: CLIPConfig) -> CLIPTokenizer:
+    """The CLIP BPE tokenizer with the text front end a registry entry names."""
+    return CLIPTokenizer(bpe_file, config.context_length, text_style=CLIP_TEXT_STYLES[name or "clip_bpe"])
+
+
+def build(request: "BuildRequest") -> CLIPScore:
+    """Registry builder: sizes from the weights unless a config is given, strict loading."""
+    path = request.files["weights"]
+    state = request.filter_keys(read_clip_checkpoint(path))
+    config = request.config_of(CLIPConfig) or infer_clip_config(state, path)
+    tokenizer = CLIPTokenizer(resolve_clip_bpe(request.bpe_file), config.context_length)
+    preprocess = ImagePreprocessor(dataclasses.replace(request.preprocess, image_size=config.image_size))
+    with torch.device("meta"):
+        model = CLIPScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
+    request.load_into(model.clip_model, state)
+    return model

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from .clip_score import CLIPScore
+import dataclasses
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..config import CLIPConfig, openclip_vit_h_14
+from ..models.clip import infer_clip_config
+from ..preprocess import ImagePreprocessor
+from ..tokenizers.clip_bpe import resolve_clip_bpe
+from .clip_score import CLIPScore, clip_tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..factory import BuildRequest
 
 
 class HPSv2Score(CLIPScore):
@@ -13,3 +25,23 @@ class HPSv2Score(CLIPScore):
     chain (see ``docs/preference-models.md``). Scores are cosines (about 0.2-0.3
     for the released models); ``score_tensors`` is differentiable.
     """
+
+
+def build(request: "BuildRequest") -> HPSv2Score:
+    """Registry builder: ``{"state_dict": ...}`` as hpsv2 reads it; sizes from the weights
+    with OpenCLIP ViT-H-14's head widths (80 image, 64 text) and GELU, unless a config is given."""
+    path = request.files["weights"]
+    state = request.read_weights(key="state_dict")
+    config = request.config_of(CLIPConfig)
+    if config is None:
+        reference = openclip_vit_h_14()
+        config = infer_clip_config(
+            state, path, vision_head_width=reference.vision_head_width,
+            text_head_width=reference.text_head_width, act=reference.act,
+        )
+    tokenizer = clip_tokenizer(request.entry.tokenizer, resolve_clip_bpe(request.bpe_file), config)
+    preprocess = ImagePreprocessor(dataclasses.replace(request.preprocess, image_size=config.image_size))
+    with torch.device("meta"):
+        model = HPSv2Score(config, tokenizer, preprocess, request.batch_size, request.num_workers)
+    request.load_into(model.clip_model, state)
+    return model

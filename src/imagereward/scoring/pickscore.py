@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+from typing import TYPE_CHECKING, Any, Dict
+
 import torch
 
-from .clip_score import CLIPScore
+from ..checkpoints import CheckpointError, load_state_dict_strict, read_state_dict, strip_prefix
+from ..config import CLIPConfig, openclip_vit_h_14
+from ..models.clip import clip_config_from_hf, convert_hf_clip_state_dict
+from ..preprocess import ImagePreprocessor
+from ..tokenizers.clip_bpe import resolve_clip_bpe
+from .clip_score import CLIPScore, clip_tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..factory import BuildRequest
+
+HF_CONFIG = "config.json"
 
 
 class PickScore(CLIPScore):
@@ -18,3 +33,35 @@ class PickScore(CLIPScore):
 
     def similarity_scale(self) -> torch.Tensor:
         return self.clip_model.logit_scale.float().exp()
+
+
+def read_hf_config(path: str) -> CLIPConfig:
+    """Our :class:`CLIPConfig` from a Hugging Face ``CLIPModel`` ``config.json``."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            raw: Dict[str, Any] = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read Hugging Face config {path}: {error}") from error
+    if raw.get("model_type", "clip") != "clip":
+        raise CheckpointError(f"{path} is not a CLIP config (model_type {raw.get('model_type')!r})")
+    return clip_config_from_hf(raw, path)
+
+
+def build(request: "BuildRequest") -> PickScore:
+    """Registry builder. Sizes: ``request.config``, else the ``config.json`` beside the
+    weights (a local Hugging Face folder), else PickScore's ViT-H-14."""
+    path = request.files["weights"]
+    config = request.config_of(CLIPConfig)
+    if config is None:
+        beside = os.path.join(os.path.dirname(os.path.abspath(path)), HF_CONFIG)
+        config = read_hf_config(beside) if os.path.isfile(beside) else openclip_vit_h_14()
+    state = request.filter_keys(strip_prefix(read_state_dict(path)))
+    tokenizer = clip_tokenizer(request.entry.tokenizer, resolve_clip_bpe(request.bpe_file), config)
+    preprocess = ImagePreprocessor(dataclasses.replace(request.preprocess, image_size=config.image_size))
+    with torch.device("meta"):
+        model = PickScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
+    converted, names = convert_hf_clip_state_dict(state, model.clip_model.state_dict(), path)
+    load_state_dict_strict(
+        model.clip_model, converted, source=path, ignore=request.entry.ignore_keys, key_names=names
+    )
+    return model
