@@ -1,7 +1,7 @@
 """Parity of PickScore, HPSv2 and HPSv2.1 with their original code: same files, same inputs.
 
-    python benchmarks/parity_prefmodels.py [--size tiny|full] [--prompts N] [--workdir DIR]
-                                           [--markdown FILE]
+    python benchmarks/parity_prefmodels.py [--size tiny|full] [--prompts N] [--images N]
+                                           [--models LIST] [--workdir DIR] [--markdown FILE]
 
 Creates ``~/.cache/imagereward-bench/prefvenv`` on first use (torch, torchvision,
 transformers 4.44.2 and hpsv2 1.2.0 from PyPI; see ``PREFVENV_PACKAGES``), writes
@@ -106,7 +106,7 @@ def run_side(command: str, request: Dict[str, Any], workdir: Path) -> Dict[str, 
 
 
 def compare(name: str, ours: torch.Tensor, ours_rank: torch.Tensor, ref: Dict[str, Any],
-            our_ids: torch.Tensor, our_pixels: List[float], seconds: float) -> Dict[str, Any]:
+            our_ids: torch.Tensor, our_pixels: List[float], seconds) -> Dict[str, Any]:
     theirs = torch.tensor(ref["scores"], dtype=torch.float64)
     scale = ref["scale"]
     diff = (ours.double() - theirs).abs().max().item()
@@ -126,17 +126,20 @@ def compare(name: str, ours: torch.Tensor, ours_rank: torch.Tensor, ref: Dict[st
         "min_gap": min(gaps) if gaps else float("nan"), "token_rows": len(ref["token_ids"]),
         "token_ids_identical": ids_equal, "token_rows_differing": bad_ids[:10],
         "pixel_sum_max_abs_diff": pixel_diff, "seconds_original": ref["seconds"],
-        "seconds_ours": seconds, "converted_rgba": ref.get("converted_rgba", []),
+        "seconds_ours_rank": seconds[0], "seconds_ours_matrix": seconds[1], "converted_rgba": ref.get("converted_rgba", []),
     }
     row["ok"] = row["relative"] <= TOLERANCE and same_ranks and ids_equal
     return row
 
 
 def our_scores(model, prompts: List[str], images: List[str]):
+    """Scores by ``score_matrix`` and by one ``rank`` call per prompt (the originals'
+    workload: every image for each prompt), with the seconds of each."""
     start = time.perf_counter()
-    matrix = model.score_matrix(prompts, images)
     by_rank = torch.tensor([model.rank(p, images).rewards for p in prompts])
-    return matrix, by_rank, time.perf_counter() - start
+    middle = time.perf_counter()
+    matrix = model.score_matrix(prompts, images)
+    return matrix, by_rank, (middle - start, time.perf_counter() - middle)
 
 
 def pixel_sums(model, images: List[str]) -> List[float]:
@@ -148,6 +151,10 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS) + len(EXTRA_PROMPTS),
                         help="how many of the odd prompts to score (default: all)")
+    parser.add_argument("--images", type=int, default=0,
+                        help="score only the first N parity images (default: all)")
+    parser.add_argument("--layouts", default="safetensors,bin",
+                        help="PickScore files to check: safetensors, bin or both")
     parser.add_argument("--models", default="PickScore,HPSv2,HPSv2.1")
     parser.add_argument("--workdir", default=".bench/parity-prefmodels")
     parser.add_argument("--markdown", help="append the results table to this file")
@@ -160,6 +167,8 @@ def main(argv=None) -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
     sizes = TINY if args.size == "tiny" else FULL
     images = odd_images(workdir.parent)
+    if args.images:
+        images = images[: args.images]
     prompts = (PROMPTS + EXTRA_PROMPTS)[: args.prompts]
     token_prompts = PROMPTS + EXTRA_PROMPTS + varied_prompts(300, seed=15)
     common = {"images": images, "prompts": prompts, "token_prompts": token_prompts,
@@ -172,7 +181,7 @@ def main(argv=None) -> int:
         if not (out / "bin" / "pytorch_model.bin").exists():
             run_side("make-pickscore", {"out": str(out), "sizes": sizes["pickscore"], "seed": 0,
                                         "noise": 0.02}, workdir)
-        for layout in ("safetensors", "bin"):
+        for layout in args.layouts.split(","):
             ref = run_side("score-pickscore", {**common, "folder": str(out / layout)}, workdir)
             versions = ref["versions"]
             weights = "model.safetensors" if layout == "safetensors" else "pytorch_model.bin"
@@ -217,7 +226,7 @@ def report(rows, versions, args, n_images, n_prompts, n_tokens) -> None:
         + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; CPU {cpu} ({flags}), "
         f"{args.threads} threads.\n",
         "| model | pairs | score scale | max abs diff (score_matrix / rank) | / scale | rankings | "
-        "token ids | pixel-sum max diff | original s | ours s |",
+        "token ids | pixel-sum max diff | original s | ours s (rank / score_matrix) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -227,7 +236,7 @@ def report(rows, versions, args, n_images, n_prompts, n_tokens) -> None:
             f"{'identical' if r['rankings_identical'] else 'DIFFER'} (min gap {r['min_gap']:.2e}) | "
             f"{'identical' if r['token_ids_identical'] else 'DIFFER ' + str(r['token_rows_differing'])} "
             f"({r['token_rows']} prompts) | {r['pixel_sum_max_abs_diff']:.2e} | "
-            f"{r['seconds_original']:.1f} | {r['seconds_ours']:.1f} |"
+            f"{r['seconds_original']:.1f} | {r['seconds_ours_rank']:.1f} / {r['seconds_ours_matrix']:.1f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -22,6 +22,7 @@ from imagereward.config import CLIPConfig, PreprocessConfig
 from imagereward.errors import DownloadError
 from imagereward.models.clip import CLIPModel, hf_clip_names
 from imagereward.factory import load
+from imagereward import registry
 from imagereward.registry import get_entry
 from imagereward.preprocess import ImagePreprocessor
 from imagereward.tokenizers.clip_bpe import BPE_ENV, CLIPTokenizer
@@ -395,3 +396,44 @@ def test_crop_rounding_differs_between_torchvision_and_hf():
     hf = ImagePreprocessor(PreprocessConfig(crop="center_floor")).to_pixels(image)
     tv = ImagePreprocessor(PreprocessConfig()).to_pixels(image)
     assert hf[:, 0, 0].tolist() == [255, 255, 255] and tv[:, 0, 0].tolist() == [0, 0, 0]
+
+
+# -- names everywhere: load_score, the CLI, eval ---------------------------------------------
+
+
+def test_names_are_listed_and_load_score_takes_them(tmp_path):
+    for name in ("PickScore", "HPSv2", "HPSv2.1"):
+        assert name in imagereward.available_scores() and name in imagereward.available_models()
+    write_hps(tmp_path / "HPS_v2_compressed.pt", random_clip().state_dict())
+    model = imagereward.load_score("hpsv2", device="cpu", download_root=str(tmp_path))
+    assert type(model).__name__ == "HPSv2Score"
+
+
+def test_eval_runs_imagereward_pickscore_and_hps_on_the_test_set_layout(tmp_path, capsys):
+    from helpers import TEST_JSON, save_tiny_model
+    from imagereward import cli
+    from test_eval import write_images
+
+    items = json.loads(TEST_JSON.read_text(encoding="utf-8"))[:4]
+    (tmp_path / "test.json").write_text(json.dumps(items), encoding="utf-8")
+    write_images(tmp_path / "images", [g for item in items for g in item["generations"]])
+    root = tmp_path / "weights"
+    write_pickscore(root, to_hf(random_clip(seed=2)))
+    write_hps(root / "HPS_v2.1_compressed.pt", random_clip(seed=3).state_dict())
+    tiny_ir = save_tiny_model(tmp_path, seed=1)
+    out = tmp_path / "results"
+    code = cli.main([
+        "eval", "--data", str(tmp_path / "test.json"), "--images", str(tmp_path / "images"),
+        "--output-dir", str(out), "--no-progress", "--bootstrap", "50", "--no-plot",
+        "--models", "ImageReward-v1.0,PickScore,HPSv2.1", "--checkpoint", tiny_ir,
+        "--download-root", str(root), "--offline",
+    ])
+    table, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads((out / "accuracy.json").read_text())
+    assert set(summary["models"]) == {"ImageReward-v1.0", "PickScore", "HPSv2.1"}
+    for name, published in (("PickScore", 62.9), ("HPSv2.1", 66.8)):
+        predictions = json.loads((out / f"test_{name}.json").read_text(encoding="utf-8"))
+        assert [len(p["rewards"]) for p in predictions] == [len(i["generations"]) for i in items]
+        assert f"| {name} " in table
+        assert registry.published_accuracies()[name] == published  # shown on the official test set
