@@ -53,6 +53,7 @@ TOLERANCE = 1e-4  # of the score scale: logit_scale.exp() for PickScore, 1 for H
 EXTRA_PROMPTS = [
     "A Photo Of A &amp;amp; Sign, “curly quotes” and ﬁsh",
     "an <|endoftext|> inside, then <end_of_text> and <START_OF_TEXT>",
+    "a cat!<|endoftext|> and a <|ENDOFTEXT|> dog",
 ]
 
 TINY = {
@@ -105,6 +106,10 @@ def run_side(command: str, request: Dict[str, Any], workdir: Path) -> Dict[str, 
     return json.loads(rep.read_text())
 
 
+def through_end(rows: List[List[int]], end: int = 49407) -> List[List[int]]:
+    return [row[: row.index(end) + 1] if end in row else row for row in rows]
+
+
 def compare(name: str, ours: torch.Tensor, ours_rank: torch.Tensor, ref: Dict[str, Any],
             our_ids: torch.Tensor, our_pixels: List[float], seconds) -> Dict[str, Any]:
     theirs = torch.tensor(ref["scores"], dtype=torch.float64)
@@ -116,8 +121,10 @@ def compare(name: str, ours: torch.Tensor, ours_rank: torch.Tensor, ref: Dict[st
         for a, b in zip(ours.tolist(), theirs.tolist())
     )
     gaps = [sorted(row)[i + 1] - sorted(row)[i] for row in theirs.tolist() for i in range(len(row) - 1)]
-    ids_equal = our_ids.tolist() == ref["token_ids"]
-    bad_ids = [i for i, (a, b) in enumerate(zip(our_ids.tolist(), ref["token_ids"])) if a != b]
+    # Through the first end token: Hugging Face pads with 49407 where OpenCLIP and we put 0.
+    ours_cut, theirs_cut = map(through_end, (our_ids.tolist(), ref["token_ids"]))
+    ids_equal = ours_cut == theirs_cut
+    bad_ids = [i for i, (a, b) in enumerate(zip(ours_cut, theirs_cut)) if a != b]
     pixel_diff = max(abs(a - b) for a, b in zip(our_pixels, ref["pixel_sums"]))
     row = {
         "model": name, "pairs": theirs.numel(), "scale": scale,
@@ -158,6 +165,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="PickScore,HPSv2,HPSv2.1")
     parser.add_argument("--workdir", default=".bench/parity-prefmodels")
     parser.add_argument("--markdown", help="append the results table to this file")
+    parser.add_argument("--write-token-fixture", metavar="JSON",
+                        help="write the original fast tokenizer's ids (through the end token) "
+                        "of the tokenizer prompts here (tests/data/hf_clip_token_ids.json)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -178,14 +188,20 @@ def main(argv=None) -> int:
     wanted = args.models.split(",")
     if "PickScore" in wanted:
         out = workdir / "pickscore"
-        if not (out / "bin" / "pytorch_model.bin").exists():
+        layouts = args.layouts.split(",")
+        files = {"safetensors": "model.safetensors", "bin": "pytorch_model.bin"}
+        if not all((out / layout / files[layout]).exists() for layout in layouts):
             run_side("make-pickscore", {"out": str(out), "sizes": sizes["pickscore"], "seed": 0,
-                                        "noise": 0.02}, workdir)
-        for layout in args.layouts.split(","):
+                                        "noise": 0.02, "layouts": layouts}, workdir)
+        for layout in layouts:
             ref = run_side("score-pickscore", {**common, "folder": str(out / layout)}, workdir)
             versions = ref["versions"]
-            weights = "model.safetensors" if layout == "safetensors" else "pytorch_model.bin"
-            model = load("PickScore", checkpoint=str(out / layout / weights), device="cpu")
+            if args.write_token_fixture:
+                fixture = {"source": f"transformers {versions['transformers']} CLIPTokenizerFast "
+                           "(CLIP BPE), truncation=True, max_length=77; ids through the end token",
+                           "prompts": token_prompts, "input_ids": through_end(ref["token_ids"])}
+                Path(args.write_token_fixture).write_text(json.dumps(fixture, ensure_ascii=False))
+            model = load("PickScore", checkpoint=str(out / layout / files[layout]), device="cpu")
             matrix, by_rank, seconds = our_scores(model, prompts, images)
             rows.append(compare(f"PickScore ({layout})", matrix, by_rank, ref,
                                 model.tokenizer(token_prompts), pixel_sums(model, images), seconds))

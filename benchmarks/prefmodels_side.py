@@ -83,9 +83,9 @@ def make_pickscore(req: Dict[str, Any]) -> Dict[str, Any]:
     model = CLIPModel(config).eval()
     perturb(model, req["seed"], req["noise"])
     out = Path(req["out"])
-    model.save_pretrained(out / "safetensors", safe_serialization=True)
-    model.save_pretrained(out / "bin", safe_serialization=False)
-    return {"folders": [str(out / "safetensors"), str(out / "bin")]}
+    for layout in req.get("layouts", ["safetensors", "bin"]):
+        model.save_pretrained(out / layout, safe_serialization=layout == "safetensors")
+    return {"folders": [str(out / layout) for layout in req.get("layouts", [])]}
 
 
 def score_pickscore(req: Dict[str, Any]) -> Dict[str, Any]:

@@ -8,8 +8,9 @@ Three front ends share one BPE (the 48,894 merges of ``bpe_simple_vocab_16e6.txt
 - ``"open_clip"`` (OpenCLIP's ``tokenize``, HPSv2): the same cleaning, but the special
   tokens are spelled ``<start_of_text>`` / ``<end_of_text>`` in the text.
 - ``"hf"`` (Hugging Face ``CLIPTokenizerFast``, PickScore's processor): no ftfy and
-  no HTML unescaping; Unicode NFC, whitespace runs to one space, lower-casing. The
-  special tokens are cut out of the raw text first, case-sensitively.
+  no HTML unescaping; Unicode NFC, whitespace runs to one space, lower-casing; then
+  the special tokens are cut out of the normalised text before words are split
+  (so ``"!<|endoftext|>"`` ends the text here, while OpenAI reads it as punctuation).
 
 Words are then split with CLIP's regular expression, mapped byte by byte onto
 printable characters and merged. Prompts become ``[SOT] tokens [EOT]`` zero-padded
@@ -200,11 +201,11 @@ class CLIPTokenizer:
         """BPE ids of one text, without start/end tokens or padding."""
         ids: List[int] = []
         if self.text_style == "hf":
-            for piece in self._split_specials.split(text):
+            for piece in self._split_specials.split(clean_text_hf(text)):
                 if piece in self._specials:
                     ids.append(self.encoder[self._specials[piece]])
                     continue
-                for word in self._words.findall(clean_text_hf(piece)):
+                for word in self._words.findall(piece):
                     ids.extend(self._word_ids(word))
             return ids
         for word in self._words.findall(clean_text(text)):
