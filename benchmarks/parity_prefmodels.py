@@ -214,8 +214,9 @@ def main(argv=None) -> int:
         checkpoint = workdir / f"{name}.pt"
         request = {"model_name": f"ViT-H-14-parity-{args.size}", "model_config": model_config}
         if not checkpoint.exists():
-            run_side("make-hps", {**request, "out": str(checkpoint), "seed": seed, "noise": 0.02},
-                     workdir)
+            # HPSv2.1's file in fp16 like the released ones, HPSv2's in fp32 (both load).
+            run_side("make-hps", {**request, "out": str(checkpoint), "seed": seed, "noise": 0.02,
+                                  "half": name == "HPSv2.1"}, workdir)
         ref = run_side("score-hps", {**common, **request, "checkpoint": str(checkpoint)}, workdir)
         versions = {**versions, **ref["versions"]}
         model = load(name, checkpoint=str(checkpoint), device="cpu")

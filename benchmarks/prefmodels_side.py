@@ -137,7 +137,10 @@ def make_hps(req: Dict[str, Any]) -> Dict[str, Any]:
     torch.manual_seed(req["seed"])
     model, _, _ = _hps_factory(req)
     perturb(model, req["seed"], req["noise"])
-    torch.save({"state_dict": model.state_dict()}, req["out"])
+    state = model.state_dict()
+    if req.get("half"):  # the released files are fp16 ("compressed"); hpsv2 casts on loading
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({"state_dict": state}, req["out"])
     return {"checkpoint": req["out"], "keys": len(model.state_dict())}
 
 

@@ -293,6 +293,14 @@ def test_score_tensors_is_differentiable_and_matches_scoring(tmp_path, kind):
         assert scores.item() == pytest.approx(model.score(PROMPT, image), abs=0.5)
 
 
+def test_pickscore_bf16_keeps_its_temperature_in_float32(tmp_path):
+    folder = write_pickscore(tmp_path / "p", to_hf(random_clip()))
+    model = load_pickscore(str(folder / "model.safetensors"), device="cpu", dtype="bf16")
+    assert model.compute_dtype == torch.bfloat16
+    assert model.clip_model.logit_scale.dtype == torch.float32
+    assert model.similarity_scale().item() == pytest.approx(100.0, rel=1e-6)
+
+
 def test_bf16_scores_close_to_fp32(tmp_path):
     path = write_hps(tmp_path / "h.pt", random_clip().state_dict())
     fp32 = load_hps("HPSv2", str(path), device="cpu").score(PROMPT, [str(p) for p in ASSETS])
