@@ -109,7 +109,7 @@ def test_inference_rank_matches_the_original(golden):
         ranking, rewards = golden.model.inference_rank(prompt, golden.images)
         assert ranking == row["ranking"], f"{golden.scorer}, prompt {row['prompt']}"
         assert_close(rewards, row["rewards"], f"{golden.scorer} inference_rank, prompt {row['prompt']}")
-        assert golden.model.score(prompt, golden.images) == rewards  # the list form of score
+    assert golden.model.score(prompt, golden.images) == rewards  # the list form of score
 
 
 def test_single_score_matches_the_original(golden):

@@ -71,6 +71,7 @@ SYNTHETIC: Dict[str, Callable[[int], Image.Image]] = {
     "tiny.png": _rgb(300, 7),  # 7 rows: upscaled 32x before the crop
     "wide.png": _rgb(900, 120),
     "small.png": _rgb(50, 40),  # smaller than 224 on both sides
+    "odd-crop.png": _rgb(462, 448),  # resized to 231x224: the crop offset 3.5 rounds half to even
 }
 
 
