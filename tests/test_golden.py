@@ -91,8 +91,10 @@ def golden(request, tmp_path_factory) -> Golden:
     images = inputs.write_images(root / "images", REFERENCE_DATA / "assets")
     for path, described in zip(images, data["images"]):
         if inputs.pixel_digest(path) != described["pixels_sha256"]:
-            pytest.fail(f"{scorer}: input image {path.name} decodes to other pixels than the golden "
-                        f"run saw (numpy, PIL or the shared assets changed); regenerate with `{REGENERATE}`.")
+            pytest.fail(
+                f"{scorer}: input image {path.name} decodes to other pixels than the golden run "
+                f"saw (numpy, PIL or the shared assets changed); regenerate with `{REGENERATE}`."
+            )
     model = load_ours(scorer, data["config"], files)
     return Golden(scorer, data, model, [str(p) for p in images])
 

@@ -179,7 +179,7 @@ class _Seen(Exception):
 
 
 def _spy(monkeypatch, model, method: str, record: dict) -> None:
-    """Replace ``model.<method>`` by a recorder of its tensors' devices and dtypes that stops the call."""
+    """Make ``model.<method>`` record its tensors' devices and dtypes, then stop the call."""
 
     def spy(*args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]

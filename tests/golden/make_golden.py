@@ -95,10 +95,11 @@ def _shrink_blip(blip: torch.nn.Module, config: Dict, med_config: Path) -> None:
 
 def _check_load(result, expected_unexpected: List[str], what: str) -> None:
     """``load_state_dict(strict=False)`` as the original calls it, but nothing may be missed."""
+    stray = sorted(set(result.unexpected_keys) - set(expected_unexpected))
     if result.missing_keys or sorted(result.unexpected_keys) != sorted(expected_unexpected):
         raise SystemExit(
             f"{what}: the seeded checkpoint does not fit the original model: missing "
-            f"{result.missing_keys}, unexpected {sorted(set(result.unexpected_keys) - set(expected_unexpected))}"
+            f"{result.missing_keys}, unexpected {stray}"
         )
 
 
@@ -174,7 +175,9 @@ FILE_NAMES = {
     "ImageReward": {"checkpoint": "ImageReward.pt"},
     "BLIP": {"checkpoint": "model_large.pth"},
     "CLIP": {"checkpoint": "ViT-L-14.pt"},
-    "Aesthetic": {"checkpoint": "sac%2Blogos%2Bava1-l14-linearMSE.pth", "clip_checkpoint": "ViT-L-14.pt"},
+    "Aesthetic": {
+        "checkpoint": "sac%2Blogos%2Bava1-l14-linearMSE.pth", "clip_checkpoint": "ViT-L-14.pt",
+    },
 }
 
 

@@ -91,7 +91,9 @@ def seeded_tensor(key: str, shape: Shape, seed: int) -> torch.Tensor:
     return uniform(key, shape, fan_in ** -0.5, seed)
 
 
-def fill(shapes: Mapping[str, Shape], seed: int, gains: Optional[Mapping[str, float]] = None) -> StateDict:
+def fill(
+    shapes: Mapping[str, Shape], seed: int, gains: Optional[Mapping[str, float]] = None
+) -> StateDict:
     """Seeded float32 tensors for ``shapes``; keys in ``gains`` are multiplied by their gain."""
     gains = gains or {}
     state = {}
@@ -169,7 +171,9 @@ def bert_shapes(prefix: str, text: Mapping[str, int], encoder_width: int) -> Dic
     return shapes
 
 
-def head_shapes(prefix: str, input_dim: int, hidden_dims: Tuple[int, ...] = HEAD_DIMS) -> Dict[str, Shape]:
+def head_shapes(
+    prefix: str, input_dim: int, hidden_dims: Tuple[int, ...] = HEAD_DIMS
+) -> Dict[str, Shape]:
     """The activation-free MLP: ``layers.{0,2,4,6,7}`` (dropouts between all but the last two)."""
     shapes: Dict[str, Shape] = {}
     width = input_dim
