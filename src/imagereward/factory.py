@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from .errors import DownloadError, UnknownModelError
 from .hub import fetch_weights, is_offline
 from .registry import ScorerEntry, available_models, available_scores, find_entry, get_entry
 from .saving import WEIGHTS_FILE, read_saved_folder, save_pretrained
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .preprocess import ImagePreprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,24 @@ class BuildRequest:
     def load_into(self, module: nn.Module, state: StateDict, role: str = "weights") -> None:
         """Strict loading of ``state`` into ``module`` (built on ``meta``), the entry's unused keys allowed."""
         load_state_dict_strict(module, state, source=self.files[role], ignore=self.entry.ignore_keys)
+
+    def preprocessor(self, image_size: int) -> "ImagePreprocessor":
+        """The registered (or saved) image chain at the model's own input size."""
+        from .preprocess import ImagePreprocessor
+
+        return ImagePreprocessor(dataclasses.replace(self.preprocess, image_size=image_size))
+
+    def tokenizer(self, max_length: int) -> Any:
+        """The entry's tokenizer at ``max_length`` tokens, from the given or bundled files."""
+        if self.entry.tokenizer == "bert":
+            from .tokenizers.bert import BertTokenizer
+
+            return BertTokenizer(self.vocab_file, max_length=max_length)
+        if self.entry.tokenizer == "clip_bpe":
+            from .tokenizers.clip_bpe import CLIPTokenizer, resolve_clip_bpe
+
+            return CLIPTokenizer(resolve_clip_bpe(self.bpe_file), max_length)
+        raise ValueError(f"{self.entry.name} has no text tokenizer")
 
     def config_of(self, expected: type) -> Any:
         """The configuration, checked to be an ``expected`` (``None`` stays ``None``)."""

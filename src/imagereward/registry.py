@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import BLIPScoreConfig, CLIPConfig, ImageRewardConfig, PreprocessConfig
+from .config import BLIPScoreConfig, ImageRewardConfig, PreprocessConfig
 from .errors import UnknownModelError
 
 

@@ -123,7 +123,7 @@ def _models(args: argparse.Namespace) -> List[str]:
 def run_benchmark(args: argparse.Namespace) -> int:
     from ..eval import benchmark as bench
     from ..eval import report
-    from ..eval.data import DataError
+    from ..eval.data import DataError, write_json
 
     apply_offline(args)
     if args.checkpoint is not None and IMAGEREWARD not in args.metrics:
@@ -149,11 +149,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     ranks = {m: bench.metric_ranks(scores[m]) for m in args.metrics}
     rho = {m: bench.rank_correlation(scores[m], human) for m in args.metrics}
     written = [
-        bench.write_json(bench.summary_path(args.output_dir, m), scores[m]) for m in args.metrics
+        write_json(bench.summary_path(args.output_dir, m), scores[m]) for m in args.metrics
     ]
     summary = {"prompts": args.prompts, "images": args.images, "human_ranking": human,
                "scores": scores, "ranks": ranks, "spearman": rho}
-    written.append(bench.write_json(os.path.join(args.output_dir, "benchmark.json"), summary))
+    written.append(write_json(os.path.join(args.output_dir, "benchmark.json"), summary))
     table = report.benchmark_table(scores, ranks, models, human, rho)
     plot = None
     if not args.no_plot:
@@ -169,7 +169,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def _run_metric(metric: str, models: List[str], prompts: List[Any], args: argparse.Namespace) -> Dict[str, List[float]]:
     """Per-prompt mean rewards of each generation model under one metric."""
     from ..eval import benchmark as bench
-    from ..preprocess import ImageLoadError
+    from ..eval.data import write_json
+    from ..errors import InputError
 
     scorer = None
     per_prompt: Dict[str, List[float]] = {}
@@ -187,9 +188,9 @@ def _run_metric(metric: str, models: List[str], prompts: List[Any], args: argpar
                         scorer, prompts, generations, desc=f"{metric} / {model}",
                         progress=not args.no_progress,
                     )
-                except (ImageLoadError, FileNotFoundError) as error:
+                except InputError as error:
                     raise CliError(str(error), EXIT_INPUT) from error
-                bench.write_json(path, records)
+                write_json(path, records)
             per_prompt[model] = [float(r["mean_score"]) for r in records]
     finally:
         del scorer

@@ -195,7 +195,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _score(model: str, items: List[Any], args: argparse.Namespace) -> List[List[float]]:
     from ..eval.preference import score_items
-    from ..preprocess import ImageLoadError
+    from ..errors import InputError
 
     scorer = load_scorer(model, args, args.checkpoint if model == IMAGEREWARD else None)
     try:
@@ -203,7 +203,7 @@ def _score(model: str, items: List[Any], args: argparse.Namespace) -> List[List[
             scorer, items, args.images, chunk_size=4 * args.batch_size, desc=model,
             progress=not args.no_progress,
         )
-    except (ImageLoadError, FileNotFoundError) as error:
+    except InputError as error:
         raise CliError(str(error), EXIT_INPUT) from error
     finally:
         del scorer

@@ -145,12 +145,6 @@ def _check_single(args: argparse.Namespace) -> None:
         raise CliError(f"image not found: {missing[0]}{more}", EXIT_INPUT)
 
 
-def _scoring_errors() -> tuple:
-    from ..preprocess import ImageLoadError
-
-    return (ImageLoadError, FileNotFoundError)
-
-
 def run_score(args: argparse.Namespace) -> int:
     apply_offline(args)
     if args.input is not None:
@@ -192,10 +186,12 @@ def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
     """Rewards of every image for each ``--prompt``, one list per prompt."""
     _check_single(args)
     args.prompt = list(dict.fromkeys(args.prompt))  # a repeated --prompt is scored once
+    from ..errors import InputError
+
     scorer = _load(args)
     try:
         matrix = scorer.score_matrix(args.prompt, list(args.images))
-    except _scoring_errors() as error:
+    except InputError as error:
         raise CliError(str(error), EXIT_INPUT) from error
     return matrix.tolist()
 

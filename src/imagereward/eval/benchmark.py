@@ -8,13 +8,12 @@ Spearman's rho.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from .data import PAPER_MODELS, DataError, read_json_list, write_json
+from .data import DataError, read_json_list
 from .metrics import average_ranks, spearman
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")

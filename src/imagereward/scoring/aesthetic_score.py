@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import torch
@@ -77,7 +76,7 @@ def build(request: "BuildRequest") -> AestheticScore:
     clip_path = request.files["clip"]
     clip_state = read_clip_checkpoint(clip_path)
     config = request.config_of(CLIPConfig) or infer_clip_config(clip_state, clip_path)
-    preprocess = ImagePreprocessor(dataclasses.replace(request.preprocess, image_size=config.image_size))
+    preprocess = request.preprocessor(config.image_size)
     with torch.device("meta"):
         model = AestheticScore(
             config, preprocess=preprocess, batch_size=request.batch_size, num_workers=request.num_workers

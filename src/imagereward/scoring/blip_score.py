@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
@@ -61,10 +60,8 @@ class BLIPScore(nn.Module, CosineScorer):
 def build(request: "BuildRequest") -> BLIPScore:
     """Registry builder: the encoders and projections of BLIP's pretraining checkpoint."""
     config = request.config_of(BLIPScoreConfig)
-    tokenizer = BertTokenizer(request.vocab_file, max_length=config.max_text_length)
-    preprocess = ImagePreprocessor(
-        dataclasses.replace(request.preprocess, image_size=config.vision.image_size)
-    )
+    tokenizer = request.tokenizer(config.max_text_length)
+    preprocess = request.preprocessor(config.vision.image_size)
     with torch.device("meta"):
         model = BLIPScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
     request.load_into(model.blip, request.read_weights(key="model"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
@@ -13,7 +12,7 @@ from ..checkpoints import read_clip_checkpoint
 from ..config import CLIPConfig
 from ..models.clip import CLIPModel, infer_clip_config
 from ..preprocess import ImagePreprocessor
-from ..tokenizers.clip_bpe import CLIPTokenizer, resolve_clip_bpe
+from ..tokenizers.clip_bpe import CLIPTokenizer
 from .similarity import CosineScorer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,8 +66,8 @@ def build(request: "BuildRequest") -> CLIPScore:
     path = request.files["weights"]
     state = request.filter_keys(read_clip_checkpoint(path))
     config = request.config_of(CLIPConfig) or infer_clip_config(state, path)
-    tokenizer = CLIPTokenizer(resolve_clip_bpe(request.bpe_file), config.context_length)
-    preprocess = ImagePreprocessor(dataclasses.replace(request.preprocess, image_size=config.image_size))
+    tokenizer = request.tokenizer(config.context_length)
+    preprocess = request.preprocessor(config.image_size)
     with torch.device("meta"):
         model = CLIPScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
     request.load_into(model.clip_model, state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import torch
@@ -111,10 +110,8 @@ def build(request: "BuildRequest") -> ImageReward:
     The preprocessing takes the registered chain at the model's own input size.
     """
     config = request.config_of(ImageRewardConfig)
-    tokenizer = BertTokenizer(request.vocab_file, max_length=config.max_text_length)
-    preprocess = ImagePreprocessor(
-        dataclasses.replace(request.preprocess, image_size=config.vision.image_size)
-    )
+    tokenizer = request.tokenizer(config.max_text_length)
+    preprocess = request.preprocessor(config.vision.image_size)
     with torch.device("meta"):
         model = ImageReward(config, tokenizer, preprocess, request.batch_size, request.num_workers)
     request.load_into(model, request.read_weights())
