@@ -52,15 +52,6 @@ class CLIPScore(nn.Module, CosineScorer):
         return F.normalize(self.clip_model.encode_image(pixels).float(), dim=-1)
 
 
-# Registry tokenizer names of the CLIP BPE and the front end each stands for.
-CLIP_TEXT_STYLES = {"clip_bpe": "openai", "clip_bpe_openclip": "open_clip", "clip_bpe_hf": "hf"}
-
-
-def clip_tokenizer(name: Optional[str], bpe_file: str, config: CLIPConfig) -> CLIPTokenizer:
-    """The CLIP BPE tokenizer with the text front end a registry entry names."""
-    return CLIPTokenizer(bpe_file, config.context_length, text_style=CLIP_TEXT_STYLES[name or "clip_bpe"])
-
-
 def build(request: "BuildRequest") -> CLIPScore:
     """Registry builder: sizes from the weights unless a config is given, strict loading."""
     path = request.files["weights"]

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import CLIPConfig, openclip_vit_h_14
 from ..models.clip import infer_clip_config
-from ..preprocess import ImagePreprocessor
-from ..tokenizers.clip_bpe import resolve_clip_bpe
-from .clip_score import CLIPScore, clip_tokenizer
+from .clip_score import CLIPScore
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..factory import BuildRequest
@@ -39,8 +36,8 @@ def build(request: "BuildRequest") -> HPSv2Score:
             state, path, vision_head_width=reference.vision_head_width,
             text_head_width=reference.text_head_width, act=reference.act,
         )
-    tokenizer = clip_tokenizer(request.entry.tokenizer, resolve_clip_bpe(request.bpe_file), config)
-    preprocess = ImagePreprocessor(dataclasses.replace(request.preprocess, image_size=config.image_size))
+    tokenizer = request.tokenizer(config.context_length)
+    preprocess = request.preprocessor(config.image_size)
     with torch.device("meta"):
         model = HPSv2Score(config, tokenizer, preprocess, request.batch_size, request.num_workers)
     request.load_into(model.clip_model, state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import TYPE_CHECKING, Any, Dict
@@ -12,9 +11,7 @@ import torch
 from ..checkpoints import CheckpointError, load_state_dict_strict, read_state_dict, strip_prefix
 from ..config import CLIPConfig, openclip_vit_h_14
 from ..models.clip import clip_config_from_hf, convert_hf_clip_state_dict
-from ..preprocess import ImagePreprocessor
-from ..tokenizers.clip_bpe import resolve_clip_bpe
-from .clip_score import CLIPScore, clip_tokenizer
+from .clip_score import CLIPScore
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..factory import BuildRequest
@@ -64,8 +61,8 @@ def build(request: "BuildRequest") -> PickScore:
         beside = os.path.join(os.path.dirname(os.path.abspath(path)), HF_CONFIG)
         config = read_hf_config(beside) if os.path.isfile(beside) else openclip_vit_h_14()
     state = request.filter_keys(strip_prefix(read_state_dict(path)))
-    tokenizer = clip_tokenizer(request.entry.tokenizer, resolve_clip_bpe(request.bpe_file), config)
-    preprocess = ImagePreprocessor(dataclasses.replace(request.preprocess, image_size=config.image_size))
+    tokenizer = request.tokenizer(config.context_length)
+    preprocess = request.preprocessor(config.image_size)
     with torch.device("meta"):
         model = PickScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
     converted, names = convert_hf_clip_state_dict(state, model.clip_model.state_dict(), path)
