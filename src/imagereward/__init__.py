@@ -25,6 +25,7 @@ _LAZY = {
     "RankResult": "imagereward.scoring.base",
     "ImageRewardConfig": "imagereward.config",
     "CheckpointError": "imagereward.errors",
+    "DeviceError": "imagereward.errors",
     "DownloadError": "imagereward.errors",
     "ImageLoadError": "imagereward.errors",
     "ImageNotFoundError": "imagereward.errors",
@@ -33,6 +34,7 @@ _LAZY = {
     "InputError": "imagereward.errors",
     "ModelError": "imagereward.errors",
     "PromptError": "imagereward.errors",
+    "TokenizerFileError": "imagereward.errors",
     "UnknownModelError": "imagereward.errors",
     "CLIPScore": "imagereward.scoring.clip_score",
     "BLIPScore": "imagereward.scoring.blip_score",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import ImageRewardConfig
     from .errors import (
         CheckpointError,
+        DeviceError,
         DownloadError,
         ImageLoadError,
         ImageNotFoundError,
@@ -53,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
         InputError,
         ModelError,
         PromptError,
+        TokenizerFileError,
         UnknownModelError,
     )
     from .loading import load, save_pretrained

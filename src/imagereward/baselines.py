@@ -26,7 +26,7 @@ from .checkpoints import (
 )
 from .config import BLIPScoreConfig, CLIPConfig, PreprocessConfig
 from .dtypes import DtypeLike, resolve_device, resolve_dtype
-from .hub import default_cache_dir, download_url, legacy_cache_dir, sha256_file
+from .hub import default_cache_dir, download_url, fetch_together, legacy_cache_dir, sha256_file
 from .models.clip import infer_clip_config
 from .preprocess import ImagePreprocessor
 from .scoring.aesthetic_score import AestheticScore
@@ -163,11 +163,11 @@ def _preprocess(image_size: int) -> ImagePreprocessor:
 
 def _load_clip(
     path: str, config: Optional[CLIPConfig], dtype: torch.dtype, bpe_file: Optional[str],
-    cache_dir: Optional[str], batch_size: int, num_workers: Optional[int],
+    batch_size: int, num_workers: Optional[int],
 ) -> CLIPScore:
     state = read_clip_checkpoint(path)
     config = config or infer_clip_config(state, path)
-    tokenizer = CLIPTokenizer(resolve_clip_bpe(bpe_file, cache_dir), config.context_length)
+    tokenizer = CLIPTokenizer(resolve_clip_bpe(bpe_file), config.context_length)
     preprocess = _preprocess(config.image_size)
     with torch.device("meta"):
         model = CLIPScore(config, tokenizer, preprocess, batch_size, num_workers)
@@ -241,17 +241,19 @@ def load_score(
             f"config for {name} must be a {expected.__name__}, got {type(config).__name__}"
         )
     target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
-    path = checkpoint or baseline_file(name, download_root)
+    fetchers = {name: lambda: checkpoint or baseline_file(name, download_root)}
+    if name == "Aesthetic":  # two files: a missing pair is reported together
+        fetchers["CLIP"] = lambda: clip_checkpoint or baseline_file("CLIP", download_root)
+    paths = fetch_together(fetchers)
+    path = paths[name]
     logger.info("load checkpoint from %s", path)
     model: Scorer
     if name == "CLIP":
-        model = _load_clip(path, config, target_dtype, bpe_file, download_root, batch_size,
-                           num_workers)
+        model = _load_clip(path, config, target_dtype, bpe_file, batch_size, num_workers)
     elif name == "BLIP":
         model = _load_blip(path, config, target_dtype, vocab_file, batch_size, num_workers)
     else:
-        clip_path = clip_checkpoint or baseline_file("CLIP", download_root)
-        model = _load_aesthetic(path, clip_path, config, target_dtype, batch_size, num_workers)
+        model = _load_aesthetic(path, paths["CLIP"], config, target_dtype, batch_size, num_workers)
     model.eval().to(target_device)
     if compile:
         model.compile_encoders()

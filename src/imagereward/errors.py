@@ -42,6 +42,11 @@ class PromptError(InputError, TypeError):
     """A prompt is not a string, or prompts and images do not pair up."""
 
 
+# -- the requested device cannot be used -------------------------------------------------
+class DeviceError(ImageRewardError, RuntimeError):
+    """A device that this torch build or this machine cannot provide (e.g. CUDA on a CPU-only torch)."""
+
+
 # -- the model cannot be had: the job stops ------------------------------------------
 class ModelError(ImageRewardError, RuntimeError):
     """A model cannot be loaded."""
@@ -55,12 +60,17 @@ class CheckpointError(ModelError, ValueError):
     """A checkpoint file is unreadable or does not fit the model it is loaded into."""
 
 
+class TokenizerFileError(ModelError, ValueError):
+    """A tokenizer vocabulary file is unreadable or not in the expected format."""
+
+
 class DownloadError(ModelError):
     """A file needed for a model could not be obtained."""
 
 
 __all__ = [
     "CheckpointError",
+    "DeviceError",
     "DownloadError",
     "ImageLoadError",
     "ImageNotFoundError",
@@ -69,5 +79,6 @@ __all__ = [
     "InputError",
     "ModelError",
     "PromptError",
+    "TokenizerFileError",
     "UnknownModelError",
 ]

@@ -6,16 +6,18 @@ naming the file that is needed and how to supply it without a network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
-from typing import Optional
+from typing import Callable, Dict, Iterator, Mapping, Optional
 
 from tqdm.auto import tqdm
 
 from .errors import DownloadError
+from .files import use_default_permissions
 
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "IMAGEREWARD_OFFLINE")
 LEGACY_CACHE = os.path.join("~", ".cache", "ImageReward")
@@ -27,6 +29,45 @@ def is_offline() -> bool:
         os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
         for name in OFFLINE_ENVS
     )
+
+
+@contextlib.contextmanager
+def offline_mode() -> Iterator[None]:
+    """Forbid downloads inside the block (``IMAGEREWARD_OFFLINE=1``), then restore the setting."""
+    previous = os.environ.get("IMAGEREWARD_OFFLINE")
+    os.environ["IMAGEREWARD_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["IMAGEREWARD_OFFLINE"]
+        else:
+            os.environ["IMAGEREWARD_OFFLINE"] = previous
+
+
+def fetch_together(fetchers: Mapping[str, Callable[[], str]]) -> Dict[str, str]:
+    """Run every fetcher (``what -> local path``); report all missing files in one error.
+
+    Once one download has failed, the others only look for local copies, so a machine
+    without a network gets one message at once instead of a retry loop per file.
+    """
+    paths: Dict[str, str] = {}
+    failures = []
+    for what, fetch in fetchers.items():
+        try:
+            if failures:
+                with offline_mode():
+                    paths[what] = fetch()
+            else:
+                paths[what] = fetch()
+        except DownloadError as error:
+            failures.append(error)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        listed = "\n".join(f"  - {error}" for error in failures)
+        raise DownloadError(f"{len(failures)} files are missing:\n{listed}")
+    return paths
 
 
 def default_cache_dir() -> str:
@@ -126,7 +167,7 @@ def download_url(
                 f"Downloaded {what} from {url} but its sha256 {digest.hexdigest()} "
                 f"does not match the expected {sha256}"
             )
-        shutil.move(partial, target)
+        shutil.move(use_default_permissions(partial), target)  # mkstemp makes it 0600
     except DownloadError:
         raise
     except Exception as error:

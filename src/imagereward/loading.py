@@ -14,6 +14,7 @@ import torch
 from .checkpoints import CheckpointError, load_state_dict_strict, read_state_dict, strip_prefix
 from .config import ImageRewardConfig, PreprocessConfig, TextConfig
 from .dtypes import DtypeLike, cpu_has_fast, resolve_device, resolve_dtype
+from .files import use_default_permissions
 from .hub import fetch_hub_file, legacy_cache_dir
 from .models.image_reward import ImageRewardNet
 from .preprocess import ImagePreprocessor
@@ -162,6 +163,7 @@ def save_pretrained(model: ImageRewardNet, directory: str, dtype: DtypeLike = No
         for key, value in model.state_dict().items()
     }
     save_file(tensors, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
+    use_default_permissions(os.path.join(directory, WEIGHTS_FILE))  # safetensors writes 0600
     with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as handle:
         json.dump({"model_type": MODEL_TYPE, "config": model.config.to_dict()}, handle, indent=2)
     return directory

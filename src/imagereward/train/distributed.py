@@ -9,6 +9,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from ..dtypes import resolve_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -44,7 +46,7 @@ def init_distributed(device: str = "") -> DistContext:
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = resolve_device(device or None)
     if target.type == "cuda":
         if target.index is None:
             target = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
