@@ -79,3 +79,37 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     assert loss_difference <= TOLERANCE
     assert [a[3] for a in one] == pytest.approx([b[3] for b in two], abs=1e-9)
     assert weight_difference <= TOLERANCE
+
+
+RANK_SCRIPT = """
+import os, sys
+from imagereward.train.config import TrainConfig, load_config
+from imagereward.train.trainer import train
+train(load_config(sys.argv[1]))
+names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+print(f"rank {os.environ['RANK']} threads after training: {names}", flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names come from Linux /proc")
+def test_no_communication_threads_outlive_training(tmp_path, monkeypatch):
+    """After train() returns, its process group is really gone: no gloo thread is left to run
+    into interpreter shutdown (where one aborted rank 1 now and then, after rank 0 wrote best/)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    options = dict(
+        train_data=str(write_rankings(tmp_path, "train", 4, seed=5)),  # 20 pairs: 2 steps
+        valid_data=str(write_rankings(tmp_path, "valid", 2, seed=6)),
+        model_config=str(write_model_config(tmp_path / "model.json")),
+        init="scratch", pairs_per_step=8, batch_size=4, epochs=1, validations_per_epoch=1,
+        num_workers=0, checkpoint_every=0, plot=False, output_dir=str(tmp_path / "run"),
+    )
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(tmp_path / "rank.py"), str(tmp_path / "options.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if "threads after training" in line]
+    assert len(reports) == 2, done.stdout
+    for report in reports:
+        assert "gloo" not in report, report

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -86,10 +87,13 @@ def train(config: TrainConfig, on_record: Optional[Callable[[Record], None]] = N
     """
     config.validate()
     context = init_distributed(config.device)
+    completed = False
     try:
-        return Trainer(config, context, on_record).run()
+        result = Trainer(config, context, on_record).run()  # the trainer and its DDP wrapper go here
+        completed = True
+        return result
     finally:
-        shutdown(context)
+        shutdown(context, wait_for_others=completed)  # after a failure, leave without waiting
 
 
 class Trainer:
@@ -118,9 +122,12 @@ class Trainer:
             [p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
             betas=tuple(config.adam_betas), eps=config.adam_eps, weight_decay=config.weight_decay,
         )
+        # A partial, not a lambda over self: no reference cycle keeps the trainer (and the
+        # process group its DDP wrapper holds) alive after train() returns.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: lr_factor(step, config.warmup_steps, self.total_steps, config.lr_schedule),
+            functools.partial(lr_factor, warmup=config.warmup_steps, total=self.total_steps,
+                              schedule=config.lr_schedule),
         )
         self.step, self.best_step, self.best_val_loss = 0, -1, math.inf
         self.flat_validations = 0
