@@ -303,3 +303,39 @@ def test_benchmark_end_to_end(capsys, tiny_model, fake_baselines, tmp_path):
 
     code, _, err = run(capsys, *argv[:5], "--models", "openjourney,dalle2", *argv[7:])
     assert code == EXIT_INPUT and "dalle2" in err
+
+
+def test_eval_without_bootstrap_has_no_interval(capsys, subset, tmp_path, fake_baselines):
+    root, _ = subset
+    argv = [a for a in eval_argv(root, tmp_path, "--models", "CLIP") if a not in ("--bootstrap", "200")]
+    code, table, err = run(capsys, *argv, "--bootstrap", "0")
+    assert code == 0, err
+    assert "CI" not in table and "–" not in table.splitlines()[2]
+    numbers = json.loads((tmp_path / "accuracy.json").read_text())["models"]["CLIP"]
+    assert numbers["ci_low"] is None and numbers["ci_high"] is None
+    assert "bootstrap" not in (tmp_path / "report.md").read_text()
+
+
+def test_eval_reuse_lists_missing_predictions(capsys, subset, tmp_path, monkeypatch):
+    root, _ = subset
+    monkeypatch.setattr(imagereward, "load", None)  # --reuse never loads a model
+    monkeypatch.setattr(imagereward, "load_score", None)
+    (tmp_path / "test_CLIP.json").write_text("[]")
+    code, _, err = run(capsys, *eval_argv(root, tmp_path, "--models", "CLIP,BLIP,Aesthetic", "--reuse"))
+    assert code == EXIT_INPUT
+    line = err.strip().splitlines()[-1]
+    assert str(tmp_path / "test_BLIP.json") in line and str(tmp_path / "test_Aesthetic.json") in line
+    assert "test_CLIP.json" not in line
+
+
+def test_eval_checkpoint_by_model_name(capsys, subset, tmp_path, fake_baselines):
+    root, _ = subset
+    clip = tmp_path / "ViT-L-14.pt"
+    clip.write_bytes(b"x")
+    code, table, err = run(capsys, *eval_argv(root, tmp_path / "out", "--models", "CLIP,Aesthetic",
+                                              "--checkpoint", f"CLIP={clip}"))
+    assert code == 0, err
+    assert [(name, kwargs["checkpoint"]) for name, kwargs in fake_baselines] == [("CLIP", str(clip)),
+                                                                                 ("Aesthetic", None)]
+    assert fake_baselines[1][1]["clip_checkpoint"] == str(clip)  # Aesthetic's image encoder
+    assert f"| CLIP ({clip}) " in table
