@@ -75,7 +75,7 @@ def test_checkpoint_that_does_not_fit_exits_3(capsys, tmp_path, tiny_model, chan
     state = load_file(str(path))
     change(state)
     save_file(state, str(path))
-    code, _, err = run(capsys, "score", "--offline", "--checkpoint", path, "-p", "x", IMAGE)
+    code, _, err = run(capsys, "score", "--offline", "--checkpoint", path.parent, "-p", "x", IMAGE)
     line = last_line(err)
     assert code == EXIT_INPUT, err
     assert str(path) in line and message in line

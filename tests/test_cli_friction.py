@@ -79,15 +79,10 @@ def loads(monkeypatch):
             return torch.zeros(len(prompts), len(images))
 
     def load(name, **kwargs):
-        calls.append(("ImageReward", name, kwargs))
-        return Fake()
-
-    def load_score(name, **kwargs):
-        calls.append((name, kwargs.get("checkpoint"), kwargs))
+        calls.append((name, kwargs["files"], kwargs))
         return Fake()
 
     monkeypatch.setattr(imagereward, "load", load)
-    monkeypatch.setattr(imagereward, "load_score", load_score)
     return calls
 
 
@@ -100,9 +95,10 @@ def test_checkpoint_by_name_and_vocab_file(capsys, tmp_path, loads):
     assert run(capsys, "score", "-m", "Aesthetic", "--checkpoint", f"aesthetic={aesthetic}",
                "--checkpoint", f"CLIP={clip}", "-p", "x", image)[0] == 0
     assert run(capsys, "score", "--checkpoint", str(aesthetic), "--vocab-file", BERT_VOCAB, "-p", "x", image)[0] == 0
-    assert loads[0][:2] == ("CLIP", str(clip))
-    assert loads[1][:2] == ("Aesthetic", str(aesthetic)) and loads[1][2]["clip_checkpoint"] == str(clip)
-    assert loads[2][:2] == ("ImageReward", str(aesthetic)) and loads[2][2]["vocab_file"] == str(BERT_VOCAB)
+    assert loads[0][:2] == ("CLIP", {"weights": str(clip)})
+    assert loads[1][:2] == ("Aesthetic", {"weights": str(aesthetic), "clip": str(clip)})
+    assert loads[2][:2] == ("ImageReward-v1.0", {"weights": str(aesthetic)})
+    assert loads[2][2]["vocab_file"] == str(BERT_VOCAB)
     code, _, err = run(capsys, "score", "-m", "CLIP", "--checkpoint", f"BLIP={clip}", "-p", "x", image)
     assert code == 2 and "--checkpoint is for BLIP" in err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -63,8 +64,8 @@ def test_blip_init_copies_both_encoders_and_resets_the_head(tmp_path):
 
 def test_default_head_init_preserves_variance(tmp_path):
     """Each fresh head layer N(0, 1/fan_in): the reward starts on the scale of the features."""
-    config = tiny_config()
-    config.head.hidden_dims = (256, 128, 64, 32)  # wide enough for a stable std estimate
+    tiny = tiny_config()  # with a head wide enough for a stable std estimate
+    config = dataclasses.replace(tiny, head=dataclasses.replace(tiny.head, hidden_dims=(256, 128, 64, 32)))
     train_config = TrainConfig(init="scratch", model_config=write_model_config(tmp_path, config))
     head = build_model(train_config).mlp.eval()
     for layer in (m for m in head.layers if isinstance(m, torch.nn.Linear)):

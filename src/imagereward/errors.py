@@ -42,6 +42,10 @@ class PromptError(InputError, TypeError):
     """A prompt is not a string, or prompts and images do not pair up."""
 
 
+class JobFileError(ImageRewardError, ValueError):
+    """A batch job's input or output file is missing or malformed (the job stops before any work)."""
+
+
 # -- the requested device cannot be used -------------------------------------------------
 class DeviceError(ImageRewardError, RuntimeError):
     """A device that this torch build or this machine cannot provide (e.g. CUDA on a CPU-only torch)."""
@@ -77,6 +81,7 @@ __all__ = [
     "ImageRewardError",
     "ImageTypeError",
     "InputError",
+    "JobFileError",
     "ModelError",
     "PromptError",
     "TokenizerFileError",

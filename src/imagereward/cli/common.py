@@ -27,10 +27,6 @@ exit codes:
   130  interrupted (Ctrl-C); results written so far are kept"""
 
 IMAGEREWARD = "ImageReward-v1.0"
-BASELINES = ("CLIP", "BLIP", "Aesthetic")
-MODEL_NAMES = (IMAGEREWARD, *BASELINES)
-_ALIASES = {name.lower(): name for name in MODEL_NAMES}
-_ALIASES["imagereward"] = IMAGEREWARD
 
 
 class CliError(Exception):
@@ -76,23 +72,34 @@ def error_message(error: BaseException) -> str:
 
 
 def model_name(value: str) -> str:
-    """argparse type: a model name, case-insensitive (``imagereward`` means v1.0)."""
-    try:
-        return _ALIASES[value.strip().lower()]
-    except KeyError:
+    """argparse type: a registered scorer name, case-insensitive (aliases allowed)."""
+    from ..registry import available_models, find_entry
+
+    entry = find_entry(value)
+    if entry is None:
         raise argparse.ArgumentTypeError(
-            f"unknown model {value!r}; choose from {', '.join(MODEL_NAMES)}"
-        ) from None
+            f"unknown model {value!r}; choose from {', '.join(available_models())}"
+        )
+    return entry.name
 
 
 def model_list(value: str) -> List[str]:
-    """argparse type: comma-separated model names, or ``all``."""
+    """argparse type: comma-separated scorer names, or ``all`` for every registered one."""
+    from ..registry import available_models
+
     if value.strip().lower() == "all":
-        return list(MODEL_NAMES)
+        return available_models()
     names = [model_name(v) for v in split_list(value)]
     if not names:
         raise argparse.ArgumentTypeError("give at least one model")
     return list(dict.fromkeys(names))
+
+
+def model_names_help() -> str:
+    """The registered scorer names, for help texts."""
+    from ..registry import available_models
+
+    return ", ".join(available_models())
 
 
 def split_list(value: str) -> List[str]:
@@ -174,10 +181,13 @@ def checkpoint_paths(
 
     Usage errors (a model given twice, a model not being run) exit through ``parser.error``.
     """
+    from ..registry import find_entry
+
     paths: Dict[str, str] = {}
     for value in values:
         name, separator, path = value.partition("=")
-        model = _ALIASES.get(name.strip().lower()) if separator else None
+        entry = find_entry(name.strip()) if separator else None
+        model = entry.name if entry is not None else None
         if model is None:  # a bare path (which may itself contain "=")
             model, path = default_model, value
         if model in paths:
@@ -207,14 +217,16 @@ def require_file(path: str, what: str) -> str:
 
 
 def load_scorer(name: str, args: argparse.Namespace, checkpoints: Dict[str, str]) -> Any:
-    """A ready scorer for model ``name``, from its local file in ``checkpoints`` or downloaded."""
+    """A ready scorer for model ``name``, from its local files in ``checkpoints`` or downloaded.
+
+    Aesthetic's CLIP image tower comes from ``--clip-checkpoint``, else ``CLIP=PATH``.
+    """
     import imagereward
 
-    checkpoint = checkpoints.get(name)
-    clip_checkpoint = None
+    local = {"weights": checkpoints.get(name)}
     if name == "Aesthetic":
-        clip_checkpoint = args.clip_checkpoint or checkpoints.get("CLIP")
-    for what, path in (("checkpoint", checkpoint), ("CLIP checkpoint", clip_checkpoint),
+        local["clip"] = args.clip_checkpoint or checkpoints.get("CLIP")
+    for what, path in (("checkpoint", local["weights"]), ("CLIP checkpoint", local.get("clip")),
                        ("vocabulary file", args.vocab_file)):
         if path is not None and not os.path.exists(path):
             raise CliError(f"{what} not found: {path}", EXIT_INPUT)
@@ -224,14 +236,11 @@ def load_scorer(name: str, args: argparse.Namespace, checkpoints: Dict[str, str]
         download_root=args.download_root,
         batch_size=args.batch_size,
         compile=args.compile,
+        vocab_file=args.vocab_file,
     )
+    given = {role: path for role, path in local.items() if path is not None}
     try:
-        if name == IMAGEREWARD:
-            return imagereward.load(checkpoint or name, vocab_file=args.vocab_file, **common)
-        extra: Dict[str, Any] = {"clip_checkpoint": clip_checkpoint} if name == "Aesthetic" else {}
-        if name == "BLIP":
-            extra["vocab_file"] = args.vocab_file
-        return imagereward.load_score(name, checkpoint=checkpoint, **extra, **common)
+        return imagereward.load(name, files=given, **common)
     except (imagereward.ImageRewardError, FileNotFoundError):
         raise  # documented errors: main() gives each its exit code
     except (OSError, RuntimeError, ValueError) as error:

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loading import CONFIG_FILE, WEIGHTS_FILE, convert_checkpoint
+    from ..factory import convert_checkpoint
+    from ..saving import CONFIG_FILE, WEIGHTS_FILE
 
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         args.parser.error(f"{args.output} exists and is not a folder")

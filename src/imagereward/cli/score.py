@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Sequence
 from .common import (
     EXIT_CODES_HELP,
     EXIT_INPUT,
+    EXIT_INTERRUPTED,
     EXIT_PARTIAL,
     IMAGEREWARD,
     CliError,
@@ -24,6 +25,7 @@ from .common import (
     load_scorer,
     model_label,
     model_name,
+    model_names_help,
 )
 
 # Table headers show at most this many characters of a prompt (JSON and CSV keep it whole).
@@ -116,7 +118,7 @@ def _add_single_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model", "-m", type=model_name, default=IMAGEREWARD,
-        help="ImageReward-v1.0, or a baseline: CLIP, BLIP, Aesthetic (default: %(default)s)",
+        help=f"the scorer: {model_names_help()} (case-insensitive; default: %(default)s)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of records")
@@ -153,12 +155,6 @@ def _check_single(args: argparse.Namespace) -> None:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         what = "image path is a folder, not a file" if os.path.isdir(missing[0]) else "image not found"
         raise CliError(f"{what}: {missing[0]}{more}", EXIT_INPUT)
-
-
-def _scoring_errors() -> tuple:
-    from ..preprocess import ImageLoadError
-
-    return (ImageLoadError, FileNotFoundError)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -200,6 +196,8 @@ def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
     prompt once) and reported each time it was given.
     """
     _check_single(args)
+    from ..errors import InputError
+
     scorer = _load(args)
     images = list(args.images)
     chunk = 4 * args.batch_size  # images per call: keeps decoding a few batches ahead
@@ -210,7 +208,7 @@ def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
             part = images[start : start + chunk]
             columns.append(scorer.score_matrix(args.prompt, part))
             progress.update(len(part))
-    except _scoring_errors() as error:
+    except InputError as error:
         raise CliError(str(error), EXIT_INPUT) from error
     finally:
         progress.close()
@@ -272,7 +270,8 @@ def format_table(
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from .batch import BatchJob
+    from ..batch import BatchJob
+    from ..errors import JobFileError
 
     if args.prompt is not None or args.images:
         args.parser.error("--input cannot be combined with --prompt or IMAGE arguments")
@@ -295,7 +294,16 @@ def _run_batch(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    stats = job.run(lambda: _load(args))
+    try:
+        stats = job.run(lambda: _load(args))
+    except JobFileError as error:
+        raise CliError(str(error), EXIT_INPUT) from error
+    except KeyboardInterrupt:
+        raise CliError(
+            f"interrupted: results so far are saved in {args.output}; "
+            "run again with --resume to continue",
+            EXIT_INTERRUPTED,
+        ) from None
     summary = (
         f"imagereward: {stats.scored} pairs scored, {stats.failed} failed, "
         f"{stats.skipped} skipped (already done) -> {args.output}"
