@@ -1,0 +1,80 @@
+"""The ReFL reward: one differentiable scorer, or a weighted sum of several, frozen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+
+BASELINES = ("CLIP", "BLIP", "Aesthetic")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """``name`` (ImageReward name/path/folder, or a baseline), its local checkpoint and weight."""
+
+    name: str
+    checkpoint: str = ""
+    weight: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return self.name if not self.checkpoint else f"{self.name}:{self.checkpoint}"
+
+
+def parse_reward_specs(text: str) -> List[RewardSpec]:
+    """``"ImageReward-v1.0"``, ``"ImageReward-v1.0=1,Aesthetic:/w/sac.pth=0.5"``, ..."""
+    specs = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        weight = 1.0
+        head, sep, tail = part.rpartition("=")
+        if sep:
+            try:
+                weight = float(tail)
+            except ValueError as error:
+                raise ValueError(f"reward {part!r}: the weight after '=' must be a number") from error
+            part = head
+        name, sep, checkpoint = part.partition(":")
+        if sep and name not in BASELINES:  # an ImageReward path that contains ':'
+            name, checkpoint = part, ""
+        specs.append(RewardSpec(name, checkpoint, weight))
+    if not specs:
+        raise ValueError("reward: give at least one reward model")
+    return specs
+
+
+def load_reward_model(spec: RewardSpec, device: torch.device, dtype: torch.dtype) -> Any:
+    """A frozen, eval-mode scorer with ``score_tensors``."""
+    import imagereward
+
+    if spec.name in BASELINES:
+        model = imagereward.load_score(spec.name, device=device, dtype=dtype,
+                                       checkpoint=spec.checkpoint or None)
+    else:
+        model = imagereward.load(spec.name, device=device, dtype=dtype)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class Reward:
+    """Weighted sum of differentiable scorers: ``(pixels in [0, 1], prompts) -> [B]`` float32."""
+
+    def __init__(self, models: Sequence[Tuple[str, Any, float]]) -> None:
+        self.models = list(models)
+
+    @classmethod
+    def load(cls, text: str, device: torch.device, dtype: torch.dtype = torch.float32) -> "Reward":
+        return cls([(s.label, load_reward_model(s, device, dtype), s.weight)
+                    for s in parse_reward_specs(text)])
+
+    def terms(self, pixels: torch.Tensor, prompts: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Each scorer's rewards ``[B]`` (float32, with gradient to ``pixels``)."""
+        return {name: model.score_tensors(pixels, list(prompts)).float().reshape(-1)
+                for name, model, _ in self.models}
+
+    def __call__(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        terms = self.terms(pixels, prompts)
+        return sum(weight * terms[name] for name, _, weight in self.models)  # type: ignore[return-value]
