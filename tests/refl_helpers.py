@@ -4,6 +4,7 @@ synthetic ReFL data; shared by the ReFL tests and benchmarks/refl_*.py."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import List
 
@@ -36,29 +37,40 @@ def write_clip_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def build_tiny_pipeline(root: Path, *, latent_size: int = 8, vae_blocks: int = 2, seed: int = 0) -> Path:
+def build_tiny_pipeline(root: Path, *, latent_size: int = 8, vae_blocks: int = 2, seed: int = 0,
+                        sd15_size: bool = False) -> Path:
     """A random SD-1.x-shaped pipeline (UNet, VAE, CLIP text encoder, tokenizer, DDPM scheduler).
 
-    Images are ``latent_size * 2 ** (vae_blocks - 1)`` pixels square.
+    Images are ``latent_size * 2 ** (vae_blocks - 1)`` pixels square. ``sd15_size=True``
+    gives Stable Diffusion 1.5's architecture at 512 px instead (random weights).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=4, norm_num_groups=8)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
-        block_out_channels=tuple(16 for _ in range(vae_blocks)),
-        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks, sample_size=latent_size * 2 ** (vae_blocks - 1))
+    if sd15_size:
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        text = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                    projection_dim=768, hidden_act="quick_gelu")
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+            attention_head_dim=4, norm_num_groups=8)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+            block_out_channels=tuple(16 for _ in range(vae_blocks)),
+            down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+            up_block_types=("UpDecoderBlock2D",) * vae_blocks, sample_size=latent_size * 2 ** (vae_blocks - 1))
+        text = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                    projection_dim=32)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=49408, max_position_embeddings=77, projection_dim=32, bos_token_id=49406,
-        eos_token_id=49407, pad_token_id=49407))
+        vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=49407, **text))
     tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(root / "_tokenizer_source")))
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -66,6 +78,8 @@ def build_tiny_pipeline(root: Path, *, latent_size: int = 8, vae_blocks: int = 2
         requires_safety_checker=False)
     folder = root / "tiny-sd"
     pipe.save_pretrained(str(folder))
+    for name in ("vocab.json", "merges.txt"):  # older transformers' slow CLIPTokenizer reads these
+        shutil.copyfile(root / "_tokenizer_source" / name, folder / "tokenizer" / name)
     return folder
 
 
