@@ -40,6 +40,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("train", "imagereward.train.cli", "train a reward model on ranked preference data"),
     ("refl", "imagereward.refl.cli", "fine-tune a diffusion model with the reward (ReFL)"),
     ("convert", "imagereward.cli.convert", "write a checkpoint as safetensors for instant loading"),
+    ("models", "imagereward.cli.models", "list the registered scorers"),
 )
 
 DESCRIPTION = """\
