@@ -104,3 +104,33 @@ def write_pairs(folder: Path, count: int, size: int, seed: int) -> Path:
         image.save(folder / f"{index:04d}.png")
         (folder / f"{index:04d}.txt").write_text(" ".join(rng.choice(WORDS, size=3)))
     return folder
+
+
+def build_tiny_sdxl_pipeline(root: Path, *, latent_size: int = 8, seed: int = 0) -> Path:
+    """A random SDXL-shaped pipeline: two CLIP text encoders (the second with projection),
+    a UNet with text-time conditioning, a VAE with downscale 2."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+                        block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=latent_size * 2)
+    text = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                projection_dim=32, vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
+                eos_token_id=49407, pad_token_id=49407)
+    tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(root / "_tokenizer_source")))
+    scheduler_config = {k: v for k, v in SD_SCHEDULER.items() if k != "clip_sample"}
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler(**scheduler_config))
+    folder = root / "tiny-sdxl"
+    pipe.save_pretrained(str(folder))
+    return folder

@@ -216,3 +216,22 @@ def test_cli_refuses_missing_pretraining_data(setup, capsys):
     code = main(["refl", "--model", setup["pipeline"], "--prompts", setup["prompts"]])
     assert code == 2
     assert "pretrain_data" in capsys.readouterr().err
+
+
+def test_sdxl_pipeline_trains_and_its_output_generates(setup, tmp_path):
+    from refl_helpers import build_tiny_sdxl_pipeline
+
+    folder = build_tiny_sdxl_pipeline(tmp_path)
+    trainer = ReFLTrainer(config(setup, tmp_path / "out", model=str(folder), max_steps=2, pretrain_loss=True))
+    assert trainer.conditioner.sdxl and trainer.resolution == RESOLUTION
+    before = {n: p.detach().clone() for n, p in trainer.trainable}
+    for step in range(2):
+        record = trainer.train_step(step)
+    assert record["reward_loss"] > 0 and record["pretrain_loss"] > 0
+    changed = [n for n, p in trainer.trainable if not torch.equal(p, before[n])]
+    assert "add_embedding.linear_1.weight" in changed  # the pooled-text / size-id path learns too
+    trainer.save_output(2)
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "out"))
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    images = pipe("a red cat", num_inference_steps=3, guidance_scale=1.0, output_type="np").images
+    assert images.shape == (1, RESOLUTION, RESOLUTION, 3)

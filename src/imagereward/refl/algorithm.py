@@ -24,10 +24,15 @@ from .pipeline import Conditioning, require_refl
 
 
 def make_sampler(kind: str, scheduler_config: Any) -> Any:
-    """The sampler of generated images, from the pipeline's scheduler configuration."""
+    """The sampler of generated images, from the pipeline's scheduler configuration.
+
+    Latents are not confined to [-1, 1]: where the configuration (e.g. of an Euler
+    scheduler) does not say, x̂0 is not clipped (DDPM's and DDIM's own default clips it).
+    """
     diffusers = require_refl("diffusers", "ReFL")
     cls = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}[kind]
-    return cls.from_config(scheduler_config)
+    extra = {} if "clip_sample" in scheduler_config else {"clip_sample": False}
+    return cls.from_config(scheduler_config, **extra)
 
 
 def make_noise_scheduler(scheduler_config: Any) -> Any:

@@ -7,12 +7,12 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-BASELINES = ("CLIP", "BLIP", "Aesthetic")
+from ..registry import find_entry
 
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """``name`` (ImageReward name/path/folder, or a baseline), its local checkpoint and weight."""
+    """A scorer ``name`` (registered, a checkpoint file or a saved folder), its local weights, its weight."""
 
     name: str
     checkpoint: str = ""
@@ -24,7 +24,10 @@ class RewardSpec:
 
 
 def parse_reward_specs(text: str) -> List[RewardSpec]:
-    """``"ImageReward-v1.0"``, ``"ImageReward-v1.0=1,Aesthetic:/w/sac.pth=0.5"``, ..."""
+    """``"ImageReward-v1.0"``, ``"ImageReward-v1.0=1,Aesthetic:/w/sac.pth=0.5"``, ...
+
+    ``NAME:PATH`` gives a registered scorer local weights; anything else is one name or path.
+    """
     specs = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -38,7 +41,7 @@ def parse_reward_specs(text: str) -> List[RewardSpec]:
                 raise ValueError(f"reward {part!r}: the weight after '=' must be a number") from error
             part = head
         name, sep, checkpoint = part.partition(":")
-        if sep and name not in BASELINES:  # an ImageReward path that contains ':'
+        if not sep or find_entry(name) is None:  # e.g. a path that contains ':'
             name, checkpoint = part, ""
         specs.append(RewardSpec(name, checkpoint, weight))
     if not specs:
@@ -47,14 +50,10 @@ def parse_reward_specs(text: str) -> List[RewardSpec]:
 
 
 def load_reward_model(spec: RewardSpec, device: torch.device, dtype: torch.dtype) -> Any:
-    """A frozen, eval-mode scorer with ``score_tensors``."""
+    """A frozen, eval-mode scorer with a differentiable ``score_tensors``."""
     import imagereward
 
-    if spec.name in BASELINES:
-        model = imagereward.load_score(spec.name, device=device, dtype=dtype,
-                                       checkpoint=spec.checkpoint or None)
-    else:
-        model = imagereward.load(spec.name, device=device, dtype=dtype)
+    model = imagereward.load(spec.name, device=device, dtype=dtype, checkpoint=spec.checkpoint or None)
     model.requires_grad_(False)
     return model.eval()
 

@@ -109,11 +109,11 @@ class ReFLTrainer:
             if module is not None:
                 module.requires_grad_(False).eval()
                 upcast = name == "vae" and dtype == torch.float16 and getattr(module.config, "force_upcast", False)
-                module.to(self.device, dtype=torch.float32 if upcast else dtype)
+                _place(module, self.device, torch.float32 if upcast else dtype)
         unet = self.pipe.unet
         if config.lora:
             peft = require_refl("peft", "LoRA training")
-            unet.requires_grad_(False).to(self.device, dtype=dtype)
+            _place(unet.requires_grad_(False), self.device, dtype)
             unet.add_adapter(peft.LoraConfig(
                 r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank, init_lora_weights="gaussian",
                 target_modules=[t.strip() for t in config.lora_targets.split(",") if t.strip()]))
@@ -121,7 +121,7 @@ class ReFLTrainer:
                 if param.requires_grad:
                     param.data = param.data.float()
         else:
-            unet.requires_grad_(True).to(self.device, dtype=torch.float32)
+            _place(unet.requires_grad_(True), self.device, torch.float32)
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
@@ -406,3 +406,10 @@ def _plain(value: Any) -> Any:
 
 def _state_or_none(stateful: Any) -> Optional[Dict[str, Any]]:
     return None if stateful is None else stateful.state_dict()
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move to ``device``; cast only when the precision changes (diffusers warns on every cast)."""
+    module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
