@@ -138,7 +138,9 @@ def main() -> int:
     prompts = batch_prompts(inputs["pipeline"], reference["input_ids"])
     ours = run_ours(inputs, prompts, reference["stop_index"], args.threads)
     result = compare(ours, reference)
-    result.update(stop_index=reference["stop_index"], prompts=prompts, machine=platform.processor() or platform.machine(),
+    result.update(stop_index=reference["stop_index"], prompts=prompts,
+                  machine={"platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "threads": args.threads},
                   versions={"ours": {"torch": ours["torch"], "diffusers": ours["diffusers"]},
                             "reference": {"torch": reference["torch"], "diffusers": reference["diffusers"]}})
     print(json.dumps(result, indent=2))

@@ -188,7 +188,8 @@ def test_cli_lora_run_writes_weights_the_base_pipeline_loads(setup, tmp_path, ca
     validation = tmp_path / "validation.txt"
     validation.write_text("a red cat\na blue dog\n")
     code = main(["refl", "--model", setup["pipeline"], "--prompts", setup["prompts"], "--no-pretrain-loss",
-                 "--reward", setup["reward"], "--lora", "--lora-rank", "4", "--max-steps", "2", "--lr", "1e-2", "--margin", "100",
+                 "--reward", setup["reward"], "--lora", "--lora-rank", "4", "--max-steps", "2", "--lr", "1e-2",
+                 "--margin", "100",
                  "--gradient-accumulation-steps", "1", "--num-inference-steps", "4", "--stop-steps", "2",
                  "--validation-prompts", str(validation), "--validation-every", "1",
                  "--output-dir", str(tmp_path / "out")])
@@ -210,12 +211,22 @@ def test_cli_lora_run_writes_weights_the_base_pipeline_loads(setup, tmp_path, ca
     assert after.shape == before.shape and abs(after - before).max() > 0
 
 
-def test_cli_refuses_missing_pretraining_data(setup, capsys):
+def test_cli_refuses_missing_pretraining_data_and_bad_inputs(setup, tmp_path, capsys):
     from imagereward.cli import main
 
     code = main(["refl", "--model", setup["pipeline"], "--prompts", setup["prompts"]])
     assert code == 2
     assert "pretrain_data" in capsys.readouterr().err
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "a cat"}\nnot json\n')
+    code = main(["refl", "--model", setup["pipeline"], "--prompts", str(bad), "--no-pretrain-loss",
+                 "--reward", setup["reward"], "--output-dir", str(tmp_path / "out")])
+    assert code == 3
+    assert "line 2 is not valid JSON" in capsys.readouterr().err
+    code = main(["refl", "--model", setup["pipeline"], "--prompts", str(tmp_path / "missing.json"),
+                 "--no-pretrain-loss", "--reward", setup["reward"], "--output-dir", str(tmp_path / "out")])
+    assert code == 3
+    assert "missing.json" in capsys.readouterr().err
 
 
 def test_sdxl_pipeline_trains_and_its_output_generates(setup, tmp_path):

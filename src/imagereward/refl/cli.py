@@ -30,8 +30,10 @@ def config_from_args(args: argparse.Namespace) -> ReFLConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train with the parsed options; returns 0, or 2 for invalid options (printed)."""
-    from ..cli.common import EXIT_USAGE, CliError
+    """Train with the parsed options. Invalid options end with exit status 2, a missing or
+    malformed input file (prompts, pairs) with 3."""
+    from ..cli.common import EXIT_INPUT, EXIT_USAGE, CliError
+    from ..errors import InputError
 
     try:
         config = config_from_args(args)
@@ -42,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("imagereward.refl").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     from .trainer import train_refl
 
-    result = train_refl(config)
+    try:
+        result = train_refl(config)
+    except InputError as error:
+        raise CliError(str(error), EXIT_INPUT) from error
     if rank == 0 and result.finished:
         print(result.output_dir)
     return 0

@@ -27,7 +27,7 @@ def generate_images(pipe: Any, prompts: Sequence[str], seed: int, *, resolution:
     images: List[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        latents, noise = [], []
+        latents = []
         for index in range(start, start + len(chunk)):
             generator = torch.Generator().manual_seed(seed * 100_003 + index)
             latents.append(initial_latents(1, unet.config.in_channels, resolution, vae_scale_factor(vae),
@@ -41,7 +41,8 @@ def generate_images(pipe: Any, prompts: Sequence[str], seed: int, *, resolution:
 
 
 @torch.no_grad()
-def mean_reward(reward: Any, pixels: torch.Tensor, prompts: Sequence[str], batch_size: int = 8) -> Tuple[float, List[float]]:
+def mean_reward(reward: Any, pixels: torch.Tensor, prompts: Sequence[str],
+                batch_size: int = 8) -> Tuple[float, List[float]]:
     """Mean and per-image rewards of generated pixels."""
     values: List[float] = []
     for start in range(0, len(prompts), batch_size):

@@ -370,7 +370,9 @@ class ReFLTrainer:
         log = TrainLog(log_path, resume_step=start if config.resume else None) if main else None
         if start == 0:
             self._emit(log, self.validate(0))
-        stop_at = min(config.max_steps, start + config.stop_after_steps) if config.stop_after_steps else config.max_steps
+        stop_at = config.max_steps
+        if config.stop_after_steps:
+            stop_at = min(stop_at, start + config.stop_after_steps)
         for step in range(start, stop_at):
             tic = time.perf_counter()
             record = self.train_step(step)
