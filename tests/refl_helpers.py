@@ -80,7 +80,19 @@ def build_tiny_pipeline(root: Path, *, latent_size: int = 8, vae_blocks: int = 2
     pipe.save_pretrained(str(folder))
     for name in ("vocab.json", "merges.txt"):  # older transformers' slow CLIPTokenizer reads these
         shutil.copyfile(root / "_tokenizer_source" / name, folder / "tokenizer" / name)
+    _hub_text_encoder_keys(folder / "text_encoder")
     return folder
+
+
+def _hub_text_encoder_keys(folder: Path) -> None:
+    """Keys as in the hub's SD checkpoints (``text_model.`` prefix), which every transformers reads;
+    transformers 5 saves them without the prefix, which transformers 4 does not recognise."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    state = load_file(str(path))
+    save_file({(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in state.items()},
+              str(path), metadata={"format": "pt"})
 
 
 WORDS = ["red", "blue", "green", "cat", "dog", "house", "tree", "sky", "car", "bird", "sea", "moon"]
