@@ -1,6 +1,6 @@
 """One ReFL step of ours against the original ``ImageReward/ReFL.py`` (image-reward 1.5).
 
-    python benchmarks/refl_parity.py [--workdir .bench/refl-parity]
+    python benchmarks/refl_parity.py [--workdir .bench/refl-parity] [--stand-in-reward]
 
 Both sides get the same tiny random Stable Diffusion pipeline (a diffusers folder both
 diffusers 0.25.1 and ours read), the same random ImageReward checkpoint (written by the
@@ -33,7 +33,7 @@ SEED = 1234
 PROMPTS = ["a red cat on a blue house", "a green tree under the moon"]
 
 
-def make_inputs(workdir: Path) -> dict:
+def make_inputs(workdir: Path, stand_in: bool) -> dict:
     from refl_helpers import build_tiny_pipeline
 
     pipeline = workdir / "tiny-sd"
@@ -41,13 +41,13 @@ def make_inputs(workdir: Path) -> dict:
         build_tiny_pipeline(workdir, latent_size=64, vae_blocks=1)  # the original draws 64x64 latents
     med_config = write_med_config(workdir)
     checkpoint = workdir / "ImageReward.pt"
-    if not checkpoint.exists():
+    if not checkpoint.exists() and not stand_in:
         refenv.run_reference("make-imagereward", {"out": str(checkpoint), "med_config": str(med_config),
                                                   "seed": 0, "head_scale": 1.0}, workdir)
     prompts = workdir / "prompts.json"
     prompts.write_text(json.dumps([{"text": p, "image": str(i)} for i, p in enumerate(PROMPTS)]))
     return {"pipeline": str(pipeline), "checkpoint": str(checkpoint), "med_config": str(med_config),
-            "prompts": str(prompts)}
+            "prompts": str(prompts), "stand_in": stand_in}
 
 
 def run_reference(inputs: dict, workdir: Path, threads: int) -> dict:
@@ -69,6 +69,8 @@ def run_ours(inputs: dict, prompts: list, stop_index: int, threads: int) -> dict
     import diffusers
 
     import imagereward
+    from imagereward.config import PreprocessConfig
+    from imagereward.preprocess import ImagePreprocessor
     from imagereward.refl.algorithm import make_sampler, reward_step
     from imagereward.refl.pipeline import TextConditioner, load_pipeline
     from imagereward.refl.reward import Reward
@@ -78,10 +80,14 @@ def run_ours(inputs: dict, prompts: list, stop_index: int, threads: int) -> dict
     unet = pipe.unet.train().requires_grad_(True)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
-    scorer = imagereward.load(inputs["checkpoint"], device="cpu", med_config=inputs["med_config"],
-                              vocab_file=str(refenv.BERT_VOCAB))
-    scorer.requires_grad_(False)
-    reward = Reward([("ImageReward", scorer, 1.0)])
+    if inputs["stand_in"]:  # the reference side's StandInReward: mean of the preprocessed image
+        preprocess = ImagePreprocessor(PreprocessConfig(image_size=224))
+        reward = lambda pixels, _: preprocess.tensor_transform(pixels).mean(dim=(1, 2, 3))  # noqa: E731
+    else:
+        scorer = imagereward.load(inputs["checkpoint"], device="cpu", med_config=inputs["med_config"],
+                                  vocab_file=str(refenv.BERT_VOCAB))
+        scorer.requires_grad_(False)
+        reward = Reward([("ImageReward", scorer, 1.0)])
     cond = TextConditioner(pipe, 64)(prompts)
     generator = torch.Generator().manual_seed(SEED)
     latents = torch.randn((len(prompts), 4, 64, 64), generator=generator)
@@ -130,15 +136,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--workdir", default=".bench/refl-parity")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stand-in-reward", action="store_true",
+                        help="a cheap check of everything but the reward network (no 1.8 GB checkpoint)")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    inputs = make_inputs(workdir)
+    inputs = make_inputs(workdir, args.stand_in_reward)
     reference = run_reference(inputs, workdir, args.threads)
     prompts = batch_prompts(inputs["pipeline"], reference["input_ids"])
     ours = run_ours(inputs, prompts, reference["stop_index"], args.threads)
     result = compare(ours, reference)
-    result.update(stop_index=reference["stop_index"], prompts=prompts,
+    result.update(reward="stand-in (mean of the preprocessed image)" if args.stand_in_reward else "ImageReward",
+                  stop_index=reference["stop_index"], prompts=prompts,
                   machine={"platform": platform.platform(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                            "threads": args.threads},
                   versions={"ours": {"torch": ours["torch"], "diffusers": ours["diffusers"]},

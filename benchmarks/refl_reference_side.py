@@ -7,11 +7,14 @@ Mode ``parity`` (default) runs one step with the probes below; mode ``timing`` r
 the peak GPU memory.
 
 The original trainer is built and run as its script runs it (``parse_args`` on a command
-line, ``Trainer(...)``, ``train(args)`` for one optimizer step), with four probes and one
-substitution:
+line, ``Trainer(...)``, ``train(args)`` for one optimizer step), with four probes and two
+substitutions:
 
 * ``RM.load("ImageReward-v1.0")`` (hard-coded in the trainer) loads the benchmark's random
   checkpoint with its med_config instead of downloading the real weights;
+* ``Accelerator(logging_dir=...)``, which accelerate 0.26.1 no longer accepts, gets that
+  directory through ``ProjectConfiguration.logging_dir`` instead (without this the original
+  trainer cannot be constructed at all in its own pinned environment);
 * a forward pre-hook on the text encoder seeds torch's and Python's global generators right
   before the step's latents and stop step are drawn, so the other side can repeat them;
 * ``random.randint`` records the stop step; ``score_gard`` records the rewards;
@@ -42,7 +45,11 @@ def main() -> None:
     from ImageReward import ReFL
 
     load = RM.load
-    RM.load = lambda name, device: load(request["checkpoint"], device=device, med_config=request["med_config"])
+    if request.get("stand_in"):
+        RM.load = lambda name, device: StandInReward()
+    else:
+        RM.load = lambda name, device: load(request["checkpoint"], device=device, med_config=request["med_config"])
+    ReFL.Accelerator = accelerator_accepting_logging_dir(ReFL.Accelerator)
     args = ReFL.parse_args()
     trainer = ReFL.Trainer(request["pipeline"], request["prompts"], args)
     if timing:
@@ -90,6 +97,36 @@ def main() -> None:
     trainer.train(args)
     import diffusers
     json.dump({**captured, "diffusers": diffusers.__version__, "torch": torch.__version__}, open(reply_path, "w"))
+
+
+class StandInReward(torch.nn.Module):
+    """``--stand-in-reward``: the mean of the preprocessed image instead of ImageReward, with the
+    BERT tokenizer the trainer asks for; checks everything but the reward network, cheaply."""
+
+    def __init__(self):
+        from ImageReward.models.BLIP.blip import init_tokenizer
+
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+        self.blip = type("Blip", (), {"tokenizer": init_tokenizer()})()
+
+    def score_gard(self, prompt_ids, prompt_attention_mask, image):
+        return (image.mean(dim=(1, 2, 3)) * self.scale).unsqueeze(-1)
+
+
+def accelerator_accepting_logging_dir(accelerator_class):
+    """The trainer passes ``Accelerator(logging_dir=...)``, an argument accelerate has since
+    removed (0.26.1, the version image-reward 1.5 installs with, refuses it); its successor is
+    ``ProjectConfiguration.logging_dir``, where this moves it. Nothing else changes."""
+
+    class Accelerator(accelerator_class):
+        def __init__(self, *args, logging_dir=None, **kwargs):
+            config = kwargs.get("project_config")
+            if logging_dir is not None and config is not None:
+                config.logging_dir = logging_dir
+            super().__init__(*args, **kwargs)
+
+    return Accelerator
 
 
 def time_steps(trainer, args, reply_path: str) -> None:
