@@ -56,7 +56,8 @@ def make_inputs(workdir: Path, tiny: bool, reference_checkpoint: str) -> Dict[st
 
     Full size: one random ``ImageReward.pt`` (ViT-L + BERT-base) for both sides. Tiny: a
     tiny reward for ours; the reference (whose ViT is always ViT-L) gets
-    ``reference_checkpoint`` or is skipped.
+    ``reference_checkpoint`` or is skipped; its step on these tiny 32 px images then still
+    draws 64x64 latents, which this tiny VAE decodes to 128 px.
     """
     import torch
 
@@ -68,9 +69,9 @@ def make_inputs(workdir: Path, tiny: bool, reference_checkpoint: str) -> Dict[st
 
     workdir.mkdir(parents=True, exist_ok=True)
     pipeline = workdir / "tiny-sd"
-    resolution = 64 if tiny else 512
-    if not pipeline.exists():
-        build_tiny_pipeline(workdir, latent_size=64, vae_blocks=1, sd15_size=not tiny)
+    resolution = 32 if tiny else 512
+    if not pipeline.exists():  # tiny: 16x16 latents, 32 px (the reference always draws 64x64 latents)
+        build_tiny_pipeline(workdir, latent_size=16 if tiny else 64, vae_blocks=2, sd15_size=not tiny)
     config = tiny_config(224) if tiny else ImageRewardConfig()
     checkpoint = workdir / "ImageReward.pt"
     if not checkpoint.exists():

@@ -40,10 +40,14 @@ def make_noise_scheduler(scheduler_config: Any) -> Any:
     return require_refl("diffusers", "ReFL").DDPMScheduler.from_config(scheduler_config)
 
 
-def stream_seed(seed: int, step: int, micro: int, rank: int, purpose: int) -> int:
-    """A seed for one purpose of one micro-step of one process (independent of resuming)."""
+def stream_seed(seed: int, batch_number: int, purpose: int) -> int:
+    """A seed for one purpose of one micro-batch of the run (independent of resuming).
+
+    ``batch_number`` counts micro-batches over all processes, so ``N`` processes with
+    accumulation ``A`` draw what one process with accumulation ``N * A`` draws.
+    """
     value = seed
-    for part in (step, micro, rank, purpose):
+    for part in (batch_number, purpose):
         value = (value * 1_000_003 + part) % (2**62)
     return value
 

@@ -2,8 +2,9 @@
 data parallelism, mixed precision, EMA, validation, resumable checkpoints and the output pipeline.
 
 Every random draw of a step (prompts, pairs, latents, stop index, sampler and
-pretraining noise) comes from generators seeded by ``(seed, step, micro-step, rank)``,
-so a resumed run repeats exactly what an uninterrupted one would have done.
+pretraining noise) comes from generators seeded by the seed and the micro-batch's number
+over all processes, so a resumed run repeats exactly what an uninterrupted one would have
+done, and ``N`` processes compute what one process with ``N`` times the accumulation does.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class ReFLTrainer:
     def __init__(self, config: ReFLConfig, on_record: Optional[Callable[[Record], None]] = None) -> None:
         accelerate = require_refl("accelerate", "ReFL")
         self.config, self.on_record = config, on_record
-        self.accelerator = accelerate.Accelerator(mixed_precision=config.mixed_precision)
+        # cpu=True where there is no GPU: accelerate then joins torchrun's CPU process group (gloo)
+        self.accelerator = accelerate.Accelerator(mixed_precision=config.mixed_precision,
+                                                  cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.checkpoint_path = os.path.join(config.output_dir, CHECKPOINT_FILE)
@@ -157,11 +160,13 @@ class ReFLTrainer:
                    weight_decay=config.weight_decay)
 
     # -- one micro-step of each loss -----------------------------------------------------
-    def _generator(self, step: int, micro: int, purpose: int) -> torch.Generator:
-        return torch.Generator().manual_seed(stream_seed(self.config.seed, step, micro, self.rank, purpose))
-
     def _batch_number(self, step: int, micro: int) -> int:
+        """Micro-batches counted over all processes: rank ``r`` of ``N`` takes every ``N``-th."""
         return (step * self.config.gradient_accumulation_steps + micro) * self.world + self.rank
+
+    def _generator(self, step: int, micro: int, purpose: int) -> torch.Generator:
+        seed = stream_seed(self.config.seed, self._batch_number(step, micro), purpose)
+        return torch.Generator().manual_seed(seed)
 
     def reward_micro(self, step: int, micro: int) -> Dict[str, Any]:
         config = self.config
