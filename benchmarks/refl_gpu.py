@@ -2,7 +2,7 @@
 
     python benchmarks/refl_gpu.py --out results/          # on a GPU machine, about 5-8 minutes
     python benchmarks/refl_gpu.py --tiny --device cpu --steps 2 --out /tmp/x   # a dry run on a CPU
-        [--reference-checkpoint .bench/refl-parity/ImageReward.pt]   # to dry-run the reference too
+        [--reference-stand-in]      # the reference's step too, with a stand-in reward instead of ViT-L
 
 Set-up, all in this command: a Stable-Diffusion-1.5-sized pipeline with random weights
 (UNet 860M, VAE, CLIP ViT-L text encoder; 512 px, 64x64 latents) written as a diffusers
@@ -81,7 +81,8 @@ def make_inputs(workdir: Path, tiny: bool, reference_checkpoint: str) -> Dict[st
         model = imagereward.load(str(checkpoint), device="cpu", config=config)
         reward = imagereward.save_pretrained(model, str(workdir / "reward"))
     prompts = workdir / "prompts.json"
-    prompts.write_text(json.dumps([{"text": p} for p in PROMPTS]))
+    # the original's data loader also requires an "image" column, as in refl_data.json
+    prompts.write_text(json.dumps([{"text": p, "image": str(i)} for i, p in enumerate(PROMPTS)]))
     pairs = write_pairs(workdir / "pairs", 8, resolution, seed=0)
     return {"pipeline": str(pipeline), "reward": reward, "prompts": str(prompts), "pairs": str(pairs),
             "checkpoint": reference_checkpoint if tiny else str(checkpoint),
@@ -124,10 +125,10 @@ def run_ours(variant: str, inputs: Dict[str, str], steps: int, warmup: int, devi
 
 
 def run_reference(inputs: Dict[str, str], workdir: Path, steps: int, warmup: int, python: str,
-                  cuda: bool) -> Dict[str, Any]:
+                  cuda: bool, stand_in: bool = False) -> Dict[str, Any]:
     import refenv
 
-    request = {**inputs, "mode": "timing", "steps": warmup + steps + 1,
+    request = {**inputs, "mode": "timing", "steps": warmup + steps + 1, "stand_in": stand_in,
                "output_dir": str(workdir / "out-reference"),
                "extra_args": (["--mixed_precision", "fp16"] if cuda else []) + ["--gradient_checkpointing"]}
     (workdir / "timing.request.json").write_text(json.dumps(request))
@@ -175,6 +176,9 @@ def main() -> int:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--reference-checkpoint", default="",
                         help="with --tiny: a full-size ImageReward.pt for the reference (else it is skipped)")
+    parser.add_argument("--reference-stand-in", action="store_true",
+                        help="a dry run of the reference's timing with a stand-in reward (no ViT-L)")
+    parser.add_argument("--ours", default=",".join(VARIANTS), help="our variants to run (comma-separated)")
     parser.add_argument("--side", default="", help=argparse.SUPPRESS)  # internal: one variant of ours
     args = parser.parse_args()
     from helpers import BERT_VOCAB
@@ -194,7 +198,7 @@ def main() -> int:
     results: Dict[str, Any] = {"machine": machine(args.device), "steps": args.steps, "warmup": args.warmup,
                                "tiny": args.tiny, "variants": {}}
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
-    for variant in VARIANTS:
+    for variant in [v for v in args.ours.split(",") if v]:
         command = [sys.executable, __file__, "--side", variant, "--out", str(out), "--workdir", args.workdir,
                    "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
         command += ["--tiny"] if args.tiny else []
@@ -203,15 +207,16 @@ def main() -> int:
         results["variants"][variant] = (json.loads(path.read_text()) if done.returncode == 0 and path.exists()
                                         else {"error": f"exit status {done.returncode}"})
         (out / "refl_gpu.json").write_text(json.dumps(results, indent=2))
-    if not args.skip_reference and inputs["checkpoint"]:
+    if not args.skip_reference and (inputs["checkpoint"] or args.reference_stand_in):
         import refenv
 
         python = args.reference_python or refenv.reference_python()
+        name = "reference (stand-in reward)" if args.reference_stand_in else "reference"
         try:
-            results["variants"]["reference"] = run_reference(inputs, workdir, args.steps, args.warmup, python,
-                                                             args.device.startswith("cuda"))
+            results["variants"][name] = run_reference(inputs, workdir, args.steps, args.warmup, python,
+                                                      args.device.startswith("cuda"), args.reference_stand_in)
         except (subprocess.CalledProcessError, OSError, RuntimeError) as error:
-            results["variants"]["reference"] = {"error": str(error)}
+            results["variants"][name] = {"error": str(error)}
     (out / "refl_gpu.json").write_text(json.dumps(results, indent=2))
     (out / "refl_gpu.md").write_text(table(results) + "\n")
     print(json.dumps(results["machine"]))
