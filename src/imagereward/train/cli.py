@@ -24,14 +24,14 @@ def _help(text: str, default: object) -> str:
     return f"{text} (default: {default!r})"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and one flag per :class:`TrainConfig` option; given flags win over the file."""
-    parser.add_argument("--config", metavar="FILE", help="training options as JSON or TOML")
+def add_arguments(parser: argparse.ArgumentParser, config_class: type = TrainConfig) -> None:
+    """``--config FILE`` and one flag per option of ``config_class``; given flags win over the file."""
+    parser.add_argument("--config", metavar="FILE", help="options as JSON or TOML")
     parser.add_argument(
         "-v", "--verbose", action="store_true",
         help="show the full traceback on errors (not a training option)",
     )
-    for option in dataclasses.fields(TrainConfig):
+    for option in dataclasses.fields(config_class):
         flag = "--" + option.name.replace("_", "-")
         default, help_text = option.default, option.metadata["help"]
         common = {"dest": option.name, "default": argparse.SUPPRESS, "help": _help(help_text, default)}
