@@ -39,6 +39,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("benchmark", "imagereward.cli.benchmark", "rank text-to-image models by mean reward (Table 1)"),
     ("train", "imagereward.train.cli", "train a reward model on ranked preference data"),
     ("convert", "imagereward.cli.convert", "write a checkpoint as safetensors for instant loading"),
+    ("score-dataset", "imagereward.cli.score_dataset", "score a whole data set on Ray Data (local or a cluster), restartable"),
 )
 
 DESCRIPTION = """\
@@ -48,6 +49,7 @@ examples:
   imagereward score --prompt "a red bicycle" a.png b.png
   imagereward rank --prompt "a red bicycle" *.png --json
   imagereward score --input pairs.jsonl --output scores.jsonl --resume
+  imagereward score-dataset images/prompts.jsonl --output scores/ --models ImageReward-v1.0,CLIP
   imagereward eval --download --models all --output-dir results/
 
 Run 'imagereward COMMAND --help' for the options of a command."""
