@@ -33,23 +33,24 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import BERT_VOCAB, TEST_JSON, random_state_dict  # noqa: E402
+from helpers import BERT_VOCAB, TEST_JSON, random_state_dict, tiny_config  # noqa: E402
 
 
-def full_size_model(workdir: Path) -> Path:
-    """A full-size random-weight ImageReward folder (config.json + model.safetensors)."""
+def random_model(workdir: Path, tiny: bool = False) -> Path:
+    """A random-weight ImageReward folder (config.json + model.safetensors): full size,
+    or with ``tiny`` a few-thousand-parameter one at 224 px (a smoke run of this script)."""
     import torch
 
     import imagereward
     from imagereward.config import ImageRewardConfig
 
-    folder = workdir / "imagereward-random"
+    folder = workdir / ("imagereward-tiny" if tiny else "imagereward-random")
     if (folder / "model.safetensors").is_file():
         return folder
-    config = ImageRewardConfig()
+    config = tiny_config(image_size=224) if tiny else ImageRewardConfig()
     checkpoint = workdir / "ImageReward-random.pt"
     torch.save(random_state_dict(config, seed=0, head_scale=30.0), checkpoint)
-    model = imagereward.load(str(checkpoint), device="cpu")
+    model = imagereward.load(str(checkpoint), config=config, device="cpu")
     imagereward.save_pretrained(model, str(folder))
     checkpoint.unlink()
     return folder
@@ -67,7 +68,8 @@ def manifest(workdir: Path, count: int) -> Path:
         pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
         if not path.exists():
             Image.fromarray(pixels).resize((512, 512), Image.BICUBIC).save(path, quality=90)
-        lines.append({"id": f"{index:04d}", "prompt": prompts[index % len(prompts)], "image": path.name})
+        lines.append({"id": f"{index:04d}", "prompt": prompts[index % len(prompts)],
+                      "image": f"images/{path.name}"})
     path = workdir / f"manifest-{count}.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
@@ -139,20 +141,22 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--fragment-rows", type=int, default=32)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model: smoke run only")
     args = parser.parse_args()
     os.environ.setdefault("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
     os.environ["IMAGEREWARD_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    model = full_size_model(workdir)
+    model = random_model(workdir, args.tiny)
     source = manifest(workdir, args.images)
     rows = [json.loads(line) for line in source.read_text().splitlines()]
     threads = os.cpu_count() or 1
-    results: Dict[str, Any] = {"machine": machine(), "images": len(rows), "batch_size": args.batch_size}
+    results: Dict[str, Any] = {"machine": machine(), "images": len(rows), "batch_size": args.batch_size,
+                               "model": "tiny random" if args.tiny else "full-size random"}
     print(f"[ray_data] {results['machine']}", flush=True)
     print(f"[ray_data] in-process score_batch over {len(rows)} images", flush=True)
     ours = in_process(model, rows, workdir, args.batch_size)
-    print(f"[ray_data] Ray Data job over the same images", flush=True)
+    print("[ray_data] Ray Data job over the same images", flush=True)
     ray_side = on_ray(model, source, workdir / "out", args.batch_size, threads, args.fragment_rows)
     diff = max(abs(ours["scores"][k] - ray_side["scores"][k]) for k in ours["scores"])
     results.update({
