@@ -79,7 +79,7 @@ def models(tmp_path_factory) -> List[ModelSpec]:
     return [
         ModelSpec("ImageReward-v1.0", save_tiny_model(root)),
         ModelSpec("CLIP", str(clip), {"bpe_file": str(CLIP_BPE)}),
-        ModelSpec("Aesthetic", str(aesthetic), {"clip_checkpoint": str(clip)}),
+        ModelSpec("Aesthetic", str(aesthetic), {"files": {"clip": str(clip)}}),
     ]
 
 

@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the part files")
     parser.add_argument(
         "--models", type=model_list, default=[IMAGEREWARD], metavar="LIST",
-        help="comma-separated ImageReward-v1.0, CLIP, BLIP, Aesthetic, or 'all' (default: %(default)s)",
+        help="comma-separated registered scorers (see 'imagereward models'), or 'all' "
+        "(default: ImageReward-v1.0)",
     )
     columns = parser.add_argument_group("input columns")
     columns.add_argument("--prompt-column", default="prompt", metavar="NAME",
@@ -134,7 +135,7 @@ def _specs(args: argparse.Namespace) -> List[Any]:
         if args.download_root:
             options["download_root"] = args.download_root
         if name == "Aesthetic" and args.clip_checkpoint:
-            options["clip_checkpoint"] = args.clip_checkpoint
+            options["files"] = {"clip": args.clip_checkpoint}
         specs.append(ModelSpec(name, checkpoints.get(name), options))
     return specs
 

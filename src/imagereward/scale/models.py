@@ -6,20 +6,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-IMAGEREWARD = "ImageReward-v1.0"
-BASELINES = ("CLIP", "BLIP", "Aesthetic")
-
-
 @dataclass
 class ModelSpec:
     """A scorer to load in every worker: a registered name, optional local weights, options.
 
-    ``name`` is ``ImageReward-v1.0`` or a baseline (``CLIP``, ``BLIP``, ``Aesthetic``);
-    ``checkpoint`` local weights for it (for ImageReward also a ``save_pretrained``
-    folder); ``options`` further keyword arguments of :func:`imagereward.load` or
-    :func:`imagereward.load_score` (``clip_checkpoint``, ``download_root``, ``config``,
-    ``vocab_file``, ``bpe_file``). Paths must be readable on every node that scores.
-    ``column`` names the output column (default: ``name``).
+    ``name`` is any name of :func:`imagereward.available_models` (``ImageReward-v1.0``,
+    ``CLIP``, ``BLIP``, ``Aesthetic``, ...); ``checkpoint`` local weights for it (a file,
+    or a ``save_pretrained`` folder); ``options`` further keyword arguments of
+    :func:`imagereward.load` (``files`` by role, e.g. ``{"clip": path}`` for Aesthetic,
+    ``download_root``, ``config``, ``vocab_file``, ``bpe_file``). Paths must be readable
+    on every node that scores. ``column`` names the output column (default: the name).
     """
 
     name: str
@@ -28,9 +24,9 @@ class ModelSpec:
     column: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.name not in (IMAGEREWARD, *BASELINES):
-            raise ValueError(f"unknown model {self.name!r}; choose from {IMAGEREWARD}, "
-                             f"{', '.join(BASELINES)}")
+        from ..registry import get_entry
+
+        self.name = get_entry(self.name).name  # canonical spelling; unknown names fail here
         if self.column is None:
             self.column = self.name
 
@@ -38,10 +34,8 @@ class ModelSpec:
         """The ready scorer; pixels reach it decoded, so it keeps no decoding threads."""
         import imagereward
 
-        common = dict(device=device, dtype=dtype, batch_size=batch_size, num_workers=0, **self.options)
-        if self.name == IMAGEREWARD:
-            return imagereward.load(self.checkpoint or self.name, **common)
-        return imagereward.load_score(self.name, checkpoint=self.checkpoint, **common)
+        return imagereward.load(self.name, device=device, dtype=dtype, checkpoint=self.checkpoint,
+                                batch_size=batch_size, num_workers=0, **self.options)
 
     def describe(self) -> Dict[str, Any]:
         """A JSON-able description, recorded with the job so that a rerun scores the same way."""
