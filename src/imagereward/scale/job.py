@@ -11,6 +11,7 @@ loses only the fragments in flight, which the next run scores again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -161,7 +162,7 @@ class DatasetJob:
         ctx.enable_progress_bars = self.progress
         preprocess = ledger.get("preprocess")
         if preprocess is None:  # read from the loaded scorers, once per job, on a worker
-            probe = ray.remote(num_cpus=0)(preprocess_configs)
+            probe = ray.remote(num_cpus=0)(preprocess_configs).options(runtime_env=worker_env())
             try:
                 preprocess = ray.get(probe.remote(self.models))
             except ray.exceptions.RayTaskError as error:  # the model cannot be loaded: say why
@@ -191,7 +192,7 @@ class DatasetJob:
                                        device=device, dtype=self.dtype, batch_size=self.batch_size,
                                        threads=self.threads_per_actor),
             compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_gpus=gpus or None, num_cpus=self.cpus_per_actor,
+            num_gpus=gpus or None, num_cpus=self.cpus_per_actor, runtime_env=worker_env(),
         )
         schema = output_schema(self.models, plan)
         collector = Collector({f.key: f for f in pending})
@@ -216,6 +217,13 @@ class DatasetJob:
         ledger.write_part(fragment.part_name, rows, fragment.key, errors)
         if self.on_fragment is not None:
             self.on_fragment(fragment.key)
+
+
+def worker_env() -> Dict[str, Any]:
+    """The driver's offline switches and local file settings, for the workers that load models."""
+    names = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
+    env = {k: v for k, v in os.environ.items() if k.startswith("IMAGEREWARD_") or k in names}
+    return {"env_vars": env} if env else {}
 
 
 def output_schema(models: Sequence[ModelSpec], plan: InputPlan) -> pa.Schema:
