@@ -150,50 +150,8 @@ class DatasetJob:
         return summary
 
     def _score(self, plan: InputPlan, ledger: Ledger, pending: List[Fragment], summary: JobSummary) -> None:
-        ray = require_ray()
-        if not ray.is_initialized():
-            local = self.address is None
-            ray.init(address=self.address, include_dashboard=False if local else None,
-                     logging_level=logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING)
-        gpus = self.gpus_per_actor
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = self.progress
-        preprocess = ledger.get("preprocess")
-        if preprocess is None:  # read from the loaded scorers, once per job, on a worker
-            probe = ray.remote(num_cpus=0)(preprocess_configs).options(runtime_env=worker_env())
-            try:
-                preprocess = ray.get(probe.remote(self.models))
-            except ray.exceptions.RayTaskError as error:  # the model cannot be loaded: say why
-                raise error.cause if isinstance(error.cause, Exception) else error from None
-            ledger.set("preprocess", preprocess)
-        distinct: List[Dict[str, Any]] = []
-        groups = []
-        for config in preprocess:  # models that see images the same way share decoded pixels
-            if config not in distinct:
-                distinct.append(config)
-            groups.append(distinct.index(config))
-        from .source import FragmentSource
-        from .stages import ScoreActor, decode_batch
-
-        manifests = {path: ray.put(table) for path, table in plan.manifests.items()
-                     if any(f.path == path for f in pending)}
-        source = FragmentSource(pending, plan.columns, plan.keep_types, manifests)
-        dataset = ray.data.read_datasource(source, override_num_blocks=len(pending))
-        dataset = dataset.map_batches(
-            decode_batch, batch_format="pyarrow", batch_size=self.batch_size,
-            fn_kwargs={"preprocess": distinct}, num_cpus=self.decode_cpus, zero_copy_batch=True,
-        )
-        device = "cuda" if gpus > 0 else "cpu"
-        dataset = dataset.map_batches(
-            ScoreActor, batch_format="pyarrow", batch_size=self.batch_size,
-            fn_constructor_kwargs=dict(specs=self.models, groups=groups, preprocess=distinct,
-                                       device=device, dtype=self.dtype, batch_size=self.batch_size,
-                                       threads=self.threads_per_actor),
-            compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_gpus=gpus or None, num_cpus=self.cpus_per_actor, runtime_env=worker_env(),
-        )
+        ray = self._connect()
+        dataset = self._dataset(ray, plan, pending, self._preprocessing(ray, ledger))
         schema = output_schema(self.models, plan)
         collector = Collector({f.key: f for f in pending})
         start = time.perf_counter()
@@ -210,6 +168,59 @@ class DatasetJob:
         if collector.partial():
             logger.warning("rows missing from fragments %s; run again to score them",
                            ", ".join(collector.partial()))
+
+    def _connect(self) -> Any:
+        ray = require_ray()
+        if not ray.is_initialized():
+            local = self.address is None
+            ray.init(address=self.address, include_dashboard=False if local else None,
+                     logging_level=logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = self.progress
+        return ray
+
+    def _preprocessing(self, ray: Any, ledger: Ledger) -> List[Dict[str, Any]]:
+        """Each model's ``PreprocessConfig`` fields, read from the loaded scorers once per job."""
+        preprocess = ledger.get("preprocess")
+        if preprocess is None:
+            probe = ray.remote(num_cpus=0)(preprocess_configs).options(runtime_env=worker_env())
+            try:
+                preprocess = ray.get(probe.remote(self.models))
+            except ray.exceptions.RayTaskError as error:  # the model cannot be loaded: say why
+                raise error.cause if isinstance(error.cause, Exception) else error from None
+            ledger.set("preprocess", preprocess)
+        return preprocess
+
+    def _dataset(self, ray: Any, plan: InputPlan, pending: List[Fragment],
+                 preprocess: List[Dict[str, Any]]) -> Any:
+        """Read the pending fragments, decode once per distinct preprocessing, score in actors."""
+        from .source import FragmentSource
+        from .stages import ScoreActor, decode_batch
+
+        distinct: List[Dict[str, Any]] = []
+        groups = []
+        for config in preprocess:  # models that see images the same way share decoded pixels
+            if config not in distinct:
+                distinct.append(config)
+            groups.append(distinct.index(config))
+        gpus = self.gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        manifests = {path: ray.put(table) for path, table in plan.manifests.items()
+                     if any(f.path == path for f in pending)}
+        source = FragmentSource(pending, plan.columns, plan.keep_types, manifests)
+        dataset = ray.data.read_datasource(source, override_num_blocks=len(pending))
+        dataset = dataset.map_batches(
+            decode_batch, batch_format="pyarrow", batch_size=self.batch_size,
+            fn_kwargs={"preprocess": distinct}, num_cpus=self.decode_cpus, zero_copy_batch=True,
+        )
+        return dataset.map_batches(
+            ScoreActor, batch_format="pyarrow", batch_size=self.batch_size,
+            fn_constructor_kwargs=dict(specs=self.models, groups=groups, preprocess=distinct,
+                                       device="cuda" if gpus > 0 else "cpu", dtype=self.dtype,
+                                       batch_size=self.batch_size, threads=self.threads_per_actor),
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            num_gpus=gpus or None, num_cpus=self.cpus_per_actor, runtime_env=worker_env(),
+        )
 
     def _write(self, ledger: Ledger, fragment: Fragment, rows: pa.Table, schema: pa.Schema) -> None:
         rows = rows.select(schema.names).cast(schema)
