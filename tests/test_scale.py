@@ -200,10 +200,14 @@ def test_parquet_bytes_pick_a_pic_layout(cluster, models, rows, expected, tmp_pa
     })
     pq.write_table(table.slice(0, 5), folder / "train-0.parquet", row_group_size=2)
     pq.write_table(table.slice(5), folder / "train-1.parquet", row_group_size=2)
-    summary = run_job(folder, tmp_path / "out", models, fragment_rows=3, columns=Columns(
+    summary = run_job(folder, folder / "scores", models, fragment_rows=3, columns=Columns(
         id="image_0_uid", prompt="caption", image="jpg_0", keep=("ranking_id",)))
     assert summary.complete and summary.fragments == 3  # row groups (2+2, 1) and (2+2)
-    out = check_output(tmp_path / "out", expected, {"garbage": "cannot read image file"})
+    out = check_output(folder / "scores", expected, {"garbage": "cannot read image file"})
+    # The output inside the input folder is not input: a rerun is the same job, all done.
+    again = run_job(folder, folder / "scores", models, fragment_rows=3, columns=Columns(
+        id="image_0_uid", prompt="caption", image="jpg_0", keep=("ranking_id",)))
+    assert again.complete and again.fragments_scored == 0 and again.rows_out == len(rows) + 1
     assert out.schema.field("ranking_id").type == pa.int64()
     assert {r["id"]: r["ranking_id"] for r in out.to_pylist()}["s03"] == 3
 

@@ -103,13 +103,20 @@ class InputPlan:
 # -- planning ---------------------------------------------------------------------------------
 
 
-def plan_input(source: str, columns: Columns = Columns(), fragment_rows: int = 10_000) -> InputPlan:
-    """Find the input files, check them and their columns, and split them into fragments."""
+def plan_input(source: str, columns: Columns = Columns(), fragment_rows: int = 10_000,
+               exclude: Optional[str] = None) -> InputPlan:
+    """Find the input files, check them and their columns, and split them into fragments.
+
+    ``exclude`` is a folder inside the input that is not input (the job's output).
+    """
     if fragment_rows < 1:
         raise ValueError(f"fragment_rows must be positive, got {fragment_rows}")
     path = os.path.abspath(os.path.expanduser(source))
     if os.path.isdir(path):
         files, root = _files_under(path), path
+        if exclude is not None:
+            skip = os.path.abspath(os.path.expanduser(exclude)) + os.sep
+            files = [f for f in files if not f.startswith(skip)]
     elif os.path.isfile(path):
         files, root = [path], os.path.dirname(path)
     else:

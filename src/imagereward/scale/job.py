@@ -122,7 +122,7 @@ class DatasetJob:
     def plan(self) -> InputPlan:
         """Check the input and split it into fragments (no Ray needed)."""
         if self._plan is None:
-            self._plan = plan_input(self.input, self.columns, self.fragment_rows)
+            self._plan = plan_input(self.input, self.columns, self.fragment_rows, exclude=self.output)
         return self._plan
 
     def open_ledger(self) -> Ledger:
