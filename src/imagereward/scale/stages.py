@@ -26,7 +26,7 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
     """Add ``error`` and one ``uint8 [3, S, S]`` pixel column per preprocessing; drop the bytes.
 
     A row whose image is missing, unreadable or corrupt gets zero pixels and its
-    error text (``imagereward.errors.InputError``); any other exception fails the task.
+    error text; any other exception fails the task (Ray retries it).
     """
     from ..config import PreprocessConfig
     from ..errors import InputError
@@ -48,6 +48,8 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
                 out[row] = chain.to_uint8(image).numpy()
         except InputError as error:
             errors[row] = str(error) or type(error).__name__
+        except (OSError, ValueError, SyntaxError) as error:  # PIL failing later than on opening
+            errors[row] = f"cannot decode image {paths[row] or f'of row {row}'}: {error}"
     from ray.data.extensions import ArrowTensorArray
 
     table = table.drop_columns([IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR])
