@@ -88,7 +88,7 @@ class ScoreActor:
 
         ok = pc.is_null(table.column(ERROR)).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(ok)
-        prompts = [table.column(PROMPT)[int(i)].as_py() for i in rows]
+        prompts = table.column(PROMPT).take(pa.array(rows, pa.int64())).to_pylist()
         for column, scorer, source in self.scorers:
             pixels = table.column(source).combine_chunks().to_numpy()
             values: List[Optional[float]] = [None] * table.num_rows
