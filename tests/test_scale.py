@@ -38,8 +38,8 @@ from test_baselines import write_clip_archive  # noqa: E402
 
 # CLIP (and Aesthetic, on CLIP's image tower) see 48 px images, the tiny ImageReward 32 px:
 # the job decodes each image once per distinct preprocessing.
-CLIP_48 = CLIPConfig(embed_dim=64, image_size=48, patch_size=16, vision_width=64, vision_layers=2,
-                     vision_heads=2, text_width=64, text_layers=2, text_heads=2)
+CLIP_48 = CLIPConfig(embed_dim=64, image_size=48, patch_size=16, vision_width=128, vision_layers=2,
+                     vision_heads=2, text_width=128, text_layers=2, text_heads=2)
 PROMPTS = ["a red bicycle", "an ocean with birds", "a cat", "a red bicycle"]
 ENV = {"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), BPE_ENV: str(CLIP_BPE),
        "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"}

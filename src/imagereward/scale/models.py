@@ -63,7 +63,7 @@ def preprocess_configs(specs: Sequence[ModelSpec]) -> List[Dict[str, Any]]:
     configs = []
     for spec in specs:
         scorer = spec.load(device="cpu")
-        configs.append(dataclasses.asdict(scorer.preprocess.config))
+        configs.append(scorer.preprocess.config.to_dict())
         del scorer
         gc.collect()
     return configs

@@ -23,7 +23,8 @@ def pixels_column(group: int) -> str:
 
 
 def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Table:
-    """Add ``error`` and one ``uint8 [3, S, S]`` pixel column per preprocessing; drop the bytes.
+    """Add ``error`` and one pixel column ``[3, S, S]`` per preprocessing (``to_pixels``:
+    ``uint8``, or ``float32`` for padding chains); drop the encoded bytes.
 
     A row whose image is missing, unreadable or corrupt gets zero pixels and its
     error text; any other exception fails the task (Ray retries it).
@@ -32,9 +33,10 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
     from ..errors import InputError
     from ..preprocess import ImagePreprocessor, load_image_bytes
 
-    chains = [ImagePreprocessor(PreprocessConfig(**_as_loaded(c))) for c in preprocess]
+    chains = [ImagePreprocessor(PreprocessConfig.from_dict(c)) for c in preprocess]
     count = table.num_rows
-    pixels = [np.zeros((count, 3, c.config.image_size, c.config.image_size), np.uint8) for c in chains]
+    pixels = [np.zeros((count, 3, c.config.image_size, c.config.image_size),
+                       np.float32 if c.config.crop == "pad" else np.uint8) for c in chains]
     errors: List[Optional[str]] = table.column(INPUT_ERROR).to_pylist()
     data = table.column(IMAGE_BYTES).to_pylist()
     paths = table.column(IMAGE_PATH).to_pylist()
@@ -45,7 +47,7 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
             payload = data[row] if data[row] is not None else read_image_bytes(paths[row])
             image = load_image_bytes(payload, paths[row] or f"image of row {row}")
             for out, chain in zip(pixels, chains):
-                out[row] = chain.to_uint8(image).numpy()
+                out[row] = chain.to_pixels(image).numpy()
         except InputError as error:
             errors[row] = str(error) or type(error).__name__
         except (OSError, ValueError, SyntaxError) as error:  # PIL failing later than on opening
@@ -68,16 +70,16 @@ class ScoreActor:
 
     def __init__(self, specs: Sequence[ModelSpec], groups: Sequence[int], preprocess: Sequence[Dict[str, Any]],
                  device: str, dtype: Optional[str], batch_size: int, threads: Optional[int] = None) -> None:
-        import dataclasses
-
         import torch
+
+        from ..config import PreprocessConfig
 
         if threads:
             torch.set_num_threads(threads)
         self.scorers = []
         for spec, group in zip(specs, groups):
             scorer = spec.load(device=device, dtype=dtype, batch_size=batch_size)
-            if dataclasses.asdict(scorer.preprocess.config) != _as_loaded(preprocess[group]):
+            if scorer.preprocess.config != PreprocessConfig.from_dict(preprocess[group]):
                 raise RuntimeError(f"{spec.name} preprocesses images differently from when the job "
                                    "was planned; were its weights replaced mid-job?")
             self.scorers.append((spec.column, scorer, pixels_column(group)))
@@ -100,7 +102,3 @@ class ScoreActor:
                     values[int(index)] = score
             table = table.append_column(column, pa.array(values, pa.float64()))
         return table.drop_columns([name for name in table.schema.names if name.startswith("_pixels_")])
-
-
-def _as_loaded(config: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}

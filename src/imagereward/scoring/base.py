@@ -267,15 +267,15 @@ class RewardScorer:
     def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor) -> List[float]:
         """Rewards of row-aligned prompts and already decoded images.
 
-        ``pixels`` is a ``uint8`` batch ``[B, 3, S, S]`` as :meth:`ImagePreprocessor.to_uint8`
-        makes it (decoding can then happen elsewhere, e.g. in another process); it is
-        scored in one pass, with the same operations as :meth:`score_batch`.
+        ``pixels`` is a batch ``[B, 3, S, S]`` of what :meth:`ImagePreprocessor.to_pixels`
+        makes (``uint8``; ``float32`` for padding chains), so decoding can happen
+        elsewhere, e.g. in another process; it is scored in one pass, with the same
+        operations as :meth:`score_batch`.
         """
         prompts = check_prompts(prompts)
-        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[0] != len(prompts):
+        if pixels.ndim != 4 or pixels.shape[0] != len(prompts):
             raise InputError(
-                f"pixels must be uint8 [{len(prompts)}, 3, S, S], got {pixels.dtype} "
-                f"{tuple(pixels.shape)}"
+                f"pixels must be [{len(prompts)}, 3, S, S], got {tuple(pixels.shape)}"
             )
         if not prompts:
             return []
