@@ -10,6 +10,7 @@ The tensor chain is the differentiable counterpart for pixels that are already t
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Optional, Tuple, Union
 
@@ -69,15 +70,23 @@ def load_image(image: ImageInput) -> Image.Image:
                 )
             array = array.astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(array))
-    path = os.fspath(image)
+    return _decode(os.fspath(image), os.fspath(image))
+
+
+def load_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an encoded image (PNG, JPEG, WebP, ...) held in memory; ``name`` names it in errors."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Union[str, io.BytesIO], name: str) -> Image.Image:
     try:
-        with Image.open(path) as handle:
+        with Image.open(source) as handle:
             handle.load()
             return handle
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(f"refusing to decode {path}: {error}") from error
+        raise ImageLoadError(f"refusing to decode {name}: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageLoadError(f"cannot read image file {path}: {error}") from error
+        raise ImageLoadError(f"cannot read image file {name}: {error}") from error
 
 
 def resized_size(width: int, height: int, size: int) -> Tuple[int, int]:

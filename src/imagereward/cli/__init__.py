@@ -42,6 +42,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("refl", "imagereward.refl.cli", "fine-tune a diffusion model with the reward (ReFL)"),
     ("convert", "imagereward.cli.convert", "write a checkpoint as safetensors for instant loading"),
     ("models", "imagereward.cli.models", "list the registered scorers"),
+    ("score-dataset", "imagereward.cli.score_dataset", "score a whole data set on Ray Data (local or a cluster), restartable"),
 )
 
 DESCRIPTION = """\
@@ -51,6 +52,7 @@ examples:
   imagereward score --prompt "a red bicycle" a.png b.png
   imagereward rank --prompt "a red bicycle" *.png --json
   imagereward score --input pairs.jsonl --output scores.jsonl --resume
+  imagereward score-dataset images/prompts.jsonl --output scores/ --models ImageReward-v1.0,CLIP
   imagereward eval --download --models all --output-dir results/
 
 Run 'imagereward COMMAND --help' for the options of a command."""

@@ -264,6 +264,30 @@ class RewardScorer:
                 columns.append(grid.expand(len(unique), -1))
         return torch.cat(columns, dim=1).index_select(0, prompt_rows)
 
+    def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor) -> List[float]:
+        """Rewards of row-aligned prompts and already decoded images.
+
+        ``pixels`` is a batch ``[B, 3, S, S]`` of what :meth:`ImagePreprocessor.to_pixels`
+        makes (``uint8``; ``float32`` for padding chains), so decoding can happen
+        elsewhere, e.g. in another process; it is scored in one pass, with the same
+        operations as :meth:`score_batch`.
+        """
+        prompts = check_prompts(prompts)
+        if pixels.ndim != 4 or pixels.shape[0] != len(prompts):
+            raise InputError(
+                f"pixels must be [{len(prompts)}, 3, S, S], got {tuple(pixels.shape)}"
+            )
+        if not prompts:
+            return []
+        unique, prompt_rows = distinct_prompts(prompts)
+        device, dtype = self.device, self.compute_dtype
+        with torch.inference_mode():
+            text = {k: v.to(device) for k, v in self.encode_prompts(unique).items()}
+            rows = prompt_rows.to(device)
+            batch_text = {k: v.index_select(0, rows) for k, v in text.items()}
+            out = self.score_rows(batch_text, self._on_device(pixels, device, dtype))
+        return out.float().cpu().tolist()
+
     # -- engine ---------------------------------------------------------------------
     def _score_pairs(self, prompts: List[str], images: List[ImageInput]) -> List[float]:
         """Scores of row-aligned prompts and images; the callers have checked the images."""

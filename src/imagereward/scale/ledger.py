@@ -1,0 +1,134 @@
+"""The output folder of a job: one parquet part file per fragment, and what the job is.
+
+A part file appears only complete (written under a temporary name, flushed to disk,
+then renamed), so its presence is the record that its fragment is done; a crash
+leaves at most a temporary file, which the next run removes. ``_imagereward_job.json``
+holds the job's fragments and models, so that a rerun into the same folder is known
+to be the same job and a different one is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Optional, Set
+
+import pyarrow as pa
+
+from .inputs import DatasetInputError
+
+JOB_FILE = "_imagereward_job.json"
+TEMP_PREFIX = ".tmp-"
+META_KEY = b"imagereward"
+
+
+@dataclass
+class Totals:
+    fragments: int = 0
+    rows_in: int = 0  # rows the fragments hold
+    rows_out: int = 0  # rows in the part files
+    errors: int = 0  # rows with an error
+
+
+class Ledger:
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+        self.job: Dict[str, Any] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def open(self, job: Dict[str, Any]) -> None:
+        """Start or continue ``job`` here; refuse a folder holding another job's output."""
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise DatasetInputError(f"output is not a folder: {self.directory}")
+        os.makedirs(self.directory, exist_ok=True)
+        saved = self._read_job()
+        if saved is None:
+            if any(n.startswith("part-") for n in os.listdir(self.directory)):
+                raise DatasetInputError(f"{self.directory} holds part files but no {JOB_FILE}; "
+                                        "give an empty or new --output folder")
+            self.job = dict(job)
+            self._write_job()
+        else:
+            for key in ("plan", "models"):
+                if saved.get(key) != job[key]:
+                    raise DatasetInputError(
+                        f"{self.directory} holds the output of a different job (its {key} differ: "
+                        "other input files, columns, fragment size or models); give a new --output "
+                        "folder, or rerun with the same options to continue it")
+            self.job = saved
+        for name in os.listdir(self.directory):
+            if name.startswith(TEMP_PREFIX):  # left by a run that died while writing
+                os.remove(self.path(name))
+
+    def get(self, key: str) -> Optional[Any]:
+        return self.job.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.job[key] = value
+        self._write_job()
+
+    def done(self) -> Set[str]:
+        return {n for n in os.listdir(self.directory) if n.startswith("part-") and n.endswith(".parquet")}
+
+    def write_part(self, name: str, table: pa.Table, fragment: str, errors: int) -> None:
+        """Write ``table`` as part file ``name`` atomically, recording its fragment and counts."""
+        import pyarrow.parquet as pq
+
+        record = json.dumps({"fragment": fragment, "rows": table.num_rows, "errors": errors})
+        table = table.replace_schema_metadata({META_KEY: record.encode("utf-8")})
+        temp = self.path(f"{TEMP_PREFIX}{os.getpid()}-{name}")
+        with open(temp, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.path(name))
+        _fsync_dir(self.directory)
+
+    def totals(self, names: Iterable[str]) -> Totals:
+        """Counts over the part files ``names`` (all fragments of the job), from their footers."""
+        import pyarrow.parquet as pq
+
+        totals = Totals()
+        for name in names:
+            meta = pq.read_metadata(self.path(name))
+            record = json.loads((meta.metadata or {}).get(META_KEY, b"{}"))
+            totals.fragments += 1
+            totals.rows_in += int(record.get("rows", 0))
+            totals.rows_out += meta.num_rows
+            totals.errors += int(record.get("errors", 0))
+        return totals
+
+    def _read_job(self) -> Optional[Dict[str, Any]]:
+        path = self.path(JOB_FILE)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise DatasetInputError(f"unreadable job file {path}: {error}") from None
+
+    def _write_job(self) -> None:
+        temp = self.path(f"{TEMP_PREFIX}{os.getpid()}-{JOB_FILE}")
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(self.job, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.path(JOB_FILE))
+        _fsync_dir(self.directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

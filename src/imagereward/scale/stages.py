@@ -1,0 +1,104 @@
+"""The two Ray Data stages of a job: decode on CPUs, score in stateful actors.
+
+``decode_batch`` turns each row's encoded image into ``uint8`` pixels once per distinct
+preprocessing (all current scorers share one 224 px chain, so normally once), or into
+an ``error``; :class:`ScoreActor` loads every scorer once and scores the decoded rows.
+Both take and return Arrow tables, so the input's own columns pass through untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .inputs import ERROR, IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR, PROMPT, read_image_bytes
+from .models import ModelSpec
+
+
+def pixels_column(group: int) -> str:
+    return f"_pixels_{group}"
+
+
+def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Table:
+    """Add ``error`` and one pixel column ``[3, S, S]`` per preprocessing (``to_pixels``:
+    ``uint8``, or ``float32`` for padding chains); drop the encoded bytes.
+
+    A row whose image is missing, unreadable or corrupt gets zero pixels and its
+    error text; any other exception fails the task (Ray retries it).
+    """
+    from ..config import PreprocessConfig
+    from ..errors import InputError
+    from ..preprocess import ImagePreprocessor, load_image_bytes
+
+    chains = [ImagePreprocessor(PreprocessConfig.from_dict(c)) for c in preprocess]
+    count = table.num_rows
+    pixels = [np.zeros((count, 3, c.config.image_size, c.config.image_size),
+                       np.float32 if c.config.crop == "pad" else np.uint8) for c in chains]
+    errors: List[Optional[str]] = table.column(INPUT_ERROR).to_pylist()
+    data = table.column(IMAGE_BYTES).to_pylist()
+    paths = table.column(IMAGE_PATH).to_pylist()
+    for row in range(count):
+        if errors[row] is not None:
+            continue
+        try:
+            payload = data[row] if data[row] is not None else read_image_bytes(paths[row])
+            image = load_image_bytes(payload, paths[row] or f"image of row {row}")
+            for out, chain in zip(pixels, chains):
+                out[row] = chain.to_pixels(image).numpy()
+        except InputError as error:
+            errors[row] = str(error) or type(error).__name__
+        except (OSError, ValueError, SyntaxError) as error:  # PIL failing later than on opening
+            errors[row] = f"cannot decode image {paths[row] or f'of row {row}'}: {error}"
+    from ray.data.extensions import ArrowTensorArray
+
+    table = table.drop_columns([IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR])
+    table = table.append_column(ERROR, pa.array(errors, pa.string()))
+    for group, array in enumerate(pixels):
+        table = table.append_column(pixels_column(group), ArrowTensorArray.from_numpy(array))
+    return table
+
+
+class ScoreActor:
+    """Holds every scorer of the job; each call scores one batch of decoded rows with each.
+
+    ``groups[i]`` is the pixel column of ``specs[i]`` (see :func:`decode_batch`).
+    ``threads`` sets torch's CPU threads (Ray gives an actor as many as its ``num_cpus``).
+    """
+
+    def __init__(self, specs: Sequence[ModelSpec], groups: Sequence[int], preprocess: Sequence[Dict[str, Any]],
+                 device: str, dtype: Optional[str], batch_size: int, threads: Optional[int] = None) -> None:
+        import torch
+
+        from ..config import PreprocessConfig
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.scorers = []
+        for spec, group in zip(specs, groups):
+            scorer = spec.load(device=device, dtype=dtype, batch_size=batch_size)
+            if scorer.preprocess.config != PreprocessConfig.from_dict(preprocess[group]):
+                raise RuntimeError(f"{spec.name} preprocesses images differently from when the job "
+                                   "was planned; were its weights replaced mid-job?")
+            self.scorers.append((spec.column, scorer, pixels_column(group)))
+        self.batch_size = batch_size
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        import torch
+
+        ok = pc.is_null(table.column(ERROR)).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(ok)
+        prompts = table.column(PROMPT).take(pa.array(rows, pa.int64())).to_pylist()
+        for column, scorer, source in self.scorers:
+            pixels = table.column(source).combine_chunks().to_numpy()
+            values: List[Optional[float]] = [None] * table.num_rows
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                batch = torch.from_numpy(np.ascontiguousarray(pixels[chunk]))
+                scores = scorer.score_pixels(prompts[start:start + len(chunk)], batch)
+                for index, score in zip(chunk, scores):
+                    values[int(index)] = score
+            table = table.append_column(column, pa.array(values, pa.float64()))
+        return table.drop_columns([name for name in table.schema.names if name.startswith("_pixels_")])

@@ -1,0 +1,405 @@
+"""``score-dataset`` on Ray Data: every layout against in-process ``score_batch``, bad items,
+bad inputs, a driver killed mid-job, a worker node lost mid-job.
+
+One local Ray cluster (2 CPUs, no dashboard) serves the whole module; drivers that get
+killed run as subprocesses this module starts and ends by their pid.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ray.data")
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from helpers import ASSETS, BERT_VOCAB, CLIP_BPE, save_tiny_model  # noqa: E402
+from imagereward.cli import main  # noqa: E402
+from imagereward.config import CLIPConfig, HeadConfig  # noqa: E402
+from imagereward.models.head import RewardHead  # noqa: E402
+from imagereward.scale import Columns, DatasetInputError, DatasetJob, ModelSpec, plan_input  # noqa: E402
+from imagereward.tokenizers.clip_bpe import BPE_ENV  # noqa: E402
+from test_baselines import write_clip_archive  # noqa: E402
+
+# CLIP (and Aesthetic, on CLIP's image tower) see 48 px images, the tiny ImageReward 32 px:
+# the job decodes each image once per distinct preprocessing.
+CLIP_48 = CLIPConfig(embed_dim=64, image_size=48, patch_size=16, vision_width=128, vision_layers=2,
+                     vision_heads=2, text_width=128, text_layers=2, text_heads=2)
+PROMPTS = ["a red bicycle", "an ocean with birds", "a cat", "a red bicycle"]
+ENV = {"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), BPE_ENV: str(CLIP_BPE),
+       "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A local Ray cluster: a 2-CPU head node; a test may add and remove worker nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    saved = {key: os.environ.get(key) for key in ENV}
+    os.environ.update(ENV)  # Ray's workers inherit these: no test reaches a hub
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    ray.init(address=cluster.address, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> List[ModelSpec]:
+    root = tmp_path_factory.mktemp("models")
+    clip = write_clip_archive(root / "ViT-L-14.pt", config=CLIP_48)
+    torch.manual_seed(3)
+    head = RewardHead(CLIP_48.embed_dim, HeadConfig())
+    head.reset_parameters()
+    aesthetic = root / "sac+logos+ava1-l14-linearMSE.pth"
+    torch.save(head.state_dict(), aesthetic)
+    os.environ["IMAGEREWARD_BERT_VOCAB"] = str(BERT_VOCAB)
+    return [
+        ModelSpec("ImageReward-v1.0", save_tiny_model(root)),
+        ModelSpec("CLIP", str(clip), {"bpe_file": str(CLIP_BPE)}),
+        ModelSpec("Aesthetic", str(aesthetic), {"files": {"clip": str(clip)}}),
+    ]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> List[Path]:
+    """The four shared assets and four odd images of other formats, modes and shapes."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    made = {"wide.png": (40, 90, "RGB"), "rgba.png": (70, 50, "RGBA"), "gray.jpg": (64, 64, "L"),
+            "small.webp": (20, 24, "RGB")}
+    paths = list(ASSETS)
+    for name, (h, w, mode) in made.items():
+        pixels = rng.integers(0, 256, size=(h, w, 4), dtype=np.uint8)
+        image = Image.fromarray(pixels, "RGBA").convert(mode)
+        image.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def rows(images) -> List[Dict[str, str]]:
+    return [{"id": f"s{i:02d}", "prompt": PROMPTS[i % len(PROMPTS)], "file": str(p)}
+            for i, p in enumerate(images)]
+
+
+@pytest.fixture(scope="module")
+def expected(models, rows) -> Dict[str, Dict[str, float]]:
+    """In-process ``score_batch`` of every good row, by id and model."""
+    os.environ.update(ENV)
+    out: Dict[str, Dict[str, float]] = {r["id"]: {} for r in rows}
+    for spec in models:
+        scorer = spec.load(device="cpu")
+        scores = scorer.score_batch([r["prompt"] for r in rows], [r["file"] for r in rows])
+        for row, score in zip(rows, scores):
+            out[row["id"]][spec.column] = score
+    return out
+
+
+def _read(output: Path) -> "pa.Table":
+    return pq.read_table(str(output), schema=None)
+
+
+def check_output(output: Path, expected, bad: Dict[str, str] = {}, id_of=lambda i: i) -> "pa.Table":
+    """Every input row once; good rows equal in-process scores; bad rows carry their error."""
+    table = _read(output)
+    ids = table.column("id").to_pylist()
+    assert sorted(ids) == sorted([id_of(i) for i in expected] + list(bad)), "rows lost or duplicated"
+    records = {r["id"]: r for r in table.to_pylist()}
+    worst = 0.0
+    for key, scores in expected.items():
+        record = records[id_of(key)]
+        assert record["error"] is None, record
+        for column, value in scores.items():
+            worst = max(worst, abs(record[column] - value))
+    assert worst <= 1e-5, worst
+    for key, message in bad.items():
+        assert message in (records[key]["error"] or ""), records[key]
+        assert all(records[key][m] is None for m in next(iter(expected.values())))
+    return table
+
+
+def run_job(input_path, output, models, **options):
+    job = DatasetJob(input=str(input_path), output=str(output), models=models, progress=False,
+                     batch_size=3, **options)
+    return job.run()
+
+
+# -- layouts -------------------------------------------------------------------------------------
+
+
+def test_jsonl_manifest_three_models_with_bad_items(cluster, models, rows, expected, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    lines = [{"id": r["id"], "prompt": r["prompt"], "image": os.path.relpath(r["file"], folder)}
+             for r in rows]
+    lines += [{"id": "missing", "prompt": "x", "image": "nowhere.png"},
+              {"id": "corrupt", "prompt": "x", "image": "corrupt.png"},
+              {"id": "noprompt", "prompt": None, "image": os.path.relpath(rows[0]["file"], folder)}]
+    manifest = folder / "prompts.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = run_job(manifest, tmp_path / "out", models, fragment_rows=4)
+    assert summary.complete and summary.fragments == 3
+    assert (summary.rows_in, summary.rows_out, summary.errors) == (11, 11, 3)
+    check_output(tmp_path / "out", expected,
+                 {"missing": "Image file not found", "corrupt": "cannot read image file",
+                  "noprompt": "no prompt"})
+
+
+def test_csv_manifest_ids_default_to_image_paths(cluster, models, rows, expected, tmp_path):
+    import csv
+
+    with open(tmp_path / "list.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["caption", "path"])
+        for r in rows:
+            writer.writerow([r["prompt"], r["file"]])
+    by_file = {r["id"]: r["file"] for r in rows}
+    summary = run_job(tmp_path / "list.csv", tmp_path / "out", models[:1],
+                      columns=Columns(prompt="caption", image="path"))
+    assert summary.complete and summary.errors == 0
+    only_ir = {k: {"ImageReward-v1.0": v["ImageReward-v1.0"]} for k, v in expected.items()}
+    check_output(tmp_path / "out", only_ir, id_of=lambda i: by_file[i])
+
+
+def _bytes(path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def test_parquet_bytes_pick_a_pic_layout(cluster, models, rows, expected, tmp_path):
+    folder = tmp_path / "pickapic"
+    folder.mkdir()
+    table = pa.table({
+        "caption": [r["prompt"] for r in rows] + ["x"],
+        "jpg_0": [_bytes(r["file"]) for r in rows] + [b"garbage"],
+        "image_0_uid": [r["id"] for r in rows] + ["garbage"],
+        "ranking_id": list(range(len(rows) + 1)),
+    })
+    pq.write_table(table.slice(0, 5), folder / "train-0.parquet", row_group_size=2)
+    pq.write_table(table.slice(5), folder / "train-1.parquet", row_group_size=2)
+    summary = run_job(folder, folder / "scores", models, fragment_rows=3, columns=Columns(
+        id="image_0_uid", prompt="caption", image="jpg_0", keep=("ranking_id",)))
+    assert summary.complete and summary.fragments == 3  # row groups (2+2, 1) and (2+2)
+    out = check_output(folder / "scores", expected, {"garbage": "cannot read image file"})
+    # The output inside the input folder is not input: a rerun is the same job, all done.
+    again = run_job(folder, folder / "scores", models, fragment_rows=3, columns=Columns(
+        id="image_0_uid", prompt="caption", image="jpg_0", keep=("ranking_id",)))
+    assert again.complete and again.fragments_scored == 0 and again.rows_out == len(rows) + 1
+    assert out.schema.field("ranking_id").type == pa.int64()
+    assert {r["id"]: r["ranking_id"] for r in out.to_pylist()}["s03"] == 3
+
+
+def test_parquet_struct_imagerewarddb_layout_and_paths(cluster, models, rows, expected, tmp_path):
+    structs = [{"bytes": _bytes(r["file"]), "path": f"{r['id']}.webp"} for r in rows]
+    pq.write_table(pa.table({
+        "image": structs, "prompt_id": [f"p{i}" for i in range(len(rows))],
+        "prompt": [r["prompt"] for r in rows],
+    }), tmp_path / "db.parquet")
+    summary = run_job(tmp_path / "db.parquet", tmp_path / "out", models[:1],
+                      columns=Columns(keep=("prompt_id",)))
+    assert summary.complete
+    only_ir = {k: {"ImageReward-v1.0": v["ImageReward-v1.0"]} for k, v in expected.items()}
+    check_output(tmp_path / "out", only_ir, id_of=lambda i: f"{i}.webp")  # ids: the struct's path
+    pq.write_table(pa.table({"id": [r["id"] for r in rows], "prompt": [r["prompt"] for r in rows],
+                             "image": [r["file"] for r in rows]}), tmp_path / "paths.parquet")
+    run_job(tmp_path / "paths.parquet", tmp_path / "out2", models[:1])
+    check_output(tmp_path / "out2", only_ir)
+
+
+def test_webdataset_shards(cluster, models, rows, expected, tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for shard, chunk in enumerate([rows[:5], rows[5:]]):
+        with tarfile.open(folder / f"{shard:05d}.tar", "w") as archive:
+            def add(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            for i, r in enumerate(chunk):
+                suffix = Path(r["file"]).suffix
+                add(f"{r['id']}{suffix}", _bytes(r["file"]))
+                if i % 2:
+                    add(f"{r['id']}.txt", r["prompt"].encode())
+                else:
+                    add(f"{r['id']}.json", json.dumps({"prompt": r["prompt"], "n": i}).encode())
+            if shard == 1:
+                add("lonely.txt", b"a prompt without an image")
+    summary = run_job(folder, tmp_path / "out", models)
+    assert summary.complete and summary.fragments == 2
+    check_output(tmp_path / "out", expected, {"lonely": "no image"})
+
+
+# -- bad input fails before any work ---------------------------------------------------------------
+
+
+def test_bad_inputs_fail_before_any_work_naming_them(tmp_path):
+    with pytest.raises(DatasetInputError, match="input not found: .*nothere"):
+        plan_input(str(tmp_path / "nothere"))
+    (tmp_path / "m.jsonl").write_text('{"prompt": "a", "picture": "x.png"}\n')
+    with pytest.raises(DatasetInputError, match=r"m.jsonl: no column 'image'"):
+        plan_input(str(tmp_path / "m.jsonl"))
+    (tmp_path / "n.jsonl").write_text('{"prompt": "a", "image": "x.png"}\n{not json\n')
+    with pytest.raises(DatasetInputError, match="cannot read manifest .*n.jsonl"):
+        plan_input(str(tmp_path / "n.jsonl"))
+    (tmp_path / "p.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(DatasetInputError, match="cannot read parquet file .*p.parquet"):
+        plan_input(str(tmp_path / "p.parquet"))
+    pq.write_table(pa.table({"prompt": [1], "image": [b"x"]}), tmp_path / "q.parquet")
+    with pytest.raises(DatasetInputError, match="'prompt' holds int64, expected text"):
+        plan_input(str(tmp_path / "q.parquet"))
+    (tmp_path / "s.tar").write_bytes(b"definitely not a tar archive" * 30)
+    with pytest.raises(DatasetInputError, match="cannot read tar shard .*s.tar"):
+        plan_input(str(tmp_path / "s.tar"))
+    assert main(["score-dataset", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "o")]) == 3
+
+
+def test_a_different_job_is_refused_in_the_same_output(tmp_path, models):
+    (tmp_path / "m.jsonl").write_text('{"prompt": "a", "image": "x.png"}\n')
+    DatasetJob(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), models[:1]).open_ledger()
+    with pytest.raises(DatasetInputError, match="different job"):
+        DatasetJob(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), models[:2]).open_ledger()
+
+
+def test_importing_the_package_does_not_import_ray():
+    code = "import imagereward, imagereward.scale, sys; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- crashes ---------------------------------------------------------------------------------------
+
+DRIVER = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    from imagereward.scale import DatasetJob, ModelSpec
+    args = json.loads(sys.argv[1])
+    ray.init(address=args["address"], logging_level="WARNING")
+    job = DatasetJob(args["input"], args["output"], [ModelSpec(**m) for m in args["models"]],
+                     fragment_rows=2, batch_size=2, actors=args["actors"], cpus_per_actor=0.5,
+                     progress=False, on_fragment=lambda key: time.sleep(args["pause"]))
+    print(job.run().line(), flush=True)
+""")
+
+
+def _manifest(folder: Path, rows, copies: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [{"id": f"{r['id']}-{k}", "prompt": r["prompt"], "image": r["file"]}
+             for k in range(copies) for r in rows]
+    path = folder / "m.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _start_driver(cluster, manifest, output, models, actors=1, pause=0.5) -> subprocess.Popen:
+    args = {"address": cluster.address, "input": str(manifest), "output": str(output),
+            "models": [dict(name=m.name, checkpoint=m.checkpoint, options=m.options) for m in models],
+            "actors": actors, "pause": pause}
+    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_parts(output: Path, count: int, driver: subprocess.Popen, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = len(list(output.glob("part-*.parquet"))) if output.is_dir() else 0
+        if done >= count:
+            return done
+        if driver.poll() is not None:
+            pytest.fail(f"driver ended early: {driver.stdout.read()}")
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    pytest.fail(f"no {count} part files within {timeout} s")
+
+
+def _ids_once(output: Path, manifest: Path) -> None:
+    wanted = [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
+    ids = _read(output).column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "a row is in the output twice"
+    assert sorted(ids) == sorted(wanted), "rows are missing"
+
+
+def test_driver_killed_mid_job_then_rerun_gives_every_row_once(cluster, models, rows, tmp_path):
+    manifest = _manifest(tmp_path / "in", rows, copies=2)  # 16 rows, 8 fragments
+    output = tmp_path / "out"
+    driver = _start_driver(cluster, manifest, output, models[:1])
+    try:
+        written = _wait_for_parts(output, 2, driver)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait(timeout=30)
+    assert driver.returncode == -signal.SIGKILL
+    assert written < 8, "the job ended before the kill"
+    # A crash while writing leaves a temporary file: the rerun removes it.
+    (output / ".tmp-999-part-0000.parquet").write_bytes(b"half a file")
+    before = len(list(output.glob("part-*.parquet")))
+    summary = DatasetJob(str(manifest), str(output), models[:1], fragment_rows=2, batch_size=2,
+                         progress=False).run()
+    assert summary.complete and summary.fragments_scored == 8 - before
+    assert (summary.rows_in, summary.rows_out, summary.errors) == (16, 16, 0)
+    assert not list(output.glob(".tmp-*"))
+    _ids_once(output, manifest)
+
+
+def test_worker_node_removed_mid_job_loses_nothing(cluster, models, rows, tmp_path):
+    import ray
+
+    manifest = _manifest(tmp_path / "in", rows, copies=3)  # 24 rows, 12 fragments
+    output = tmp_path / "out"
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    driver = _start_driver(cluster, manifest, output, models[:1], actors=2, pause=0.3)
+    try:
+        _wait_for_parts(output, 2, driver)
+        cluster.remove_node(worker)
+        try:
+            driver.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # a job wedged by the lost node: end it, rerun below
+            driver.kill()
+            driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    assert len(alive) == 1
+    summary = DatasetJob(str(manifest), str(output), models[:1], fragment_rows=2, batch_size=2,
+                         actors=2, cpus_per_actor=0.5, progress=False).run()
+    assert summary.complete and (summary.rows_in, summary.rows_out) == (24, 24)
+    _ids_once(output, manifest)
+
+
+def test_cli_runs_a_manifest_and_reports(cluster, models, rows, tmp_path, capsys):
+    manifest = _manifest(tmp_path / "in", rows[:3], copies=1)
+    with open(manifest, "a") as handle:
+        handle.write(json.dumps({"id": "gone", "prompt": "p", "image": "gone.png"}) + "\n")
+    args = ["score-dataset", str(manifest), "-o", str(tmp_path / "out"), "--no-progress",
+            "--checkpoint", f"ImageReward-v1.0={models[0].checkpoint}", "--batch-size", "2"]
+    assert main(args) == 4  # done, with an error row
+    err = capsys.readouterr().err
+    assert "complete: 4 rows in, 4 rows out, 1 errors" in err and "images/s" in err
+    assert main(args) == 4  # nothing left to do: the same summary
+    assert "this run scored 0 rows" in capsys.readouterr().err
