@@ -7,6 +7,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -17,7 +18,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class ServerMetrics:
-    """Requests, pairs, batch sizes, queue depth, latency and errors of one replica."""
+    """Requests, pairs, batch sizes, queue depth, latency, errors and memory of one replica."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -53,6 +54,7 @@ class ServerMetrics:
             ["replica", "model"], registry=self.registry,
         )
         info.labels(replica=replica, model=model).set(1)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU seconds
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
