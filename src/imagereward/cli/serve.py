@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, include_dashboard=False, configure_logging=args.verbose,
              log_to_driver=args.verbose)
+    stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         try:
@@ -143,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"the server did not start: {error}", EXIT_FAILURE) from None
         print(f"imagereward: serving {settings.label} on http://{args.host}:{args.port} "
               f"({settings.replicas} replica(s)); Ctrl-C to stop", flush=True)
-        _wait_for_stop()
+        while not stop.wait(1.0):
+            pass
         print("imagereward: stopping: finishing accepted requests", flush=True)
     finally:
         serve.shutdown()
@@ -151,10 +153,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_stop() -> None:
-    """Block until SIGINT or SIGTERM."""
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (also while the application is still starting)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+    return stop
