@@ -85,3 +85,22 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
             output, _ = process.communicate()
     assert process.returncode == 0, output
     assert "serving" in output and "stopping" in output
+
+
+def test_serve_run_import_path_builds_the_application():
+    """What ``serve run imagereward.serve:build_app key=value ...`` does with its arguments."""
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray._common.utils import import_attr
+
+    builder = import_attr("imagereward.serve:build_app")
+    app = call_user_app_builder_with_args_if_necessary(
+        builder, {"model": "clip", "replicas": "3", "max_batch_size": "64", "gpus_per_replica": "0.5"}
+    )
+    assert isinstance(app, Application)
+    deployment = app._bound_deployment
+    assert deployment.num_replicas == 3
+    assert deployment.ray_actor_options["num_gpus"] == 0.5
+    assert deployment.init_args[0]["model"] == "CLIP" and deployment.init_args[0]["max_batch_size"] == 64
+    with pytest.raises(Exception, match="unknown model"):
+        builder({"model": "nope"})
