@@ -18,6 +18,7 @@ from .common import (
     HelpFormatter,
     add_general_options,
     model_name,
+    model_names_help,
     positive_int,
 )
 
@@ -44,7 +45,8 @@ def register(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", type=model_name, default=IMAGEREWARD, help="ImageReward-v1.0 (default), CLIP, BLIP or Aesthetic")
+    model.add_argument("--model", type=model_name, default=IMAGEREWARD,
+                       help=f"a registered scorer: {model_names_help()} (default: %(default)s)")
     model.add_argument("--checkpoint", metavar="PATH", help="local weights instead of downloading")
     model.add_argument("--clip-checkpoint", metavar="PATH", help="Aesthetic: local CLIP ViT-L/14 weights")
     model.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",

@@ -13,7 +13,7 @@ are independent rows and image tokens carry no mask, so this is the same math.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.utils.checkpoint
@@ -168,6 +168,11 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
+
+    def leading_parameters(self, layers: int) -> List[nn.Parameter]:
+        """The embeddings and the first ``layers`` layers."""
+        modules = [self.embeddings, *self.encoder.layer[:layers]]
+        return [p for module in modules for p in module.parameters()]
 
     def forward(
         self,

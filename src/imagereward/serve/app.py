@@ -76,17 +76,17 @@ def load_scorer(settings: ServeSettings) -> Any:
 
     import imagereward
 
-    common = dict(
+    files = {"clip": settings.clip_checkpoint} if settings.clip_checkpoint else None
+    return imagereward.load(
+        settings.model,
+        checkpoint=settings.checkpoint,
+        files=files,
         device="cuda" if torch.cuda.is_available() else "cpu",
         dtype=settings.dtype,
         download_root=settings.download_root,
         batch_size=settings.max_batch_size,
         num_workers=0,  # images arrive decoded and resized: nothing left to do ahead
     )
-    if settings.model == "ImageReward-v1.0":
-        return imagereward.load(settings.checkpoint or settings.model, **common)
-    extra = {"clip_checkpoint": settings.clip_checkpoint} if settings.clip_checkpoint else {}
-    return imagereward.load_score(settings.model, checkpoint=settings.checkpoint, **extra, **common)
 
 
 def validation_refusal(error: ValidationError) -> Refusal:

@@ -11,13 +11,10 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MODEL_NAMES = ("ImageReward-v1.0", "CLIP", "BLIP", "Aesthetic")
-
-
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field("ImageReward-v1.0", description="ImageReward-v1.0, CLIP, BLIP or Aesthetic")
+    model: str = Field("ImageReward-v1.0", description="a registered scorer: ImageReward-v1.0, CLIP, BLIP, Aesthetic, ...")
     checkpoint: Optional[str] = Field(None, description="local weights instead of downloading")
     clip_checkpoint: Optional[str] = Field(None, description="Aesthetic only: local CLIP ViT-L/14 weights")
     download_root: Optional[str] = None
@@ -46,12 +43,12 @@ class ServeSettings(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        aliases = {name.lower(): name for name in MODEL_NAMES}
-        aliases["imagereward"] = "ImageReward-v1.0"
-        try:
-            return aliases[value.strip().lower()]
-        except KeyError:
-            raise ValueError(f"unknown model {value!r}; choose from {', '.join(MODEL_NAMES)}") from None
+        from ..registry import available_models, find_entry
+
+        entry = find_entry(value)
+        if entry is None:
+            raise ValueError(f"unknown model {value!r}; choose from {', '.join(available_models())}")
+        return entry.name
 
     def model_post_init(self, _context: object) -> None:
         if self.max_pairs > self.max_queue_pairs:
