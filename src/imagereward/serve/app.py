@@ -99,13 +99,6 @@ def validation_refusal(error: ValidationError) -> Refusal:
     return Refusal(400, kind, f"{where}: {first['msg']}", index=index)
 
 
-def _replica_name() -> str:
-    try:
-        return str(serve.get_replica_context().replica_id.unique_id)
-    except Exception:  # outside a replica
-        return "local"
-
-
 @serve.deployment(name="RewardServer")
 @serve.ingress(api)
 class RewardServer:
@@ -120,12 +113,12 @@ class RewardServer:
             max_workers=default_decode_workers(), thread_name_prefix="imagereward-decode"
         )
         self.gate = AdmissionGate(self.settings.max_queue_pairs)
-        self.metrics = ServerMetrics(_replica_name(), self.settings.label)
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.metrics = ServerMetrics(str(replica), self.settings.label)
         self._batched.set_max_batch_size(self.settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
         size = self.scorer.preprocess.config.image_size
         self.scorer.score_batch([""], [np.zeros((size, size, 3), dtype=np.uint8)])  # warm up
-        self.ready = True
 
     # -- endpoints ----------------------------------------------------------------------
     @api.post(
@@ -158,15 +151,19 @@ class RewardServer:
         return {"status": "ok"}
 
     @api.get("/readyz", response_model=ReadyResponse)
-    async def readyz(self) -> Response:
-        """The model is loaded and warmed up."""
-        body = ReadyResponse(
-            ready=self.ready,
+    async def readyz(self) -> ReadyResponse:
+        """The model is loaded and warmed up.
+
+        Serve routes requests to a replica only once its constructor (loading and
+        warm-up) has finished; until one is ready, the proxy holds requests, so a
+        probe's own timeout reads as "not ready".
+        """
+        return ReadyResponse(
+            ready=True,
             model=self.settings.label,
             device=str(self.scorer.device),
             dtype=str(self.scorer.compute_dtype).replace("torch.", ""),
         )
-        return JSONResponse(body.model_dump(), status_code=200 if self.ready else 503)
 
     @api.get("/metrics", responses={401: ERRORS[401]})
     async def metrics(self, request: Request) -> Response:
