@@ -100,9 +100,9 @@ def server(tmp_path_factory):
                                  batch_wait_ms=20, max_queue_pairs=512)),
                   name="main", route_prefix="/")
         serve.run(build_app(dict(common, max_pairs=2, max_body_bytes=4096, max_queue_pairs=2,
-                                 request_timeout_s=1.0, batch_wait_ms=3000)),
+                                 request_timeout_s=3.0, batch_wait_ms=10000)),
                   name="strict", route_prefix="/strict")
-        serve.run(build_app(dict(common, batch_wait_ms=1500, request_timeout_s=30)),
+        serve.run(build_app(dict(common, batch_wait_ms=3000, request_timeout_s=30)),
                   name="drain", route_prefix="/drain")
         yield {"url": f"http://127.0.0.1:{port}", "folder": folder}
     finally:
@@ -259,7 +259,7 @@ def test_limits_413(server):
 
 
 def test_timeout_504_and_full_queue_429(server):
-    """/strict: queue of 2 pairs, 1 s timeout, batches wait 3 s to fill: a lone request times out."""
+    """/strict: queue of 2 pairs, 3 s timeout, batches wait 10 s to fill: a lone request times out."""
     url = server["url"] + "/strict"
     two = {"prompts": ["a", "b"], "images": [_raw(_pixels(1, 4, 4)), _raw(_pixels(2, 4, 4))]}
     with ThreadPoolExecutor(1) as pool:
@@ -332,7 +332,7 @@ def test_load_no_lost_or_misordered_results_and_shared_batches(server, client, r
 
 # -- faults ---------------------------------------------------------------------------------
 def test_client_disconnect_does_not_disturb_others(server, reference):
-    """/drain batches wait 1.5 s: one client hangs up while its pairs wait with others'."""
+    """/drain batches wait 3 s: one client hangs up while its pairs wait with others'."""
     url = server["url"] + "/drain"
     before = _metrics(url).get("imagereward_errors_total{kind=cancelled}", 0.0)
     images = [_pixels(200 + i, 24, 24) for i in range(4)]
