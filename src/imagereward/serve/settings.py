@@ -7,6 +7,7 @@ One pydantic model serves as the arguments of the Serve application builder
 
 from __future__ import annotations
 
+import os
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -58,5 +59,7 @@ class ServeSettings(BaseModel):
 
     @property
     def label(self) -> str:
-        """The model's name as responses report it."""
-        return self.model if self.checkpoint is None else f"{self.model} ({self.checkpoint})"
+        """The model's name as responses report it (a checkpoint by its file name, not its path)."""
+        if self.checkpoint is None:
+            return self.model
+        return f"{self.model} ({os.path.basename(os.path.normpath(self.checkpoint))})"
