@@ -51,16 +51,31 @@ def read_state_dict(path: str, key: Optional[str] = None) -> StateDict:
 
 
 def _torch_load(path: str) -> object:
+    """``torch.load`` with ``weights_only=True``; anything it refuses is "not a checkpoint".
+
+    torch's own refusal text is not passed on: it suggests ``weights_only=False``, which
+    would let the file run code.
+    """
     mmap = zipfile.is_zipfile(path)  # mmap needs the zip format of torch >= 1.6
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path} is not a plain tensor checkpoint that can be loaded safely "
-            f"(weights_only=True refused it): {error}"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    except pickle.UnpicklingError:
+        if mmap:
+            raise CheckpointError(
+                f"{path} is not a plain checkpoint: it holds Python objects besides tensors, "
+                "and checkpoints are read without running code from the file. Save the weights "
+                "as a state dict of tensors (torch.save(model.state_dict(), ...)) or as safetensors"
+            ) from None
+        raise CheckpointError(_not_a_checkpoint(path)) from None
+    except Exception:  # truncated or foreign files fail in many ways (EOFError, KeyError, ...)
+        raise CheckpointError(_not_a_checkpoint(path)) from None
+
+
+def _not_a_checkpoint(path: str) -> str:
+    return (
+        f"{path} is not a checkpoint: it is neither a PyTorch weights file (torch.save) nor "
+        "safetensors, or it is truncated or damaged"
+    )
 
 
 def strip_prefix(state_dict: StateDict, prefix: str = DDP_PREFIX) -> StateDict:
@@ -89,21 +104,26 @@ def load_state_dict_strict(
     source: str,
     ignore: Sequence[str] = (),
     dtype: Optional[torch.dtype] = None,
+    key_names: Optional[Mapping[str, str]] = None,
 ) -> None:
     """Load with every key accounted for, assigning tensors (the model may live on ``meta``).
 
     ``ignore`` holds regular expressions of checkpoint keys that are known and unused.
-    Missing, unexpected or mis-shaped keys raise :class:`CheckpointError` naming them.
+    Missing, unexpected or mis-shaped keys raise :class:`CheckpointError` naming them;
+    ``key_names`` maps model keys to the checkpoint's own names for those messages
+    (for layouts whose keys were translated before loading).
     Floating tensors are cast to ``dtype`` when given (else to the model's own dtypes).
     """
+    names = key_names or {}
     expected = model.state_dict()
     ignored = [re.compile(p) for p in ignore]
     unexpected = [
         k for k in state_dict if k not in expected and not any(p.fullmatch(k) for p in ignored)
     ]
-    missing = [k for k in expected if k not in state_dict]
+    missing = [names.get(k, k) for k in expected if k not in state_dict]
     mismatched = [
-        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
+        f"{names.get(k, k)} (checkpoint {tuple(state_dict[k].shape)}, "
+        f"model {tuple(expected[k].shape)})"
         for k in expected
         if k in state_dict and state_dict[k].shape != expected[k].shape
     ]
