@@ -43,6 +43,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("convert", "imagereward.cli.convert", "write a checkpoint as safetensors for instant loading"),
     ("models", "imagereward.cli.models", "list the registered scorers"),
     ("score-dataset", "imagereward.cli.score_dataset", "score a whole data set on Ray Data (local or a cluster), restartable"),
+    ("serve", "imagereward.cli.serve", "reward server for RL trainers (Ray Serve, dynamic batching)"),
 )
 
 DESCRIPTION = """\

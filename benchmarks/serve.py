@@ -1,0 +1,356 @@
+"""The reward server against in-process scoring, in one run, on this machine.
+
+    flock /tmp/imagereward-cpu.lock python benchmarks/serve.py            # full-size random ImageReward
+    python benchmarks/serve.py --tiny                                     # smoke run, tiny model
+    python benchmarks/serve.py --tiny --soak 600                          # soak: memory and errors
+
+Throughput: the same (prompt, image) pairs scored by ``score_batch`` in this process
+(batched, all cores) and by the server (one replica with all cores) fed by
+``--clients`` concurrent clients sending ``--pairs-per-request`` pairs each; the
+server's scores are checked against the in-process ones. Latency: single 1-pair
+requests, one at a time, against single 1-pair ``score_batch`` calls; the added
+latency is the server's percentile minus the in-process one. The two sides
+alternate for ``--rounds`` rounds (the best round counts), so that a drift in
+machine speed on a shared host hits both. The in-process model is freed while
+the server runs, so the two never hold the weights at the same time.
+
+Soak (``--soak SECONDS``): clients score continuously; every ``--sample`` seconds
+the replica's resident memory and the error counters are read from ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import queue
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import BERT_VOCAB, random_state_dict, tiny_config  # noqa: E402
+
+PROMPTS = [
+    "a painting of an ocean with clouds and birds, day time, low depth field effect",
+    "a red bicycle leaning on a brick wall",
+    "an astronaut riding a horse, photorealistic",
+    "a bowl of ramen, studio lighting",
+]
+
+
+# -- inputs -------------------------------------------------------------------------------
+def make_model(workdir: Path, tiny: bool) -> str:
+    """A random-weight ImageReward (full size unless ``tiny``) saved as a folder; cached."""
+    import torch
+
+    import imagereward
+    from imagereward.config import ImageRewardConfig
+
+    folder = workdir / ("tiny-model" if tiny else "full-model")
+    if (folder / "model.safetensors").is_file():
+        return str(folder)
+    config = tiny_config(image_size=224) if tiny else ImageRewardConfig()
+    path = workdir / ("tiny.pt" if tiny else "full.pt")
+    torch.save(random_state_dict(config, head_scale=30.0), path)
+    gc.collect()
+    model = imagereward.load(str(path), config=config, device="cpu", vocab_file=str(BERT_VOCAB))
+    imagereward.save_pretrained(model, str(folder))
+    path.unlink()
+    return str(folder)
+
+
+def make_images(count: int, size: int = 512) -> List[np.ndarray]:
+    """Distinct noisy wave patterns, as a generator would hand them over (uint8 HWC)."""
+    images = []
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:size, 0:size] / size
+        freq, phase = rng.uniform(0.5, 6, (2, 3)), rng.uniform(0, 6.3, 3)
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * (freq[0] * x[..., None] + freq[1] * y[..., None]) + phase)
+        noisy = wave + rng.normal(0, 0.08, wave.shape)
+        images.append((np.clip(noisy, 0, 1) * 255).astype(np.uint8))
+    return images
+
+
+def percentile(values: List[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def machine(threads: int) -> Dict[str, Any]:
+    import ray
+    import torch
+
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+                flags = " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "cpu_flags": flags,
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ray": ray.__version__,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+# -- in-process side ------------------------------------------------------------------------
+def in_process(folder: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> Dict[str, Any]:
+    import torch
+
+    import imagereward
+
+    torch.set_num_threads(args.threads)
+    model = imagereward.load(folder, device="cpu", vocab_file=str(BERT_VOCAB), batch_size=args.max_batch_size)
+    prompts, images = [p for p, _ in pairs], [i for _, i in pairs]
+    model.score_batch(prompts[:2], images[:2])  # warm-up
+    start = time.perf_counter()
+    scores = model.score_batch(prompts, images)
+    seconds = time.perf_counter() - start
+    latencies = []
+    for index in range(args.latency_requests):
+        t0 = time.perf_counter()
+        model.score_batch([prompts[index % len(prompts)]], [images[index % len(images)]])
+        latencies.append(time.perf_counter() - t0)
+    del model
+    gc.collect()
+    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores, "latency_s": latencies}
+
+
+# -- server side ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(folder: str, args: argparse.Namespace) -> str:
+    import ray
+    from ray import serve
+
+    from imagereward.serve import build_app
+
+    env = {"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"}
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False,
+             object_store_memory=200 * 2**20, runtime_env={"env_vars": env}, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(dict(
+        checkpoint=folder, cpus_per_replica=args.threads, gpus_per_replica=0,
+        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+    )), name="bench", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
+
+
+def stop_server() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> Dict[str, Any]:
+    from imagereward.client import RewardClient
+
+    requests: "queue.Queue[Tuple[int, int]]" = queue.Queue()
+    for start in range(0, len(pairs), args.pairs_per_request):
+        requests.put((start, min(start + args.pairs_per_request, len(pairs))))
+    scores: List[float] = [float("nan")] * len(pairs)
+
+    def client_loop() -> None:
+        with RewardClient(url, timeout=600) as client:
+            while True:
+                try:
+                    lo, hi = requests.get_nowait()
+                except queue.Empty:
+                    return
+                chunk = pairs[lo:hi]
+                scores[lo:hi] = client.score([p for p, _ in chunk], [i for _, i in chunk])
+
+    with RewardClient(url, timeout=600) as client:
+        client.score([pairs[0][0]], [pairs[0][1]])  # warm-up through the whole stack
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            for future in [pool.submit(client_loop) for _ in range(args.clients)]:
+                future.result()
+        seconds = time.perf_counter() - start
+        latencies = []
+        for index in range(args.latency_requests):
+            prompt, image = pairs[index % len(pairs)]
+            t0 = time.perf_counter()
+            client.score([prompt], [image])
+            latencies.append(time.perf_counter() - t0)
+    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores, "latency_s": latencies}
+
+
+def throughput(args: argparse.Namespace) -> Dict[str, Any]:
+    workdir = args.workdir
+    folder = make_model(workdir, args.tiny)
+    images = make_images(args.images)
+    pairs = [(PROMPTS[i % len(PROMPTS)], images[i % len(images)]) for i in range(args.pairs)]
+    results: Dict[str, Any] = {"machine": machine(args.threads), "model": "tiny" if args.tiny else "full-size ImageReward (random weights)",
+                               "settings": {k: v for k, v in vars(args).items() if k != "workdir"}, "rounds": []}
+    for round_index in range(args.rounds):
+        print(f"[serve-bench] round {round_index + 1}: in-process", flush=True)
+        local = in_process(folder, pairs, args)
+        print(f"[serve-bench] round {round_index + 1}: server", flush=True)
+        url = start_server(folder, args)
+        try:
+            remote = server_side(url, pairs, args)
+        finally:
+            stop_server()
+        diff = float(np.max(np.abs(np.asarray(remote["scores"]) - np.asarray(local["scores"]))))
+        results["rounds"].append({"in_process": local, "server": remote, "max_abs_diff": diff})
+        print(f"[serve-bench]   in-process {local['pairs_per_second']:.3f} pairs/s, "
+              f"server {remote['pairs_per_second']:.3f} pairs/s, max |diff| {diff:.2e}", flush=True)
+    best_local = max(r["in_process"]["pairs_per_second"] for r in results["rounds"])
+    best_remote = max(r["server"]["pairs_per_second"] for r in results["rounds"])
+    lat_local = [s for r in results["rounds"] for s in r["in_process"]["latency_s"]]
+    lat_remote = [s for r in results["rounds"] for s in r["server"]["latency_s"]]
+    summary = {
+        "in_process_pairs_per_second": best_local,
+        "server_pairs_per_second": best_remote,
+        "server_over_in_process": best_remote / best_local,
+        "max_abs_diff": max(r["max_abs_diff"] for r in results["rounds"]),
+        "latency_ms": {
+            "in_process_p50": 1000 * percentile(lat_local, 50), "in_process_p99": 1000 * percentile(lat_local, 99),
+            "server_p50": 1000 * percentile(lat_remote, 50), "server_p99": 1000 * percentile(lat_remote, 99),
+        },
+    }
+    lat = summary["latency_ms"]
+    lat["added_p50"] = lat["server_p50"] - lat["in_process_p50"]
+    lat["added_p99"] = lat["server_p99"] - lat["in_process_p99"]
+    results["summary"] = summary
+    return results
+
+
+# -- soak -----------------------------------------------------------------------------------
+def metric_values(url: str) -> Dict[str, float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: Dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values
+
+
+def soak(args: argparse.Namespace) -> Dict[str, Any]:
+    from imagereward.client import RewardClient
+
+    folder = make_model(args.workdir, args.tiny)
+    images = make_images(16, size=256)
+    url = start_server(folder, args)
+    stop = threading.Event()
+    client_errors: List[str] = []
+    counts = {"requests": 0, "pairs": 0}
+    lock = threading.Lock()
+
+    def client_loop(seed: int) -> None:
+        rng = random.Random(seed)
+        with RewardClient(url, timeout=120) as client:
+            while not stop.is_set():
+                k = rng.randint(1, 8)
+                try:
+                    client.score([rng.choice(PROMPTS) for _ in range(k)], [rng.choice(images) for _ in range(k)])
+                    with lock:
+                        counts["requests"] += 1
+                        counts["pairs"] += k
+                except Exception as error:  # recorded, and the soak goes on
+                    client_errors.append(f"{type(error).__name__}: {error}")
+                time.sleep(args.pause)
+
+    samples = []
+    start = time.monotonic()
+    try:
+        with ThreadPoolExecutor(args.clients) as pool:
+            workers = [pool.submit(client_loop, seed) for seed in range(args.clients)]
+            while time.monotonic() - start < args.soak:
+                time.sleep(args.sample)
+                values = metric_values(url)
+                errors = sum(v for k, v in values.items() if k.startswith("imagereward_errors_total"))
+                sample = {
+                    "t_s": round(time.monotonic() - start, 1),
+                    "rss_mb": values["process_resident_memory_bytes{}"] / 2**20,
+                    "requests": counts["requests"], "pairs": counts["pairs"],
+                    "server_errors": errors, "client_errors": len(client_errors),
+                }
+                samples.append(sample)
+                print(f"[soak] {json.dumps(sample)}", flush=True)
+            stop.set()
+            for worker in workers:
+                worker.result()
+    finally:
+        stop.set()
+        stop_server()
+    rss = [s["rss_mb"] for s in samples]
+    half = len(rss) // 2
+    return {
+        "machine": machine(args.threads), "model": "tiny" if args.tiny else "full-size",
+        "seconds": args.soak, "clients": args.clients, "samples": samples,
+        "summary": {
+            "requests": counts["requests"], "pairs": counts["pairs"],
+            "rss_mb_first": rss[0], "rss_mb_last": rss[-1], "rss_mb_max": max(rss),
+            "rss_mb_mean_first_half": statistics.mean(rss[:half] or rss),
+            "rss_mb_mean_second_half": statistics.mean(rss[half:]),
+            "server_errors": samples[-1]["server_errors"], "client_errors": len(client_errors),
+            "client_error_examples": client_errors[:5],
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=REPO / ".bench" / "serve")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the full size")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on each side")
+    parser.add_argument("--pairs", type=int, default=64, help="pairs scored per side and round")
+    parser.add_argument("--images", type=int, default=16, help="distinct 512x512 images")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--pairs-per-request", type=int, default=2)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--latency-requests", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--soak", type=float, help="run a soak of this many seconds instead")
+    parser.add_argument("--sample", type=float, default=30.0, help="soak: seconds between samples")
+    parser.add_argument("--pause", type=float, default=0.0, help="soak: seconds each client waits between requests")
+    parser.add_argument("--json", type=Path, help="write all figures here")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results = soak(args) if args.soak else throughput(args)
+    print(json.dumps(results["machine"], indent=2))
+    print(json.dumps(results["summary"], indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""``imagereward serve``: the reward server on Ray Serve, on this machine or a Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from typing import Any, Dict
+
+from .common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    EXIT_INPUT,
+    EXIT_USAGE,
+    IMAGEREWARD,
+    CliError,
+    HelpFormatter,
+    add_general_options,
+    model_name,
+    model_names_help,
+    positive_int,
+)
+
+EPILOG = f"""\
+examples:
+  imagereward serve --checkpoint ImageReward.pt
+  imagereward serve --model CLIP --replicas 2 --max-batch-size 64
+  IMAGEREWARD_API_KEY=secret imagereward serve --host 0.0.0.0 --api-key-env IMAGEREWARD_API_KEY
+  imagereward serve --address auto --replicas 8 --gpus-per-replica 1   # on a Ray cluster
+
+endpoints: POST /score, /rank, /score_matrix; GET /healthz, /readyz, /metrics;
+the OpenAPI schema is at /openapi.json and /docs. Stop with Ctrl-C or SIGTERM:
+requests already accepted are finished first. See docs/serve.md.
+
+{EXIT_CODES_HELP}"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="reward server for RL trainers (Ray Serve, dynamic batching)",
+        description="Serve rewards over HTTP with dynamic batching across concurrent requests.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", type=model_name, default=IMAGEREWARD,
+                       help=f"a registered scorer: {model_names_help()} (default: %(default)s)")
+    model.add_argument("--checkpoint", metavar="PATH", help="local weights instead of downloading")
+    model.add_argument("--clip-checkpoint", metavar="PATH", help="Aesthetic: local CLIP ViT-L/14 weights")
+    model.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="precision of the encoders (default: %(default)s)")
+    model.add_argument("--download-root", metavar="DIR", help="keep downloaded weights in DIR")
+    model.add_argument("--offline", action="store_true", help="never use the network for weights")
+
+    http = parser.add_argument_group("HTTP")
+    http.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    http.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    http.add_argument("--api-key-env", metavar="NAME",
+                      help="require the API key held by environment variable NAME "
+                      "(Authorization: Bearer KEY or X-API-Key: KEY)")
+
+    batching = parser.add_argument_group("replicas and batching")
+    batching.add_argument("--replicas", type=positive_int, default=1, help="model replicas (default: %(default)s)")
+    batching.add_argument("--gpus-per-replica", type=float, metavar="N",
+                          help="GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0)")
+    batching.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="N",
+                          help="CPUs per replica; also its torch threads (default: %(default)s)")
+    batching.add_argument("--max-batch-size", type=positive_int, default=32, metavar="N",
+                          help="pairs per forward pass (default: %(default)s)")
+    batching.add_argument("--batch-wait-ms", type=float, default=10.0, metavar="MS",
+                          help="how long a batch waits to fill up (default: %(default)s)")
+    batching.add_argument("--address", metavar="ADDRESS",
+                          help="Ray cluster to join (e.g. auto, or ray://HOST:10001); default: RAY_ADDRESS, "
+                          "else a new Ray on this machine")
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-pairs", type=positive_int, default=256, metavar="N",
+                        help="pairs per request; more get 413 (default: %(default)s)")
+    limits.add_argument("--max-body-mb", type=positive_int, default=128, metavar="MB",
+                        help="request body size; larger get 413 (default: %(default)s)")
+    limits.add_argument("--max-queue", type=positive_int, default=1024, metavar="N",
+                        help="pairs waiting per replica; more get 429 (default: %(default)s)")
+    limits.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="per-request timeout; slower requests get 504 (default: %(default)s)")
+    add_general_options(parser)
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        clip_checkpoint=args.clip_checkpoint,
+        download_root=args.download_root,
+        dtype=args.dtype,
+        replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_body_bytes=args.max_body_mb * 2**20,
+        max_pairs=args.max_pairs,
+        max_queue_pairs=args.max_queue,
+        request_timeout_s=args.timeout,
+        api_key_env=args.api_key_env,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import ray
+        from ray import serve
+
+        from ..serve import ServeSettings, build_app
+    except ImportError as error:
+        raise CliError(f"{error}; install the server with: pip install 'imagereward[serve]'") from error
+    from pydantic import ValidationError
+
+    try:
+        settings = ServeSettings(**settings_from_args(args))
+    except ValidationError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    for path in (settings.checkpoint, settings.clip_checkpoint):
+        if path is not None and not os.path.exists(path):
+            raise CliError(f"checkpoint not found: {path}", EXIT_INPUT)
+    if settings.api_key_env and not os.environ.get(settings.api_key_env):
+        raise CliError(f"--api-key-env {settings.api_key_env}: that variable is not set or empty", EXIT_USAGE)
+    if args.offline:
+        os.environ["IMAGEREWARD_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key_env:
+        print(f"imagereward: warning: serving on {args.host} without --api-key-env: "
+              "anyone who can reach this port can use the server")
+
+    # Without --address (or RAY_ADDRESS), start a Ray of our own rather than join one found here.
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, include_dashboard=False, configure_logging=args.verbose,
+             log_to_driver=args.verbose)
+    stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        try:
+            serve.run(build_app(settings), name="imagereward", route_prefix="/")
+        except RuntimeError as error:
+            raise CliError(f"the server did not start: {error}", EXIT_FAILURE) from None
+        print(f"imagereward: serving {settings.label} on http://{args.host}:{args.port} "
+              f"({settings.replicas} replica(s)); Ctrl-C to stop", flush=True)
+        while not stop.wait(1.0):
+            pass
+        print("imagereward: stopping: finishing accepted requests", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (also while the application is still starting)."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop

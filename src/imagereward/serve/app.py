@@ -1,0 +1,353 @@
+"""The reward server as a Ray Serve application: FastAPI ingress, dynamic batching, limits.
+
+Each replica holds one scorer. A request is authenticated, size-checked, parsed
+and its images decoded and preprocessed in worker threads *before* it joins the
+batch queue, so a bad image is refused with 400 naming its index and never
+reaches a batch shared with other requests. Admitted pairs join one
+``@serve.batch`` queue as single items: pairs of many concurrent requests share
+one forward pass, and each request awaits exactly its own items, in its order.
+
+    serve run imagereward.serve:build_app model=CLIP max_batch_size=64
+"""
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Type, Union
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve import Application
+
+from .. import __version__
+from ..errors import InputError
+from ..scoring.base import default_decode_workers, ranks_from_rewards
+from .codec import ImageDecodeError, decode_image
+from .limits import (
+    AdmissionGate,
+    Refusal,
+    api_key_from_env,
+    check_api_key,
+    check_content_length,
+    check_pair_count,
+)
+from .metrics import ServerMetrics
+from .schemas import (
+    ErrorResponse,
+    ImageObject,
+    MatrixRequest,
+    MatrixResponse,
+    RankRequest,
+    RankResponse,
+    ReadyResponse,
+    ScoreRequest,
+    ScoreResponse,
+    request_body,
+)
+from .settings import ServeSettings
+
+logger = logging.getLogger("ray.serve")
+
+ERRORS = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "invalid JSON, or an item that cannot be scored (its index is given)"),
+        (401, "API key missing or wrong"),
+        (413, "request body or number of pairs over the limit"),
+        (429, "queue full: retry after Retry-After seconds"),
+        (504, "not finished within the request timeout"),
+    )
+}
+
+api = FastAPI(
+    title="imagereward reward server",
+    version=__version__,
+    description="Rewards of (prompt, image) pairs from ImageReward or a baseline scorer.",
+)
+
+
+def load_scorer(settings: ServeSettings) -> Any:
+    """The scorer named by ``settings``, on this replica's GPU if it has one."""
+    import torch
+
+    import imagereward
+
+    files = {"clip": settings.clip_checkpoint} if settings.clip_checkpoint else None
+    return imagereward.load(
+        settings.model,
+        checkpoint=settings.checkpoint,
+        files=files,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        dtype=settings.dtype,
+        download_root=settings.download_root,
+        batch_size=settings.max_batch_size,
+        num_workers=0,  # images arrive decoded and resized: nothing left to do ahead
+    )
+
+
+def validation_refusal(error: ValidationError) -> Refusal:
+    """400 for a body that does not fit its schema, naming the first offending item."""
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    index = next((part for part in first["loc"] if isinstance(part, int)), None)
+    kind = "invalid_json" if first["type"] == "json_invalid" else "invalid_input"
+    where = ".".join(location) or "body"
+    return Refusal(400, kind, f"{where}: {first['msg']}", index=index)
+
+
+@serve.deployment(name="RewardServer")
+@serve.ingress(api)
+class RewardServer:
+    """One replica: a scorer, its batch queue, its limits and its metrics."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = ServeSettings.model_validate(settings)
+        self.api_key = api_key_from_env(self.settings.api_key_env)
+        self.scorer = load_scorer(self.settings)
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagereward-model")
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=default_decode_workers(), thread_name_prefix="imagereward-decode"
+        )
+        self.gate = AdmissionGate(self.settings.max_queue_pairs)
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.metrics = ServerMetrics(str(replica), self.settings.label)
+        self._batched.set_max_batch_size(self.settings.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
+        size = self.scorer.preprocess.config.image_size
+        self.scorer.score_batch([""], [np.zeros((size, size, 3), dtype=np.uint8)])  # warm up
+
+    # -- endpoints ----------------------------------------------------------------------
+    @api.post(
+        "/score", response_model=ScoreResponse, responses=ERRORS, openapi_extra=request_body(ScoreRequest)
+    )
+    async def score(self, request: Request) -> Response:
+        """Rewards of N (prompt, image) pairs, in request order."""
+        return await self._answer("score", request, self._score)
+
+    @api.post(
+        "/rank", response_model=RankResponse, responses=ERRORS, openapi_extra=request_body(RankRequest)
+    )
+    async def rank(self, request: Request) -> Response:
+        """Ranks (1 = best) and rewards of N images for one prompt, as ``inference_rank``."""
+        return await self._answer("rank", request, self._rank)
+
+    @api.post(
+        "/score_matrix",
+        response_model=MatrixResponse,
+        responses=ERRORS,
+        openapi_extra=request_body(MatrixRequest),
+    )
+    async def score_matrix(self, request: Request) -> Response:
+        """Every prompt against every image: each image is encoded once."""
+        return await self._answer("score_matrix", request, self._score_matrix)
+
+    @api.get("/healthz")
+    async def healthz(self) -> Dict[str, str]:
+        """The replica is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", response_model=ReadyResponse)
+    async def readyz(self) -> ReadyResponse:
+        """The model is loaded and warmed up.
+
+        Serve routes requests to a replica only once its constructor (loading and
+        warm-up) has finished; until one is ready, the proxy holds requests, so a
+        probe's own timeout reads as "not ready".
+        """
+        return ReadyResponse(
+            ready=True,
+            model=self.settings.label,
+            device=str(self.scorer.device),
+            dtype=str(self.scorer.compute_dtype).replace("torch.", ""),
+        )
+
+    @api.get("/metrics", responses={401: ERRORS[401]})
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text format: this replica's counters and histograms."""
+        try:
+            self._authorize(request)
+        except Refusal as refusal:
+            return self._refuse("metrics", refusal)
+        self.metrics.queue_depth.set(self.gate.depth)
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    # -- request handling ---------------------------------------------------------------
+    async def _answer(
+        self, endpoint: str, request: Request, run: Callable[[bytes], Awaitable[BaseModel]]
+    ) -> Response:
+        """Authorise, read the body within limits, run within the timeout, count it all."""
+        start = time.perf_counter()
+        try:
+            self._authorize(request)
+            check_content_length(request.headers.get("content-length"), self.settings.max_body_bytes)
+            body = await self._read_body(request)
+            try:
+                result = await asyncio.wait_for(run(body), self.settings.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise Refusal(
+                    504, "timeout", f"not finished within {self.settings.request_timeout_s:g} s"
+                ) from None
+        except Refusal as refusal:
+            return self._refuse(endpoint, refusal, start)
+        except asyncio.CancelledError:  # the client went away
+            self.metrics.errors.labels(kind="cancelled").inc()
+            raise
+        except Exception:
+            logger.exception("imagereward: %s failed", endpoint)
+            return self._refuse(endpoint, Refusal(500, "internal", "internal server error"), start)
+        self.metrics.requests.labels(endpoint=endpoint, status="200").inc()
+        self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+        return JSONResponse(result.model_dump())
+
+    def _refuse(self, endpoint: str, refusal: Refusal, start: Optional[float] = None) -> Response:
+        self.metrics.requests.labels(endpoint=endpoint, status=str(refusal.status)).inc()
+        self.metrics.errors.labels(kind=refusal.kind).inc()
+        if start is not None:
+            self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+        return JSONResponse(refusal.body(), status_code=refusal.status, headers=refusal.headers)
+
+    def _authorize(self, request: Request) -> None:
+        check_api_key(self.api_key, request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit, size, chunks = self.settings.max_body_bytes, 0, []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refusal(413, "too_large", f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _score(self, body: bytes) -> ScoreResponse:
+        parsed = await self._parse(body, ScoreRequest)
+        if len(parsed.prompts) != len(parsed.images):
+            raise Refusal(
+                400, "invalid_input", f"got {len(parsed.prompts)} prompts for {len(parsed.images)} images"
+            )
+        pixels = await self._decode(parsed.images)
+        scores = await self._score_pairs(parsed.prompts, pixels)
+        self.metrics.pairs.labels(endpoint="score").inc(len(scores))
+        return ScoreResponse(scores=scores, model=self.settings.label)
+
+    async def _rank(self, body: bytes) -> RankResponse:
+        parsed = await self._parse(body, RankRequest)
+        pixels = await self._decode(parsed.images)
+        rewards = await self._score_pairs([parsed.prompt] * len(pixels), pixels)
+        self.metrics.pairs.labels(endpoint="rank").inc(len(rewards))
+        return RankResponse(ranking=ranks_from_rewards(rewards), rewards=rewards, model=self.settings.label)
+
+    async def _score_matrix(self, body: bytes) -> MatrixResponse:
+        parsed = await self._parse(body, MatrixRequest)
+        if not parsed.prompts:
+            raise Refusal(400, "invalid_input", "prompts is empty: give at least one prompt")
+        check_pair_count(len(parsed.prompts), self.settings.max_pairs, "prompts")
+        pixels = await self._decode(parsed.images)
+        self.gate.admit(len(pixels))  # the queue holds images; each is encoded once
+        try:
+            loop = asyncio.get_running_loop()
+            matrix = await loop.run_in_executor(
+                self.model_thread, self.scorer.score_matrix, parsed.prompts, pixels
+            )
+        finally:
+            self.gate.release(len(pixels))
+        self.metrics.pairs.labels(endpoint="score_matrix").inc(matrix.numel())
+        return MatrixResponse(scores=matrix.tolist(), model=self.settings.label)
+
+    async def _parse(self, body: bytes, schema: Type[BaseModel]) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            parsed = await loop.run_in_executor(self.decode_pool, schema.model_validate_json, body)
+        except ValidationError as error:
+            raise validation_refusal(error) from None
+        images = parsed.images
+        if not images:
+            raise Refusal(400, "invalid_input", "images is empty: give at least one image")
+        check_pair_count(len(images), self.settings.max_pairs, "images")
+        return parsed
+
+    async def _decode(self, images: Sequence[Union[str, ImageObject]]) -> List[np.ndarray]:
+        """Each image decoded and preprocessed to ``uint8`` ``[S, S, 3]``, or 400 naming it."""
+        loop = asyncio.get_running_loop()
+        jobs = [
+            loop.run_in_executor(self.decode_pool, self._decode_one, index, image)
+            for index, image in enumerate(images)
+        ]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    def _decode_one(self, index: int, image: Union[str, ImageObject]) -> np.ndarray:
+        payload = image if isinstance(image, str) else {"data": image.data, "shape": image.shape}
+        try:
+            decoded = decode_image(payload, self.settings.max_image_pixels)
+            pixels = self.scorer.preprocess.to_uint8(decoded)
+        except (ImageDecodeError, InputError) as error:
+            raise Refusal(400, "invalid_image", f"images[{index}]: {error}", index=index) from None
+        return pixels.permute(1, 2, 0).numpy()
+
+    async def _score_pairs(self, prompts: List[str], pixels: List[np.ndarray]) -> List[float]:
+        """Admit the pairs, put each in the batch queue, await all of them in order."""
+        self.gate.admit(len(pixels))
+        try:
+            results = await asyncio.gather(*(self._batched(p, x) for p, x in zip(prompts, pixels)))
+        finally:
+            self.gate.release(len(pixels))
+        for index, result in enumerate(results):
+            if isinstance(result, InputError):
+                raise Refusal(400, "invalid_input", f"item {index}: {result}", index=index)
+        return results
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _batched(self, prompts: List[str], pixels: List[np.ndarray]) -> List[Union[float, InputError]]:
+        """One forward pass for pairs of any number of requests."""
+        self.metrics.batch_size.observe(len(prompts))
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.model_thread, self._score_isolated, prompts, pixels)
+        self.gate.observe_throughput(len(prompts), time.perf_counter() - start)
+        return results
+
+    def _score_isolated(self, prompts: List[str], pixels: List[np.ndarray]) -> List[Union[float, InputError]]:
+        """Scores of a batch; should one pair still fail, the others are scored alone."""
+        try:
+            return self.scorer.score_batch(prompts, pixels)
+        except InputError:
+            if len(prompts) == 1:
+                raise
+        results: List[Union[float, InputError]] = []
+        for prompt, image in zip(prompts, pixels):
+            try:
+                results.append(self.scorer.score_batch([prompt], [image])[0])
+            except InputError as error:
+                results.append(error)
+        return results
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def build_app(args: Union[ServeSettings, Dict[str, Any]]) -> Application:
+    """The Serve application for ``args`` (a :class:`ServeSettings` or a dict of its fields).
+
+    This is the application builder for ``serve run imagereward.serve:build_app key=value ...``
+    and for ``import_path`` in a Serve config file.
+    """
+    settings = ServeSettings.model_validate(args)
+    gpus = settings.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if _cluster_has_gpus() else 0.0
+    return RewardServer.options(
+        num_replicas=settings.replicas,
+        # Let every request reach the replica: its own bounded queue answers 429.
+        max_ongoing_requests=settings.max_queue_pairs + 64,
+        ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": gpus},
+    ).bind(settings.model_dump())

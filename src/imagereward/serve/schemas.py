@@ -1,0 +1,107 @@
+"""Request and response bodies of the reward server (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageObject(BaseModel):
+    """PNG, JPEG or WebP file bytes, or raw ``uint8`` pixels when ``shape`` is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="base64 of the file bytes, or of raw row-major uint8 pixels")
+    shape: Optional[List[int]] = Field(
+        default=None,
+        description="[H, W] or [H, W, C] with C in 1, 3, 4: the data are raw pixels of this shape",
+    )
+
+
+# A bare string is shorthand for ``{"data": string}`` (file bytes).
+ImagePayload = Union[str, ImageObject]
+
+
+class ScoreRequest(BaseModel):
+    """N independent (prompt, image) pairs: ``prompts[i]`` goes with ``images[i]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: List[str]
+    images: List[ImagePayload]
+
+
+class ScoreResponse(BaseModel):
+    scores: List[float] = Field(description="one reward per pair, in request order")
+    model: str
+
+
+class RankRequest(BaseModel):
+    """One prompt and the images to rank for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    images: List[ImagePayload]
+
+
+class RankResponse(BaseModel):
+    ranking: List[int] = Field(description="1-based rank of each image (1 = best), in request order")
+    rewards: List[float] = Field(description="reward of each image, in request order")
+    model: str
+
+
+class MatrixRequest(BaseModel):
+    """Every prompt against every image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: List[str]
+    images: List[ImagePayload]
+
+
+class MatrixResponse(BaseModel):
+    scores: List[List[float]] = Field(description="scores[p][i]: prompt p with image i")
+    model: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="kind of error, e.g. invalid_input, too_large, queue_full")
+    detail: str
+    index: Optional[int] = Field(default=None, description="the offending item, when one is to blame")
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model: str
+    device: str
+    dtype: str
+
+
+def inline_schema(model: type) -> Dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined, to embed in an OpenAPI operation."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(definitions[ref[len("#/$defs/"):]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    return resolve(schema)
+
+
+def request_body(model: type) -> Dict[str, Any]:
+    """``openapi_extra`` for an operation that reads and checks its own JSON body."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(model)}},
+        }
+    }

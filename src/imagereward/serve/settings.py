@@ -1,0 +1,65 @@
+"""Settings of a reward server: the model, the batching, the limits, the placement.
+
+One pydantic model serves as the arguments of the Serve application builder
+(``serve run imagereward.serve:build_app model=CLIP ...`` or a config file's
+``args:``), of :func:`~imagereward.serve.app.build_app`, and of ``imagereward serve``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field("ImageReward-v1.0", description="a registered scorer: ImageReward-v1.0, CLIP, BLIP, Aesthetic, ...")
+    checkpoint: Optional[str] = Field(None, description="local weights instead of downloading")
+    clip_checkpoint: Optional[str] = Field(None, description="Aesthetic only: local CLIP ViT-L/14 weights")
+    download_root: Optional[str] = None
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    replicas: int = Field(1, ge=1)
+    gpus_per_replica: Optional[float] = Field(
+        None, ge=0, description="default: 1 when the Ray cluster has GPUs, else 0"
+    )
+    cpus_per_replica: float = Field(1.0, ge=0)
+
+    max_batch_size: int = Field(32, ge=1, description="pairs per forward pass")
+    batch_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill up")
+
+    max_body_bytes: int = Field(128 * 2**20, ge=1024, description="larger requests get 413")
+    max_pairs: int = Field(256, ge=1, description="pairs (or images) per request; more get 413")
+    max_queue_pairs: int = Field(
+        1024, ge=1, description="pairs admitted and not yet scored per replica; more get 429"
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="slower requests get 504")
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    api_key_env: Optional[str] = Field(
+        None, description="name of the environment variable holding the API key (never the key)"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from ..registry import available_models, find_entry
+
+        entry = find_entry(value)
+        if entry is None:
+            raise ValueError(f"unknown model {value!r}; choose from {', '.join(available_models())}")
+        return entry.name
+
+    def model_post_init(self, _context: object) -> None:
+        if self.max_pairs > self.max_queue_pairs:
+            raise ValueError(
+                f"max_pairs ({self.max_pairs}) must not exceed max_queue_pairs ({self.max_queue_pairs})"
+            )
+
+    @property
+    def label(self) -> str:
+        """The model's name as responses report it (a checkpoint by its file name, not its path)."""
+        if self.checkpoint is None:
+            return self.model
+        return f"{self.model} ({os.path.basename(os.path.normpath(self.checkpoint))})"

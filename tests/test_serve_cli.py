@@ -1,0 +1,106 @@
+"""``imagereward serve`` from the command line, and what importing the package pulls in."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import BERT_VOCAB, save_tiny_model
+
+pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+
+from imagereward.cli import main  # noqa: E402
+
+
+def test_import_pulls_in_no_server_or_http_stack():
+    code = (
+        "import sys, imagereward, imagereward.serve, imagereward.serve.codec, imagereward.client\n"
+        "heavy = [m for m in ('ray', 'fastapi', 'starlette', 'pydantic', 'httpx', 'torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_usage_errors_exit_before_starting_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("IMAGEREWARD_NO_SUCH_KEY", raising=False)
+    assert main(["serve", "--api-key-env", "IMAGEREWARD_NO_SUCH_KEY"]) == 2
+    assert "IMAGEREWARD_NO_SUCH_KEY" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing.pt")]) == 3
+    assert main(["serve", "--model", "nope"]) == 2
+    assert main(["serve", "--max-pairs", "2000", "--max-queue", "10"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
+    folder = save_tiny_model(tmp_path)
+    port = _free_port()
+    env = dict(os.environ, IMAGEREWARD_BERT_VOCAB=str(BERT_VOCAB), HF_HUB_OFFLINE="1",
+               IMAGEREWARD_OFFLINE="1", OMP_NUM_THREADS="1", CLI_TEST_KEY="k3y")
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imagereward", "serve", "--checkpoint", folder, "--port", str(port),
+         "--cpus-per-replica", "0", "--api-key-env", "CLI_TEST_KEY"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.5)
+        body = {"prompts": ["a cat"], "images": [{"data": "A" * 16, "shape": [2, 2, 3]}]}
+        url = f"http://127.0.0.1:{port}/score"
+        assert httpx.post(url, json=body).status_code == 401
+        reply = httpx.post(url, json=body, headers={"X-API-Key": "k3y"})
+        assert reply.status_code == 200 and len(reply.json()["scores"]) == 1
+        try:
+            listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        except FileNotFoundError:  # no ss on this machine
+            listing = ""
+        bound = {line.split()[3] for line in listing.splitlines() if line.strip()}
+        assert bound <= {f"127.0.0.1:{port}"}, bound  # loopback only, never 0.0.0.0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert process.returncode == 0, output
+    assert "serving" in output and "stopping" in output
+
+
+def test_serve_run_import_path_builds_the_application():
+    """What ``serve run imagereward.serve:build_app key=value ...`` does with its arguments."""
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray._common.utils import import_attr
+
+    builder = import_attr("imagereward.serve:build_app")
+    app = call_user_app_builder_with_args_if_necessary(
+        builder, {"model": "clip", "replicas": "3", "max_batch_size": "64", "gpus_per_replica": "0.5"}
+    )
+    assert isinstance(app, Application)
+    deployment = app._bound_deployment
+    assert deployment.num_replicas == 3
+    assert deployment.ray_actor_options["num_gpus"] == 0.5
+    assert deployment.init_args[0]["model"] == "CLIP" and deployment.init_args[0]["max_batch_size"] == 64
+    with pytest.raises(Exception, match="unknown model"):
+        builder({"model": "nope"})

@@ -1,0 +1,79 @@
+"""The wire form of images: what the client sends and the server accepts (no server needed)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagereward.client import encode_image, encode_images
+from imagereward.errors import ImageNotFoundError, ImageTypeError, InputError
+from imagereward.serve.codec import ImageDecodeError, decode_image
+
+
+def _roundtrip(image):
+    return decode_image(encode_image(image).to_json())
+
+
+def test_raw_pixels_roundtrip_exactly():
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_roundtrip(pixels), pixels)
+    np.testing.assert_array_equal(_roundtrip(pixels[:, :, 0]), pixels[:, :, 0])
+    np.testing.assert_array_equal(np.asarray(_roundtrip(Image.fromarray(pixels))), pixels)
+
+
+def test_float_tensors_become_uint8_like_diffusers():
+    torch = pytest.importorskip("torch")
+    floats = torch.rand(2, 3, 6, 4)
+    payloads = encode_images(floats)  # a [N, 3, H, W] batch
+    assert len(payloads) == 2 and payloads[0]["shape"] == [6, 4, 3]
+    expected = np.round(floats[1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    np.testing.assert_array_equal(decode_image(payloads[1]), expected)
+
+
+def test_client_refuses_what_it_cannot_send_naming_the_item(tmp_path):
+    with pytest.raises(InputError, match=r"images\[1\].*\[0, 1\]"):
+        encode_images([np.zeros((4, 4, 3), np.float32), np.full((4, 4, 3), 2.0, np.float32)])
+    with pytest.raises(ImageTypeError, match=r"images\[0\]"):
+        encode_images([b"bytes"])
+    with pytest.raises(ImageNotFoundError):
+        encode_images([str(tmp_path / "missing.png")])
+
+
+def test_files_keep_their_bytes_and_other_formats_are_decoded_by_the_client(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (9, 8, 3), dtype=np.uint8)
+    png, bmp = tmp_path / "a.png", tmp_path / "a.bmp"
+    Image.fromarray(pixels).save(png)
+    Image.fromarray(pixels).save(bmp)
+    assert encode_image(str(png)).data == png.read_bytes()
+    np.testing.assert_array_equal(_roundtrip(str(bmp)), pixels)  # BMP goes as raw pixels
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ("###", "base64"),
+        (base64.b64encode(b"BM not really").decode(), "PNG, JPEG or WebP"),
+        ({"data": base64.b64encode(b"\0" * 11).decode(), "shape": [2, 2, 3]}, "needs 12"),
+        ({"data": "", "shape": [0, 2, 3]}, "empty side"),
+        ({"data": "", "shape": [2, 2, 2]}, r"C in \(1, 3, 4\)"),
+    ],
+)
+def test_server_refuses_bad_payloads(payload, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(payload)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        decode_image(encoded, max_pixels=300 * 200 - 1)
+    assert decode_image(encoded, max_pixels=300 * 200).size == (300, 200)
+    raw = {"data": base64.b64encode(b"\0" * 12).decode(), "shape": [2, 2, 3]}
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        decode_image(raw, max_pixels=3)
