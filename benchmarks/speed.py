@@ -190,6 +190,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 print(f"[speed] {key}: {name}, round {round_index + 1}", flush=True)
                 reply = run_side(impl, command, dict(base, dtype=dtype, **extra), workdir)
                 work[key][name] = merge_rounds(work[key].get(name), reply)
+            if args.json:  # what is measured so far survives an interrupted run
+                args.json.write_text(json.dumps(results, indent=2))
     if "reference" in impls:
         results["agreement"] = agreement(results["workloads"], "reference-fp32")
     if peers:
