@@ -37,4 +37,4 @@ class BLIPBackbone(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
     ) -> torch.Tensor:
         """The ``[CLS]`` state of the text encoder cross-attending to ``image_tokens``."""
-        return self.text_encoder.cls_state(input_ids, attention_mask, image_tokens)
+        return self.text_encoder(input_ids, attention_mask, image_tokens, cls_only=True)

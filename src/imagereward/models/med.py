@@ -10,7 +10,7 @@ runs once per image with the queries of all ``P`` prompts side by side, so each
 layer projects an image's keys and values once instead of ``P`` times. Queries
 are independent rows and image tokens carry no mask, so this is the same math.
 
-:meth:`BertModel.cls_state` computes only what the ``[CLS]`` state depends on: it
+``BertModel(..., cls_only=True)`` computes only what the ``[CLS]`` state depends on: it
 drops padding columns that every row masks (every query gives them zero weight), runs
 the last layer for the ``[CLS]`` row alone, and, in inference, folds cross-attention's
 key and value projections into the queries when an image meets fewer text rows than
@@ -223,18 +223,13 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor,
         image_tokens: Optional[torch.Tensor] = None,
         mode: str = "multimodal",
+        cls_only: bool = False,
     ) -> torch.Tensor:
-        return self._encode(input_ids, attention_mask, image_tokens, mode, first_only=False)
-
-    def cls_state(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_tokens: Optional[torch.Tensor] = None,
-        mode: str = "multimodal",
-    ) -> torch.Tensor:
-        """The last hidden state of the first (``[CLS]``) position ``[B, hidden]``: the same
-        as ``forward(...)[:, 0]``, computed without the positions it does not depend on."""
+        """Last hidden states ``[B, L, hidden]``; with ``cls_only`` those of the first
+        (``[CLS]``) position alone ``[B, hidden]``, computed without the positions they
+        do not depend on (the same values as ``forward(...)[:, 0]`` up to rounding)."""
+        if not cls_only:
+            return self._encode(input_ids, attention_mask, image_tokens, mode, first_only=False)
         length = unmasked_length(attention_mask)
         input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         return self._encode(input_ids, attention_mask, image_tokens, mode, first_only=True)[:, 0]

@@ -43,8 +43,9 @@ class BLIPScore(nn.Module, CosineScorer):
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts))
         device = self.device
-        cls = self.blip.text_encoder.cls_state(
-            tokens["input_ids"].to(device), tokens["attention_mask"].to(device), mode="text"
+        cls = self.blip.text_encoder(
+            tokens["input_ids"].to(device), tokens["attention_mask"].to(device), mode="text",
+            cls_only=True,
         )
         return F.normalize(self.blip.text_proj(cls).float(), dim=-1)
 
