@@ -13,11 +13,11 @@ from PIL import Image
 
 import imagereward
 from helpers import ASSETS, BERT_VOCAB, CLIP_BPE, tiny_config
-from imagereward import baselines
-from imagereward.baselines import load_score, read_clip_checkpoint
-from imagereward.checkpoints import CheckpointError
+from imagereward import registry
+from imagereward.checkpoints import CheckpointError, read_clip_checkpoint
+from imagereward.factory import load_score
 from imagereward.config import BLIPScoreConfig, CLIPConfig
-from imagereward.hub import DownloadError, sha256_file
+from imagereward.hub import DownloadError, fetch_weights, sha256_file
 from imagereward.models.blip import BLIPBackbone
 from imagereward.models.clip import CLIPModel
 from imagereward.models.head import RewardHead
@@ -374,17 +374,19 @@ def test_aesthetic_head_stays_fp32(aesthetic_file, clip_archive):
 # -- downloads and caches ---------------------------------------------------------------------
 
 
-def _serve(monkeypatch, name: str, path: Path, sha256=None) -> None:
-    """Point a registry entry at a ``file://`` URL (never the network)."""
-    entry = baselines.BASELINE_FILES[name]
-    monkeypatch.setitem(
-        baselines.BASELINE_FILES, name,
-        dataclasses.replace(entry, url=path.resolve().as_uri(), sha256=sha256),
-    )
+def _serve(monkeypatch, filename: str, path: Path, sha256=None) -> None:
+    """Point every registry entry's file named ``filename`` at a ``file://`` URL (never the network)."""
+    for name, entry in list(registry._REGISTRY.items()):
+        files = {
+            role: dataclasses.replace(spec, url=path.resolve().as_uri(), sha256=sha256)
+            if spec.filename == filename else spec
+            for role, spec in entry.files.items()
+        }
+        monkeypatch.setitem(registry._REGISTRY, name, dataclasses.replace(entry, files=files))
 
 
 def test_checksum_mismatch_downloads_again(tmp_path, monkeypatch, clip_archive):
-    _serve(monkeypatch, "CLIP", clip_archive, sha256_file(str(clip_archive)))
+    _serve(monkeypatch, "ViT-L-14.pt", clip_archive, sha256_file(str(clip_archive)))
     root = tmp_path / "root"
     root.mkdir()
     (root / "ViT-L-14.pt").write_bytes(b"truncated download")
@@ -398,18 +400,18 @@ def test_checksum_mismatch_downloads_again(tmp_path, monkeypatch, clip_archive):
 
 
 def test_download_with_wrong_checksum_is_discarded(tmp_path, monkeypatch, clip_archive):
-    _serve(monkeypatch, "CLIP", clip_archive, "0" * 64)
+    _serve(monkeypatch, "ViT-L-14.pt", clip_archive, "0" * 64)
     monkeypatch.delenv("IMAGEREWARD_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     root = tmp_path / "root"
     with pytest.raises(DownloadError, match="does not match"):
-        baselines.baseline_file("CLIP", str(root))
+        fetch_weights(registry.get_entry("CLIP").files["weights"], str(root))
     assert list(root.iterdir()) == []
 
 
 def test_original_cache_is_reused(tmp_path, monkeypatch, clip_archive, aesthetic_file):
     """Files under the original names (URL-encoded aesthetic name included), offline."""
-    _serve(monkeypatch, "CLIP", clip_archive, sha256_file(str(clip_archive)))
+    _serve(monkeypatch, "ViT-L-14.pt", clip_archive, sha256_file(str(clip_archive)))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("IMAGEREWARD_CACHE", str(tmp_path / "own-cache"))
     legacy = tmp_path / ".cache" / "ImageReward"

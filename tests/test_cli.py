@@ -193,7 +193,7 @@ def test_unreadable_image(capsys, tiny_model, tmp_path):
 
 @pytest.fixture
 def job(tmp_path):
-    """30 pairs over 20 small images, one undecodable and one missing, plus a repeat."""
+    """29 records over 28 small images, one undecodable and one missing, plus a repeat of the first."""
     rng = np.random.default_rng(0)
     records = []
     for index in range(28):
@@ -224,12 +224,14 @@ def test_batch_job_records_errors_and_goes_on(capsys, tiny_model, job):
     output = root / "scores.jsonl"
     code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output))
     assert code == EXIT_PARTIAL
-    assert "26 pairs scored, 2 failed, 1 skipped" in err
+    assert "27 pairs scored, 2 failed, 0 skipped" in err
     records = read_jsonl(output)
-    assert [r["id"] for r in records] == list(range(28))  # input order, repeat skipped
+    assert [r["id"] for r in records] == [*range(28), 0]  # input order, the repeat scored too
+    assert [r["line"] for r in records] == list(range(1, 30))
+    assert records[-1]["reward"] == pytest.approx(records[0]["reward"], abs=1e-6)
     errors = {r["id"]: r["error"] for r in records if "error" in r}
     assert set(errors) == {5, 11}
-    assert "5.png" in errors[5] and "image not found" in errors[11]
+    assert "5.png" in errors[5] and "not found: " in errors[11] and "absent.png" in errors[11]
     # pairs sharing a batch with the bad image still get their exact rewards
     model = imagereward.load(tiny_model, device="cpu")
     expected = model.score_batch([records[4]["prompt"]], [str(root / records[4]["image"])])[0]
@@ -266,9 +268,9 @@ def test_batch_job_resume_after_interruption(capsys, tiny_model, job, monkeypatc
         handle.write('{"prompt": "prompt 2", "ima')
     assert run(capsys, *batch_argv(tiny_model, root, pairs, output))[0] == EXIT_USAGE  # no --resume
     code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--resume"))
-    assert code == EXIT_PARTIAL and "17 skipped" in err  # 16 done + 1 repeat
+    assert code == EXIT_PARTIAL and "16 skipped" in err  # the 16 lines already done
     resumed = read_jsonl(output)
-    assert [r["id"] for r in resumed] == list(range(28))
+    assert [r["line"] for r in resumed] == list(range(1, 30))
     for a, b in zip(resumed, read_jsonl(full)):
         assert ("reward" in a) == ("reward" in b)
         if "reward" in a:
@@ -279,7 +281,27 @@ def test_batch_job_resume_after_interruption(capsys, tiny_model, job, monkeypatc
     assert code == EXIT_PARTIAL and "0 pairs scored" in err
     monkeypatch.setattr(imagereward, "load", load)
     code, _, _ = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--overwrite"))
-    assert code == EXIT_PARTIAL and len(read_jsonl(output)) == 28
+    assert code == EXIT_PARTIAL and len(read_jsonl(output)) == 29
+
+
+def test_batch_job_keeps_records_that_repeat_a_pair(capsys, tiny_model, job):
+    """Same prompt and image, different ids: each record gets its own line, also on resume."""
+    root, _ = job
+    pairs = root / "repeats.jsonl"
+    rows = [{"id": f"r{i}", "prompt": "prompt 0", "image": "images/0.png"} for i in range(3)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output = root / "repeats-out.jsonl"
+    code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output))
+    assert code == 0 and "3 pairs scored" in err
+    assert [r["id"] for r in read_jsonl(output)] == ["r0", "r1", "r2"]
+    with open(output, "r+", encoding="utf-8") as handle:  # lose the last result
+        kept = handle.readlines()[:2]
+        handle.seek(0)
+        handle.writelines(kept)
+        handle.truncate()
+    code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--resume"))
+    assert code == 0 and "1 pairs scored" in err and "2 skipped" in err
+    assert [r["id"] for r in read_jsonl(output)] == ["r0", "r1", "r2"]
 
 
 def test_batch_job_input_errors(capsys, tiny_model, tmp_path):

@@ -61,11 +61,15 @@ class BrightnessScorer:
 def fake_baselines(monkeypatch):
     calls = []
 
-    def load_score(name="CLIP", device=None, download_root=None, **kwargs):
+    real_load = imagereward.load
+
+    def load(name="ImageReward-v1.0", device=None, download_root=None, **kwargs):
+        if name not in ("CLIP", "BLIP", "Aesthetic"):
+            return real_load(name, device, download_root, **kwargs)
         calls.append((name, kwargs))
         return BrightnessScorer()
 
-    monkeypatch.setattr(imagereward, "load_score", load_score)
+    monkeypatch.setattr(imagereward, "load", load)
     return calls
 
 
@@ -97,7 +101,7 @@ def test_load_test_json_real_file():
         ('{"a": 1}', "expected a list"),
         ('[{"prompt": "p", "generations": ["a.png"], "ranking": [1, 2]}]', "item 0: 1 generations but 2 ranks"),
         ('[{"prompt": 3, "generations": [], "ranking": []}]', "'prompt' must be a string"),
-        ('[{"prompt": "p", "generations": ["a"], "ranking": ["1"]}]', "list of integers"),
+        ('[{"prompt": "p", "generations": ["a"], "ranking": ["1"]}]', "list of numbers"),
     ],
 )
 def test_load_test_json_errors_name_the_file_and_item(tmp_path, content, message):
@@ -164,7 +168,7 @@ def test_eval_end_to_end(capsys, tiny_model, subset, fake_baselines, tmp_path, m
     )
     assert code == 0, err
     assert [name for name, _ in fake_baselines] == ["CLIP"]
-    assert fake_baselines[0][1]["checkpoint"] is None  # --checkpoint is ImageReward's
+    assert fake_baselines[0][1]["files"] == {}  # --checkpoint is ImageReward's
 
     rankings = [item["ranking"] for item in items]
     expected_pairs = preference_accuracy(rankings, [[0.0] * len(r) for r in rankings], n_bootstrap=0).pairs

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -73,8 +75,10 @@ def test_pickled_code_is_refused(tmp_path, config):
 
 
 def test_unknown_name():
-    with pytest.raises(RuntimeError, match=r"Model nope not found; available models = \['ImageReward-v1.0'\]"):
+    listed = re.escape(str(imagereward.available_models()))
+    with pytest.raises(imagereward.UnknownModelError, match=f"Model nope not found; available models = {listed}"):
         imagereward.load("nope")
+    assert issubclass(imagereward.UnknownModelError, RuntimeError)  # what the original raised
 
 
 def test_offline_missing_download_names_the_file(tmp_path):
@@ -108,8 +112,7 @@ def test_med_config_file_sets_the_text_encoder(tmp_path, checkpoint, config, mod
     }
     path = tmp_path / "med_config.json"
     path.write_text(json.dumps(med))
-    base = tiny_config()
-    base.text.hidden_size = 8  # overridden by the file
+    base = dataclasses.replace(tiny_config(), text=dataclasses.replace(text, hidden_size=8))  # overridden
     loaded = imagereward.load(str(checkpoint), config=base, med_config=str(path))
     assert loaded.config.text.hidden_size == text.hidden_size
     assert _rewards(loaded) == pytest.approx(_rewards(model), abs=1e-6)
@@ -118,9 +121,7 @@ def test_med_config_file_sets_the_text_encoder(tmp_path, checkpoint, config, mod
 def test_save_pretrained_and_convert_round_trip(tmp_path, checkpoint, config, model):
     saved = imagereward.save_pretrained(model, str(tmp_path / "saved"))
     assert _rewards(imagereward.load(saved)) == pytest.approx(_rewards(model), abs=1e-6)
-    from imagereward.loading import convert_checkpoint
-
-    half = convert_checkpoint(str(checkpoint), str(tmp_path / "half"), dtype="fp16", config=config)
+    half = imagereward.convert_checkpoint(str(checkpoint), str(tmp_path / "half"), dtype="fp16", config=config)
     from safetensors.torch import load_file
 
     assert all(t.dtype == torch.float16 for t in load_file(f"{half}/model.safetensors").values())

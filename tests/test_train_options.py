@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -22,8 +23,7 @@ def _one_thread():
 def run(tmp_path, name, **overrides):
     root = tmp_path / "data"
     if not (root / "train.json").exists():
-        model = tiny_config()
-        model.max_text_length = 8
+        model = dataclasses.replace(tiny_config(), max_text_length=8)
         root.mkdir()
         (root / "model.json").write_text(json.dumps(model.to_dict()))
         write_rankings(root, "train", 8, seed=7)

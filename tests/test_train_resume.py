@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -30,8 +31,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume-data")
-    model = tiny_config()  # dropout and drop-path on: resuming must restore the random streams
-    model.max_text_length = 8
+    model = dataclasses.replace(tiny_config(), max_text_length=8)  # dropout and drop-path on: resuming must restore the random streams
     (root / "model.json").write_text(json.dumps(model.to_dict()))
     return {"train_data": str(write_rankings(root, "train", 16, seed=3)),  # 80 pairs: 10 steps / epoch
             "valid_data": str(write_rankings(root, "valid", 4, seed=4)),

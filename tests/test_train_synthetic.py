@@ -7,6 +7,7 @@ images: the right colour and shape (rank 1), right colour only or right shape on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -71,13 +72,14 @@ def write_rankings(root: Path, name: str, prompts: int, seed: int) -> Path:
 
 def write_model_config(path: Path) -> Path:
     """A tiny model for 32 px images: 16 patches of 8 px, short prompts, no dropout."""
-    config = tiny_config(image_size=32)
-    config.vision.patch_size = 8
-    config.vision.drop_path_rate = 0.0
-    config.text.hidden_dropout = 0.0
-    config.text.attention_dropout = 0.0
-    config.head.dropouts = (0.0, 0.0, 0.0)
-    config.max_text_length = 8
+    base = tiny_config(image_size=32)
+    config = dataclasses.replace(
+        base,
+        vision=dataclasses.replace(base.vision, patch_size=8, drop_path_rate=0.0),
+        text=dataclasses.replace(base.text, hidden_dropout=0.0, attention_dropout=0.0),
+        head=dataclasses.replace(base.head, dropouts=(0.0, 0.0, 0.0)),
+        max_text_length=8,
+    )
     path.write_text(json.dumps(config.to_dict()))
     return path
 

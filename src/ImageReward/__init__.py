@@ -7,7 +7,7 @@ returns the same numbers; everything comes from :mod:`imagereward`.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, List
 
 import imagereward
 
@@ -36,6 +36,13 @@ def ImageReward_download(url: str, root: str) -> str:
         local_hint=f"put {filename} into {root}",
         local_dir=root,
     )
+
+
+def available_models() -> List[str]:
+    """The names the original ``load`` lists (``["ImageReward-v1.0"]``); ``load`` takes every scorer."""
+    from imagereward.registry import get_entry
+
+    return [name for name in imagereward.available_models() if get_entry(name).original_api == "load"]
 
 
 def __getattr__(name: str) -> Any:

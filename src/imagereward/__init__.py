@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Any, List
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "imagereward.loading",
-    "save_pretrained": "imagereward.loading",
+    "load": "imagereward.factory",
+    "load_score": "imagereward.factory",
+    "convert_checkpoint": "imagereward.factory",
+    "save_pretrained": "imagereward.saving",
     "available_models": "imagereward.registry",
-    "load_score": "imagereward.baselines",
-    "available_scores": "imagereward.baselines",
+    "available_scores": "imagereward.registry",
+    "register": "imagereward.registry",
+    "ScorerEntry": "imagereward.registry",
+    "WeightsFile": "imagereward.registry",
+    "Scorer": "imagereward.scoring.base",
     "ImageReward": "imagereward.scoring.image_reward",
     "RankResult": "imagereward.scoring.base",
     "ImageRewardConfig": "imagereward.config",
@@ -55,9 +60,10 @@ if TYPE_CHECKING:  # pragma: no cover
         PromptError,
         UnknownModelError,
     )
-    from .loading import load, save_pretrained
-    from .registry import available_models
-    from .scoring.base import RankResult
+    from .factory import convert_checkpoint, load, load_score
+    from .registry import ScorerEntry, WeightsFile, available_models, available_scores, register
+    from .saving import save_pretrained
+    from .scoring.base import RankResult, Scorer
     from .scoring.image_reward import ImageReward
 
 

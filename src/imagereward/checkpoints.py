@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
@@ -16,6 +17,9 @@ from .errors import CheckpointError
 StateDict = Dict[str, torch.Tensor]
 DDP_PREFIX = "module."
 _MAX_LISTED = 12
+
+# Entries of OpenAI's TorchScript archives that are not weights.
+CLIP_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 def read_state_dict(path: str, key: Optional[str] = None) -> StateDict:
@@ -119,3 +123,38 @@ def load_state_dict_strict(
             tensor = tensor.to(dtype or reference.dtype)
         tensors[name] = tensor
     model.load_state_dict(tensors, strict=True, assign=True)
+
+
+def _is_torchscript(archive: zipfile.ZipFile) -> bool:
+    return any("/code/" in name or name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def read_clip_checkpoint(path: str) -> StateDict:
+    """Weights of an OpenAI CLIP file: a TorchScript archive or a ``torch.save`` state dict.
+
+    TorchScript archives are read with ``torch.jit.load`` and only their tensors are
+    kept (the archive's methods are never called); non-weight entries are dropped.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "CLIP checkpoint file not found", path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a CLIP checkpoint: expected a TorchScript archive such as "
+            "OpenAI's ViT-L-14.pt, or a torch.save zip file"
+        )
+    with zipfile.ZipFile(path) as archive:
+        scripted = _is_torchscript(archive)
+    if not scripted:
+        state = read_state_dict(path)
+    else:
+        try:
+            with warnings.catch_warnings():  # newer torch deprecates TorchScript; the files remain
+                warnings.simplefilter("ignore", DeprecationWarning)
+                state = torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception as error:  # corrupt or foreign archives fail in many ways
+            raise CheckpointError(f"cannot read TorchScript archive {path}: {error}") from error
+    return {
+        key: value
+        for key, value in strip_prefix(dict(state)).items()
+        if isinstance(value, torch.Tensor) and key not in CLIP_METADATA_KEYS
+    }

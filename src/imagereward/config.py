@@ -2,7 +2,8 @@
 
 The defaults are the sizes of the released ImageReward-v1.0 model, so
 ``ImageRewardConfig()`` describes the real thing and tests build tiny variants
-by overriding a few fields.
+by overriding a few fields. Configs are frozen: derive a changed copy with
+:func:`dataclasses.replace`, never change one in place.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ IMAGEREWARD_MEAN = 0.16717362830052426
 IMAGEREWARD_STD = 1.0333394966054072
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisionConfig:
     """BLIP's ViT image encoder (timm layout). Defaults: ViT-L/16 at 224 px."""
 
@@ -38,7 +39,7 @@ class VisionConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextConfig:
     """BLIP's BERT text encoder with cross-attention ("MED"). Defaults: BERT-base."""
 
@@ -80,7 +81,7 @@ class TextConfig:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
     """The reward MLP: linear layers with dropout between them and no activations."""
 
@@ -88,7 +89,7 @@ class HeadConfig:
     dropouts: Tuple[float, ...] = (0.2, 0.2, 0.1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageRewardConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -113,16 +114,32 @@ class ImageRewardConfig:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreprocessConfig:
-    """How pixels reach the image encoder (BLIP and OpenAI CLIP share these values)."""
+    """How pixels reach the image encoder: the whole chain, saved with a model.
+
+    The defaults are the chain of BLIP and OpenAI CLIP: resize the shorter side to
+    ``image_size`` (``interpolation``), centre-crop (``crop``), then convert to RGB
+    (``convert_rgb="after_crop"``), scale to [0, 1] and normalise with ``mean``/``std``.
+    """
 
     image_size: int = 224
+    interpolation: str = "bicubic"
+    crop: str = "center"
+    convert_rgb: str = "after_crop"
     mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
 
-@dataclass
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "PreprocessConfig":
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class CLIPConfig:
     """OpenAI CLIP with a ViT image tower. Defaults: ViT-L/14 at 224 px (``ViT-L-14.pt``)."""
 
@@ -144,7 +161,7 @@ class CLIPConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class BLIPScoreConfig:
     """The BLIP encoders used by the BLIP baseline. Defaults: BLIP-large (``model_large.pth``)."""
 

@@ -42,6 +42,10 @@ class PromptError(InputError, TypeError):
     """A prompt is not a string, or prompts and images do not pair up."""
 
 
+class JobFileError(ImageRewardError, ValueError):
+    """A batch job's input or output file is missing or malformed (the job stops before any work)."""
+
+
 # -- the model cannot be had: the job stops ------------------------------------------
 class ModelError(ImageRewardError, RuntimeError):
     """A model cannot be loaded."""
@@ -67,6 +71,7 @@ __all__ = [
     "ImageRewardError",
     "ImageTypeError",
     "InputError",
+    "JobFileError",
     "ModelError",
     "PromptError",
     "UnknownModelError",

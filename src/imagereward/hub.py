@@ -11,11 +11,14 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from tqdm.auto import tqdm
 
 from .errors import DownloadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .registry import WeightsFile
 
 OFFLINE_ENVS = ("HF_HUB_OFFLINE", "IMAGEREWARD_OFFLINE")
 LEGACY_CACHE = os.path.join("~", ".cache", "ImageReward")
@@ -138,3 +141,33 @@ def download_url(
         if os.path.exists(partial):
             os.remove(partial)
     return target
+
+
+def _cached(spec: "WeightsFile", root: str) -> Optional[str]:
+    """An existing copy of ``spec`` in ``root`` (checksum-verified when one is known)."""
+    for name in (spec.filename, *spec.aliases):
+        path = os.path.join(os.path.expanduser(root), name)
+        if os.path.isfile(path) and (spec.sha256 is None or sha256_file(path) == spec.sha256):
+            return path
+    return None
+
+
+def fetch_weights(spec: "WeightsFile", download_root: Optional[str] = None) -> str:
+    """Local path of a registered weights file, downloading it when needed.
+
+    Without ``download_root``, a copy in the original package's cache
+    (``~/.cache/ImageReward``) is reused; otherwise hub files go to the Hugging Face
+    cache and URL files to ``~/.cache/imagereward`` (``IMAGEREWARD_CACHE``).
+    """
+    hint = f"pass the path of a local {spec.filename} (checkpoint=PATH, or --checkpoint PATH)"
+    root = download_root
+    if root is None and _cached(spec, legacy_cache_dir()):
+        root = legacy_cache_dir()
+    if spec.repo_id is not None:
+        return fetch_hub_file(spec.repo_id, spec.filename, what=spec.what, local_hint=hint, local_dir=root)
+    root = root or default_cache_dir()
+    found = _cached(spec, root)
+    if found is not None:
+        return found
+    assert spec.url is not None
+    return download_url(spec.url, root, spec.filename, sha256=spec.sha256, what=spec.what, local_hint=hint)

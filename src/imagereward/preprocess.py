@@ -9,7 +9,7 @@ differentiable counterpart for pixels that are already tensors.
 from __future__ import annotations
 
 import os
-from typing import Any, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,6 +20,11 @@ from .config import PreprocessConfig
 from .errors import ImageLoadError, ImageNotFoundError, ImageTypeError
 
 ImageInput = Union[Image.Image, str, "os.PathLike[str]", np.ndarray]
+
+# Supported values of the PreprocessConfig fields that name a step of the chain.
+INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+CROPS = ("center",)
+RGB_ORDERS = ("after_crop", "first")
 
 
 def check_image_input(image: Any) -> None:
@@ -89,8 +94,17 @@ def center_crop_box(width: int, height: int, size: int) -> Tuple[int, int, int, 
 class ImagePreprocessor:
     """Callable: PIL image (or path / array) -> normalised ``float32`` tensor ``[3, S, S]``."""
 
-    def __init__(self, config: PreprocessConfig = PreprocessConfig()) -> None:
+    def __init__(self, config: Optional[PreprocessConfig] = None) -> None:
+        config = config or PreprocessConfig()
+        for field, value, allowed in (
+            ("interpolation", config.interpolation, INTERPOLATIONS),
+            ("crop", config.crop, CROPS),
+            ("convert_rgb", config.convert_rgb, RGB_ORDERS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"PreprocessConfig.{field} {value!r} is not one of {sorted(allowed)}")
         self.config = config
+        self._filter = INTERPOLATIONS[config.interpolation]
         self._mean = torch.tensor(config.mean).view(3, 1, 1)
         self._std = torch.tensor(config.std).view(3, 1, 1)
 
@@ -100,7 +114,7 @@ class ImagePreprocessor:
             raise ImageLoadError(f"image has an empty side: {image.width}x{image.height}")
         target = resized_size(image.width, image.height, size)
         if target != image.size:
-            image = image.resize(target, Image.BICUBIC)
+            image = image.resize(target, self._filter)
         return image.crop(center_crop_box(image.width, image.height, size))
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
@@ -108,7 +122,10 @@ class ImagePreprocessor:
 
     def to_uint8(self, image: ImageInput) -> torch.Tensor:
         """Decoded, resized, cropped RGB pixels ``[3, S, S]`` as ``uint8``, not yet normalised."""
-        image = self.resize_and_crop(load_image(image)).convert("RGB")
+        image = load_image(image)
+        if self.config.convert_rgb == "first":
+            image = image.convert("RGB")
+        image = self.resize_and_crop(image).convert("RGB")
         array = np.asarray(image, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
@@ -133,7 +150,8 @@ class ImagePreprocessor:
         new_w, new_h = resized_size(width, height, size)
         if (new_h, new_w) != (height, width):
             pixels = F.interpolate(
-                pixels, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
+                pixels, size=(new_h, new_w), mode=self.config.interpolation, align_corners=False,
+                antialias=True,
             )
         left, top, right, bottom = center_crop_box(new_w, new_h, size)
         pixels = pixels[:, :, top:bottom, left:right]

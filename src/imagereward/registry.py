@@ -1,38 +1,241 @@
-"""Pretrained reward models: where their weights live and how they were trained to see.
+"""The registry of scorers: every name :func:`imagereward.load` accepts, with all it needs.
 
-Each entry carries its network configuration and preprocessing, so loading a
-name gives a model that sees images exactly as it did in training.
+An entry says how to build the scorer (a ``module:function`` builder, imported only
+when the scorer is loaded), which weight files it reads (a Hugging Face Hub repo
+or a pinned URL, with a sha256 where one is known), its model configuration, its
+whole preprocessing chain, its tokenizer, and which checkpoint keys it knows to
+be unused or how to remap them. The command line reads its model names from here.
+
+This module imports neither torch nor any model code, so listing names is instant.
+Adding a scorer is one model file, one scorer file with its builder, and one
+:func:`register` call (see ``docs/adding-a-scorer.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import ImageRewardConfig, PreprocessConfig
+from .config import BLIPScoreConfig, ImageRewardConfig, PreprocessConfig
+from .errors import UnknownModelError
 
 
 @dataclass(frozen=True)
-class PretrainedReward:
-    name: str
-    repo_id: str
+class WeightsFile:
+    """One file a scorer reads: from a hub repo or a URL, cached under ``filename``.
+
+    ``aliases`` are other names the file may have in a cache folder (the original
+    package saved some under URL-quoted names).
+    """
+
     filename: str
-    description: str
-    config: Callable[[], ImageRewardConfig] = ImageRewardConfig
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    what: str
+    repo_id: Optional[str] = None
+    url: Optional[str] = None
     sha256: Optional[str] = None
+    aliases: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.repo_id is None) == (self.url is None):
+            raise ValueError(f"{self.filename}: give exactly one of repo_id and url")
 
 
-PRETRAINED_MODELS: Dict[str, PretrainedReward] = {
-    "ImageReward-v1.0": PretrainedReward(
-        name="ImageReward-v1.0",
-        repo_id="THUDM/ImageReward",
-        filename="ImageReward.pt",
-        description="BLIP ViT-L/16 + BERT-base reward model trained on 137k expert comparisons",
-    ),
-}
+# Text tokenizers a scorer may name; the token length comes from its model config.
+TOKENIZERS = ("bert", "clip_bpe")
+
+
+@dataclass(frozen=True)
+class ScorerEntry:
+    """Everything needed to turn a name into a ready scorer.
+
+    ``files`` maps a role to a file; the role ``"weights"`` is the scorer's own
+    checkpoint, others are parts it shares (Aesthetic reads CLIP's image tower as
+    ``"clip"``). ``config`` is the model configuration, or ``None`` where the sizes
+    are read from the weights. ``ignore_keys`` are regular expressions of checkpoint
+    keys that are known and unused; ``key_filter`` (``module:function``) rewrites a
+    checkpoint's state dict before strict loading, for files in another layout.
+    """
+
+    name: str
+    builder: str
+    files: Mapping[str, WeightsFile]
+    config: Any
+    preprocess: PreprocessConfig
+    tokenizer: Optional[str]  # one of TOKENIZERS, or None for image-only scorers
+    description: str
+    ignore_keys: Tuple[str, ...] = ()
+    key_filter: Optional[str] = None
+    aliases: Tuple[str, ...] = ()
+    original_api: str = "load_score"  # which drop-in function of image-reward 1.5 lists it
+    # Published preference accuracy (%) on ImageReward's test set, for reports.
+    published_accuracy: Optional[float] = None
+
+
+_REGISTRY: Dict[str, ScorerEntry] = {}
+_LOOKUP: Dict[str, str] = {}
+
+
+def register(entry: ScorerEntry) -> ScorerEntry:
+    """Add ``entry``; its name and aliases become valid for :func:`imagereward.load`."""
+    keys = [entry.name.lower(), *(alias.lower() for alias in entry.aliases)]
+    taken = [key for key in keys if key in _LOOKUP]
+    if taken:
+        raise ValueError(f"scorer names already registered: {taken}")
+    if "weights" not in entry.files:
+        raise ValueError(f"{entry.name}: files must include the role 'weights'")
+    if entry.tokenizer is not None and entry.tokenizer not in TOKENIZERS:
+        raise ValueError(f"{entry.name}: tokenizer {entry.tokenizer!r} is not one of {TOKENIZERS}")
+    _REGISTRY[entry.name] = entry
+    for key in keys:
+        _LOOKUP[key] = entry.name
+    return entry
+
+
+def unregister(name: str) -> None:
+    """Remove a registered scorer (for scratch entries, e.g. in tests)."""
+    entry = get_entry(name)
+    del _REGISTRY[entry.name]
+    for key in [k for k, v in _LOOKUP.items() if v == entry.name]:
+        del _LOOKUP[key]
+
+
+def find_entry(name: str) -> Optional[ScorerEntry]:
+    """The entry for ``name`` or one of its aliases, case-insensitively; ``None`` if unknown."""
+    canonical = _LOOKUP.get(name.strip().lower()) if isinstance(name, str) else None
+    return _REGISTRY[canonical] if canonical else None
+
+
+def get_entry(name: str) -> ScorerEntry:
+    entry = find_entry(name)
+    if entry is None:
+        raise UnknownModelError(f"Model {name} not found; available models = {available_models()}")
+    return entry
 
 
 def available_models() -> List[str]:
-    """Names accepted by :func:`imagereward.load`."""
-    return list(PRETRAINED_MODELS)
+    """Every registered scorer name, in registration order."""
+    return list(_REGISTRY)
+
+
+def published_accuracies() -> Dict[str, float]:
+    """Published preference accuracies (%) on ImageReward's test set, by scorer name."""
+    return {n: e.published_accuracy for n, e in _REGISTRY.items() if e.published_accuracy is not None}
+
+
+def available_scores() -> List[str]:
+    """The names the original package's ``load_score`` takes (and newer models like them)."""
+    return [name for name, entry in _REGISTRY.items() if entry.original_api == "load_score"]
+
+
+# -- the scorers of the paper ---------------------------------------------------------
+_OPENAI_CLIP = WeightsFile(
+    filename="ViT-L-14.pt",
+    what="the OpenAI CLIP ViT-L/14 weights",
+    url="https://openaipublic.azureedge.net/clip/models/"
+    "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+)
+# Parts of BLIP's pretraining checkpoint that no scorer here uses.
+_BLIP_PRETRAIN_UNUSED = (
+    r"(visual_encoder_m|text_encoder_m|vision_proj_m|text_proj_m|text_decoder|itm_head)\..*",
+    r"temp|image_queue|text_queue|queue_ptr",
+    r"text_encoder\.embeddings\.position_ids",
+)
+
+register(
+    ScorerEntry(
+        name="ImageReward-v1.0",
+        builder="imagereward.scoring.image_reward:build",
+        files={
+            "weights": WeightsFile(
+                filename="ImageReward.pt",
+                what="the ImageReward-v1.0 weights",
+                repo_id="THUDM/ImageReward",
+            )
+        },
+        config=ImageRewardConfig(),
+        preprocess=PreprocessConfig(),
+        tokenizer="bert",
+        description="ImageReward: BLIP ViT-L/16 + BERT-base with cross-attention and an MLP "
+        "head, trained on 137k expert comparisons (rewards normalised to mean 0, std 1)",
+        ignore_keys=(
+            r"blip\.vision_proj\..*",
+            r"blip\.text_proj\..*",
+            r"blip\.text_encoder\.embeddings\.position_ids",
+        ),
+        aliases=("ImageReward",),
+        original_api="load",
+        published_accuracy=65.14,  # the paper's Table 3
+    )
+)
+register(
+    ScorerEntry(
+        name="CLIP",
+        builder="imagereward.scoring.clip_score:build",
+        files={"weights": _OPENAI_CLIP},
+        config=None,  # sizes read from the weights
+        preprocess=PreprocessConfig(),
+        tokenizer="clip_bpe",
+        description="CLIP score: cosine of OpenAI CLIP ViT-L/14 text and image embeddings",
+        published_accuracy=54.82,  # the paper's Table 3
+    )
+)
+register(
+    ScorerEntry(
+        name="BLIP",
+        builder="imagereward.scoring.blip_score:build",
+        files={
+            "weights": WeightsFile(
+                filename="model_large.pth",
+                what="the BLIP-large pretraining weights",
+                url="https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/"
+                "model_large.pth",
+            )
+        },
+        config=BLIPScoreConfig(),
+        preprocess=PreprocessConfig(),
+        tokenizer="bert",
+        description="BLIP score: cosine of BLIP-large's projected unimodal text and image features",
+        ignore_keys=_BLIP_PRETRAIN_UNUSED,
+        published_accuracy=57.76,  # the paper's Table 3
+    )
+)
+register(
+    ScorerEntry(
+        name="Aesthetic",
+        builder="imagereward.scoring.aesthetic_score:build",
+        files={
+            "weights": WeightsFile(
+                filename="sac+logos+ava1-l14-linearMSE.pth",
+                what="the LAION improved aesthetic predictor weights",
+                url="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+                "sac%2Blogos%2Bava1-l14-linearMSE.pth",
+                aliases=("sac%2Blogos%2Bava1-l14-linearMSE.pth",),  # the name the original writes
+            ),
+            "clip": _OPENAI_CLIP,
+        },
+        config=None,  # CLIP sizes read from the weights
+        preprocess=PreprocessConfig(),
+        tokenizer=None,
+        description="LAION aesthetic predictor on CLIP ViT-L/14 image embeddings (about 1-10; "
+        "the prompt is ignored)",
+        published_accuracy=57.35,  # the paper's Table 3
+    )
+)
+
+# The paper's order of the four scorers (Table 3), used for reports and ``--models all``.
+PAPER_SCORERS = ("ImageReward-v1.0", "CLIP", "BLIP", "Aesthetic")
+
+__all__ = [
+    "PAPER_SCORERS",
+    "ScorerEntry",
+    "TOKENIZERS",
+    "WeightsFile",
+    "available_models",
+    "available_scores",
+    "published_accuracies",
+    "find_entry",
+    "get_entry",
+    "register",
+    "unregister",
+]

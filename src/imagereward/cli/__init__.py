@@ -39,6 +39,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("benchmark", "imagereward.cli.benchmark", "rank text-to-image models by mean reward (Table 1)"),
     ("train", "imagereward.train.cli", "train a reward model on ranked preference data"),
     ("convert", "imagereward.cli.convert", "write a checkpoint as safetensors for instant loading"),
+    ("models", "imagereward.cli.models", "list the registered scorers"),
 )
 
 DESCRIPTION = """\

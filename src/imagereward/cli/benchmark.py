@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from ..eval.data import PAPER_MODELS
 from .common import (
     EXIT_CODES_HELP,
     EXIT_INPUT,
@@ -19,10 +20,11 @@ from .common import (
     apply_offline,
     load_scorer,
     model_list,
+    model_names_help,
     split_list,
 )
 
-PAPER_ORDER = "openjourney,sd2-1,dalle2,sd1-4,vd,cogview2"
+PAPER_ORDER = ",".join(PAPER_MODELS)
 
 EPILOG = f"""\
 layout:
@@ -70,7 +72,7 @@ def register(subparsers: Any) -> None:
     run = parser.add_argument_group("benchmark")
     run.add_argument(
         "--metrics", type=model_list, default="ImageReward-v1.0,CLIP", metavar="LIST",
-        help="reward models to score with: ImageReward-v1.0, CLIP, BLIP, Aesthetic, or 'all' "
+        help=f"reward models to score with ({model_names_help()}), or 'all' "
         "(default: %(default)s)",
     )
     run.add_argument(
@@ -121,7 +123,7 @@ def _models(args: argparse.Namespace) -> List[str]:
 def run_benchmark(args: argparse.Namespace) -> int:
     from ..eval import benchmark as bench
     from ..eval import report
-    from ..eval.data import DataError
+    from ..eval.data import DataError, write_json
 
     apply_offline(args)
     if args.checkpoint is not None and IMAGEREWARD not in args.metrics:
@@ -147,11 +149,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     ranks = {m: bench.metric_ranks(scores[m]) for m in args.metrics}
     rho = {m: bench.rank_correlation(scores[m], human) for m in args.metrics}
     written = [
-        bench.write_json(bench.summary_path(args.output_dir, m), scores[m]) for m in args.metrics
+        write_json(bench.summary_path(args.output_dir, m), scores[m]) for m in args.metrics
     ]
     summary = {"prompts": args.prompts, "images": args.images, "human_ranking": human,
                "scores": scores, "ranks": ranks, "spearman": rho}
-    written.append(bench.write_json(os.path.join(args.output_dir, "benchmark.json"), summary))
+    written.append(write_json(os.path.join(args.output_dir, "benchmark.json"), summary))
     table = report.benchmark_table(scores, ranks, models, human, rho)
     plot = None
     if not args.no_plot:
@@ -167,7 +169,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def _run_metric(metric: str, models: List[str], prompts: List[Any], args: argparse.Namespace) -> Dict[str, List[float]]:
     """Per-prompt mean rewards of each generation model under one metric."""
     from ..eval import benchmark as bench
-    from ..preprocess import ImageLoadError
+    from ..eval.data import write_json
+    from ..errors import InputError
 
     scorer = None
     per_prompt: Dict[str, List[float]] = {}
@@ -185,9 +188,9 @@ def _run_metric(metric: str, models: List[str], prompts: List[Any], args: argpar
                         scorer, prompts, generations, desc=f"{metric} / {model}",
                         progress=not args.no_progress,
                     )
-                except (ImageLoadError, FileNotFoundError) as error:
+                except InputError as error:
                     raise CliError(str(error), EXIT_INPUT) from error
-                bench.write_json(path, records)
+                write_json(path, records)
             per_prompt[model] = [float(r["mean_score"]) for r in records]
     finally:
         del scorer

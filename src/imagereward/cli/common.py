@@ -26,10 +26,6 @@ exit codes:
   130  interrupted (Ctrl-C); results written so far are kept"""
 
 IMAGEREWARD = "ImageReward-v1.0"
-BASELINES = ("CLIP", "BLIP", "Aesthetic")
-MODEL_NAMES = (IMAGEREWARD, *BASELINES)
-_ALIASES = {name.lower(): name for name in MODEL_NAMES}
-_ALIASES["imagereward"] = IMAGEREWARD
 
 
 class CliError(Exception):
@@ -45,23 +41,34 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def model_name(value: str) -> str:
-    """argparse type: a model name, case-insensitive (``imagereward`` means v1.0)."""
-    try:
-        return _ALIASES[value.strip().lower()]
-    except KeyError:
+    """argparse type: a registered scorer name, case-insensitive (aliases allowed)."""
+    from ..registry import available_models, find_entry
+
+    entry = find_entry(value)
+    if entry is None:
         raise argparse.ArgumentTypeError(
-            f"unknown model {value!r}; choose from {', '.join(MODEL_NAMES)}"
-        ) from None
+            f"unknown model {value!r}; choose from {', '.join(available_models())}"
+        )
+    return entry.name
 
 
 def model_list(value: str) -> List[str]:
-    """argparse type: comma-separated model names, or ``all``."""
+    """argparse type: comma-separated scorer names, or ``all`` for every registered one."""
+    from ..registry import available_models
+
     if value.strip().lower() == "all":
-        return list(MODEL_NAMES)
+        return available_models()
     names = [model_name(v) for v in split_list(value)]
     if not names:
         raise argparse.ArgumentTypeError("give at least one model")
     return list(dict.fromkeys(names))
+
+
+def model_names_help() -> str:
+    """The registered scorer names, for help texts."""
+    from ..registry import available_models
+
+    return ", ".join(available_models())
 
 
 def split_list(value: str) -> List[str]:
@@ -136,16 +143,16 @@ def require_file(path: str, what: str) -> str:
     return path
 
 
-def load_scorer(
-    name: str, args: argparse.Namespace, checkpoint: Optional[str] = None, **baseline: Any
-) -> Any:
-    """A ready scorer: ImageReward from a name or local ``checkpoint``, or a baseline.
+def load_scorer(name: str, args: argparse.Namespace, checkpoint: Optional[str] = None, **files: Any) -> Any:
+    """A ready scorer from the registry, with local weight files where given.
 
-    ``baseline`` holds extra keyword arguments for ``load_score`` (e.g. ``clip_checkpoint``).
+    ``checkpoint`` is the scorer's own weights file (or saved folder); ``files`` holds
+    other local files by role (e.g. ``clip=PATH`` for Aesthetic's image tower).
     """
     import imagereward
 
-    for path in (checkpoint, *baseline.values()):
+    local = {"weights": checkpoint, **files}
+    for path in local.values():
         if path is not None and not os.path.exists(path):
             raise CliError(f"checkpoint not found: {path}", EXIT_INPUT)
     common = dict(
@@ -155,11 +162,9 @@ def load_scorer(
         batch_size=args.batch_size,
         compile=args.compile,
     )
+    given = {role: path for role, path in local.items() if path is not None}
     try:
-        if name == IMAGEREWARD:
-            return imagereward.load(checkpoint or name, **common)
-        extra = {key: value for key, value in baseline.items() if value is not None}
-        return imagereward.load_score(name, checkpoint=checkpoint, **extra, **common)
+        return imagereward.load(name, files=given, **common)
     except FileNotFoundError as error:
         raise CliError(f"{error.strerror or error}: {error.filename}", EXIT_INPUT) from error
     except (OSError, RuntimeError, ValueError) as error:

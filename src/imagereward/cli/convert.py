@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loading import convert_checkpoint
+    from ..factory import convert_checkpoint
 
     folder = convert_checkpoint(args.source, args.output, dtype=args.dtype, med_config=args.med_config)
     print(f"wrote {folder}")

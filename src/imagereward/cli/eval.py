@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 from typing import Any, Dict, List
 
+from ..registry import PAPER_SCORERS
 from .common import (
     EXIT_CODES_HELP,
     EXIT_INPUT,
@@ -20,6 +20,7 @@ from .common import (
     apply_offline,
     load_scorer,
     model_list,
+    model_names_help,
 )
 
 EPILOG = f"""\
@@ -67,9 +68,9 @@ def register(subparsers: Any) -> None:
     )
     run = parser.add_argument_group("evaluation")
     run.add_argument(
-        "--models", type=model_list, default="all", metavar="LIST",
-        help="comma-separated subset of ImageReward-v1.0, CLIP, BLIP, Aesthetic, or 'all' "
-        "(default: all)",
+        "--models", type=model_list, default=",".join(PAPER_SCORERS), metavar="LIST",
+        help=f"comma-separated scorers ({model_names_help()}), or 'all' for every one "
+        "(default: the paper's four, %(default)s)",
     )
     run.add_argument(
         "--output-dir", metavar="DIR", default="results",
@@ -130,7 +131,7 @@ def _ensure_images(args: argparse.Namespace, items: List[Any]) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..eval import preference, report
-    from ..eval.data import TEST_JSON_SHA256, DataError, load_test_json
+    from ..eval.data import TEST_JSON_SHA256, DataError, load_test_json, write_json
     from ..hub import sha256_file
 
     apply_offline(args)
@@ -179,7 +180,7 @@ def run_eval(args: argparse.Namespace) -> int:
     written = [paths[m] for m in to_score]
     summary = {"data": args.data, "images": args.images, "official_test_set": official,
                "models": report.results_dict(results)}
-    written.append(_write_json(os.path.join(args.output_dir, "accuracy.json"), summary))
+    written.append(write_json(os.path.join(args.output_dir, "accuracy.json"), summary, indent=2))
     plot = None
     if not args.no_plot:
         flat = {m: [v for r in rewards[m] for v in r] for m in args.models}
@@ -194,7 +195,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _score(model: str, items: List[Any], args: argparse.Namespace) -> List[List[float]]:
     from ..eval.preference import score_items
-    from ..preprocess import ImageLoadError
+    from ..errors import InputError
 
     scorer = load_scorer(model, args, args.checkpoint if model == IMAGEREWARD else None)
     try:
@@ -202,16 +203,8 @@ def _score(model: str, items: List[Any], args: argparse.Namespace) -> List[List[
             scorer, items, args.images, chunk_size=4 * args.batch_size, desc=model,
             progress=not args.no_progress,
         )
-    except (ImageLoadError, FileNotFoundError) as error:
+    except InputError as error:
         raise CliError(str(error), EXIT_INPUT) from error
     finally:
         del scorer
         gc.collect()
-
-
-def _write_json(path: str, data: Any) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-    return path

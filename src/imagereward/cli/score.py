@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Sequence
 from .common import (
     EXIT_CODES_HELP,
     EXIT_INPUT,
+    EXIT_INTERRUPTED,
     EXIT_PARTIAL,
     IMAGEREWARD,
     CliError,
@@ -22,6 +23,7 @@ from .common import (
     apply_offline,
     load_scorer,
     model_name,
+    model_names_help,
 )
 
 SCORE_EPILOG = f"""\
@@ -111,7 +113,7 @@ def _add_single_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model", "-m", type=model_name, default=IMAGEREWARD,
-        help="ImageReward-v1.0, or a baseline: CLIP, BLIP, Aesthetic (default: %(default)s)",
+        help=f"the scorer: {model_names_help()} (case-insensitive; default: %(default)s)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of records")
@@ -141,12 +143,6 @@ def _check_single(args: argparse.Namespace) -> None:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CliError(f"image not found: {missing[0]}{more}", EXIT_INPUT)
-
-
-def _scoring_errors() -> tuple:
-    from ..preprocess import ImageLoadError
-
-    return (ImageLoadError, FileNotFoundError)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -190,10 +186,12 @@ def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
     """Rewards of every image for each ``--prompt``, one list per prompt."""
     _check_single(args)
     args.prompt = list(dict.fromkeys(args.prompt))  # a repeated --prompt is scored once
+    from ..errors import InputError
+
     scorer = _load(args)
     try:
         matrix = scorer.score_matrix(args.prompt, list(args.images))
-    except _scoring_errors() as error:
+    except InputError as error:
         raise CliError(str(error), EXIT_INPUT) from error
     return matrix.tolist()
 
@@ -236,7 +234,8 @@ def format_table(
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from .batch import BatchJob
+    from ..batch import BatchJob
+    from ..errors import JobFileError
 
     if args.prompt is not None or args.images:
         args.parser.error("--input cannot be combined with --prompt or IMAGE arguments")
@@ -259,7 +258,16 @@ def _run_batch(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    stats = job.run(lambda: _load(args))
+    try:
+        stats = job.run(lambda: _load(args))
+    except JobFileError as error:
+        raise CliError(str(error), EXIT_INPUT) from error
+    except KeyboardInterrupt:
+        raise CliError(
+            f"interrupted: results so far are saved in {args.output}; "
+            "run again with --resume to continue",
+            EXIT_INTERRUPTED,
+        ) from None
     summary = (
         f"imagereward: {stats.scored} pairs scored, {stats.failed} failed, "
         f"{stats.skipped} skipped (already done) -> {args.output}"

@@ -8,7 +8,6 @@ Spearman's rho.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence
 from .data import DataError, read_json_list
 from .metrics import average_ranks, spearman
 
-# Table 1 of the paper: the six generation models, best first by human preference.
-PAPER_MODELS = ("openjourney", "sd2-1", "dalle2", "sd1-4", "vd", "cogview2")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _NAME = re.compile(r"^(?P<id>.+)_(?P<k>\d+)$")
 
@@ -93,15 +90,6 @@ def result_path(output_dir: str, metric: str, model: str) -> str:
 
 def summary_path(output_dir: str, metric: str) -> str:
     return os.path.join(output_dir, f"{metric}-benchmark-results.json")
-
-
-def write_json(path: str, data: Any) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = path + ".part"
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=4, ensure_ascii=False)
-    os.replace(partial, path)
-    return path
 
 
 def read_records(path: str) -> List[Dict[str, Any]]:

@@ -16,6 +16,9 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
+# The text-to-image models of the paper's Table 1, in its human-ranking order.
+PAPER_MODELS = ("openjourney", "sd2-1", "dalle2", "sd1-4", "vd", "cogview2")
+
 # The original annotations, pinned to a commit of THUDM/ImageReward; the checksum
 # is that of the file at this commit (466 prompts, 2,720 images, 6,399 ranked pairs).
 TEST_JSON_URL = (
@@ -44,7 +47,7 @@ class TestItem:
     id: str
     prompt: str
     generations: List[str]
-    ranking: List[int]
+    ranking: List[float]  # human ranks, smaller is better; ties allowed
 
 
 def read_json_list(path: str, what: str) -> List[Any]:
@@ -59,6 +62,17 @@ def read_json_list(path: str, what: str) -> List[Any]:
     return raw
 
 
+def write_json(path: str, data: Any, indent: int = 4) -> str:
+    """Write ``data`` as JSON (non-ASCII kept) through a temporary file, so ``path`` is never half-written."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = path + ".part"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=indent, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(partial, path)
+    return path
+
+
 def load_test_json(path: str) -> List[TestItem]:
     """Read and check a ``test.json``-format file; errors name the file and the item."""
     raw = read_json_list(path, "prompts")
@@ -67,6 +81,8 @@ def load_test_json(path: str) -> List[TestItem]:
 
 def _parse_item(entry: Any, index: int, path: str) -> TestItem:
     where = f"{path} item {index}"
+    if isinstance(entry, dict) and "id" in entry:
+        where += f" (id {entry['id']})"
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected an object, found {type(entry).__name__}")
     prompt, generations, ranking = (entry.get(k) for k in ("prompt", "generations", "ranking"))
@@ -75,9 +91,9 @@ def _parse_item(entry: Any, index: int, path: str) -> TestItem:
     if not isinstance(generations, list) or not all(isinstance(g, str) for g in generations):
         raise DataError(f"{where}: 'generations' must be a list of image paths")
     if not isinstance(ranking, list) or not all(
-        isinstance(r, int) and not isinstance(r, bool) for r in ranking
+        isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranking
     ):
-        raise DataError(f"{where}: 'ranking' must be a list of integers")
+        raise DataError(f"{where}: 'ranking' must be a list of numbers (smaller is better)")
     if len(ranking) != len(generations):
         raise DataError(
             f"{where}: {len(generations)} generations but {len(ranking)} ranks"

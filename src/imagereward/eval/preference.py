@@ -7,11 +7,10 @@ order of ``test.json``, where ``ranking`` holds the predicted 1-based ranks
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, List, Sequence
 
-from .data import DataError, TestItem, image_paths, read_json_list
+from .data import DataError, TestItem, image_paths, read_json_list, write_json
 from .metrics import AccuracyResult, preference_accuracy
 
 
@@ -64,13 +63,7 @@ def prediction_records(items: Sequence[TestItem], rewards: Sequence[Sequence[flo
 
 def write_predictions(path: str, records: Sequence[Dict[str, Any]]) -> str:
     """Write a prediction file atomically (indent 4, non-ASCII kept, as the original)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    partial = path + ".part"
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(list(records), handle, indent=4, ensure_ascii=False)
-    os.replace(partial, path)
-    return path
+    return write_json(path, list(records), indent=4)
 
 
 def read_predictions(path: str, items: Sequence[TestItem]) -> List[List[float]]:

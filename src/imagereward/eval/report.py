@@ -6,10 +6,11 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..registry import published_accuracies
 from .metrics import AccuracyResult
 
 # Preference accuracy (%) on the 466-prompt test set, Table 3 of the paper.
-PAPER_ACCURACY = {"ImageReward-v1.0": 65.14, "CLIP": 54.82, "BLIP": 57.76, "Aesthetic": 57.35}
+PAPER_ACCURACY = published_accuracies()
 
 
 class ReportError(RuntimeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 import torch
 from torch import nn
 
@@ -11,7 +13,7 @@ from .head import RewardHead
 
 
 class ImageRewardNet(nn.Module):
-    """Pure tensor model. ``forward`` returns raw rewards ``[B]``; see :meth:`normalize`.
+    """Pure tensor model. ``forward`` returns raw rewards ``[B]``; see :meth:`standardize`.
 
     Parameter names are those of the original ``ImageReward.pt`` (``blip.*``, ``mlp.*``).
     """
@@ -55,5 +57,30 @@ class ImageRewardNet(nn.Module):
     ) -> torch.Tensor:
         return self.reward_from_tokens(input_ids, attention_mask, self.encode_images(pixels))
 
-    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+    # -- training hooks ---------------------------------------------------------------
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute the encoders' activations in the backward pass (training only)."""
+        self.blip.visual_encoder.gradient_checkpointing = enabled
+        self.blip.text_encoder.encoder.gradient_checkpointing = enabled
+
+    def frozen_parameters(
+        self, text_layers: Optional[int], vision_blocks: Optional[int], backbone: bool = False
+    ) -> List[nn.Parameter]:
+        """Parameters to keep fixed while training: BLIP's projections always; the text
+        embeddings and first ``text_layers`` layers, and the ViT stem and first
+        ``vision_blocks`` blocks (``None``: none of that tower); or, with ``backbone``,
+        all of BLIP. The reward head is never among them.
+        """
+        blip = self.blip
+        if backbone:
+            return list(blip.parameters())
+        frozen = [p for m in (blip.vision_proj, blip.text_proj) if m is not None for p in m.parameters()]
+        if text_layers is not None:
+            frozen += blip.text_encoder.leading_parameters(text_layers)
+        if vision_blocks is not None:
+            frozen += blip.visual_encoder.leading_parameters(vision_blocks)
+        return frozen
+
+    def standardize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw rewards on the released model's scale: mean 0, std 1 on its test set."""
         return (raw - self.config.reward_mean) / self.config.reward_std

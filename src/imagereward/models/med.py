@@ -19,7 +19,7 @@ it has tokens (see :meth:`BertSelfAttention.attend_folded`).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.utils.checkpoint
@@ -216,6 +216,11 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
+
+    def leading_parameters(self, layers: int) -> List[nn.Parameter]:
+        """The embeddings and the first ``layers`` layers."""
+        modules = [self.embeddings, *self.encoder.layer[:layers]]
+        return [p for module in modules for p in module.parameters()]
 
     def forward(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.utils.checkpoint
 from torch import nn
@@ -73,6 +75,11 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
+
+    def leading_parameters(self, blocks: int) -> List[nn.Parameter]:
+        """The stem (patch embedding, class token, position embedding) and the first ``blocks`` blocks."""
+        stem = [*self.patch_embed.parameters(), self.cls_token, self.pos_embed]
+        return stem + [p for block in self.blocks[:blocks] for p in block.parameters()]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import read_clip_checkpoint, select_prefix
 from ..config import CLIPConfig, HeadConfig
-from ..models.clip import CLIPVisionTransformer
+from ..models.clip import CLIPVisionTransformer, infer_clip_config
 from ..models.head import RewardHead
 from ..preprocess import ImagePreprocessor
 from .base import RewardScorer, TextRows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..factory import BuildRequest
 
 
 class AestheticScore(nn.Module, RewardScorer):
@@ -22,18 +26,21 @@ class AestheticScore(nn.Module, RewardScorer):
     the activation-free predictor of ``sac+logos+ava1-l14-linearMSE.pth``, run in float32.
     """
 
+    FLOAT32_MODULES = ("mlp",)
+
     def __init__(
         self,
-        config: CLIPConfig = CLIPConfig(),
-        head: HeadConfig = HeadConfig(),
+        config: Optional[CLIPConfig] = None,
+        head: Optional[HeadConfig] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
         num_workers: Optional[int] = None,
     ) -> None:
         super().__init__()
+        config = config or CLIPConfig()
         self.config = config
         self.visual = CLIPVisionTransformer(config)
-        self.mlp = RewardHead(config.embed_dim, head)
+        self.mlp = RewardHead(config.embed_dim, head or HeadConfig())
         self.init_scoring(preprocess, config.image_size, batch_size, num_workers)
 
     def encoders(self) -> List[nn.Module]:
@@ -62,3 +69,18 @@ class AestheticScore(nn.Module, RewardScorer):
         """Differentiable scores ``[N]`` for pixels ``[N, 3, H, W]`` in [0, 1] (prompts ignored)."""
         image = self.preprocess.tensor_transform(pixels.to(self.device)).to(self.compute_dtype)
         return self.score_rows({}, image)
+
+
+def build(request: "BuildRequest") -> AestheticScore:
+    """Registry builder: CLIP's image tower (role ``"clip"``) and the MLP (role ``"weights"``)."""
+    clip_path = request.files["clip"]
+    clip_state = read_clip_checkpoint(clip_path)
+    config = request.config_of(CLIPConfig) or infer_clip_config(clip_state, clip_path)
+    preprocess = request.preprocessor(config.image_size)
+    with torch.device("meta"):
+        model = AestheticScore(
+            config, preprocess=preprocess, batch_size=request.batch_size, num_workers=request.num_workers
+        )
+    request.load_into(model.visual, select_prefix(clip_state, "visual."), role="clip")
+    request.load_into(model.mlp, request.read_weights())
+    return model

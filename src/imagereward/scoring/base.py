@@ -15,7 +15,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 
@@ -32,6 +32,35 @@ class RankResult:
 
     ranking: List[int]
     rewards: List[float]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What every scorer returned by :func:`imagereward.load` offers."""
+
+    preprocess: ImagePreprocessor
+    batch_size: int
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def score(
+        self, prompt: str, image: Union[ImageInput, Sequence[ImageInput]]
+    ) -> Union[float, List[float]]: ...
+
+    def inference_rank(
+        self, prompt: str, generations_list: Sequence[ImageInput]
+    ) -> Tuple[Union[int, List[int]], Union[float, List[float]]]: ...
+
+    def rank(self, prompt: str, images: Sequence[ImageInput]) -> "RankResult": ...
+
+    def score_batch(self, prompts: Sequence[str], images: Sequence[ImageInput]) -> List[float]: ...
+
+    def score_matrix(self, prompts: Sequence[str], images: Sequence[ImageInput]) -> torch.Tensor: ...
+
+    def score_tensors(
+        self, pixels: torch.Tensor, prompts: Union[str, Sequence[str]]
+    ) -> torch.Tensor: ...
 
 
 def check_prompt(prompt: Any, name: str = "prompt") -> str:
@@ -101,6 +130,8 @@ class RewardScorer:
     preprocess: ImagePreprocessor
     batch_size: int
     num_workers: int
+    # Submodules that stay in float32 whatever the encoders' precision (reward heads).
+    FLOAT32_MODULES: Tuple[str, ...] = ()
 
     def init_scoring(
         self,
@@ -142,6 +173,18 @@ class RewardScorer:
         """The image and text encoders: where nearly all the compute is."""
         raise NotImplementedError
 
+    def score_tensors(
+        self, pixels: torch.Tensor, prompts: Union[str, Sequence[str]]
+    ) -> torch.Tensor:
+        """Differentiable scores ``[N]`` for pixels ``[N, 3, H, W]`` in [0, 1]."""
+        raise NotImplementedError
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Cast the encoders to ``dtype``; :attr:`FLOAT32_MODULES` stay in float32."""
+        self.to(dtype)  # type: ignore[attr-defined]
+        for name in self.FLOAT32_MODULES:
+            getattr(self, name).float()
+
     def compile_encoders(self, **options: Any) -> None:
         """``torch.compile`` each encoder in place (``options`` go to ``torch.compile``).
 
@@ -163,14 +206,18 @@ class RewardScorer:
         return next(self.parameters()).dtype  # type: ignore[attr-defined]
 
     # -- public API ---------------------------------------------------------------
-    def score(self, prompt: str, image: Union[ImageInput, Sequence[ImageInput]]):
+    def score(
+        self, prompt: str, image: Union[ImageInput, Sequence[ImageInput]]
+    ) -> Union[float, List[float]]:
         """Reward of one image (a float), or the list of rewards of a list of images."""
         check_prompt(prompt)
         if isinstance(image, (list, tuple)):
             return self.inference_rank(prompt, image)[1]
         return self._score_pairs([prompt], check_images([image]))[0]
 
-    def inference_rank(self, prompt: str, generations_list: Sequence[ImageInput]):
+    def inference_rank(
+        self, prompt: str, generations_list: Sequence[ImageInput]
+    ) -> Tuple[Union[int, List[int]], Union[float, List[float]]]:
         """``(ranking, rewards)`` in input order, as the original package returns them.
 
         For a one-element list the original returns the bare ``1`` and a bare float,

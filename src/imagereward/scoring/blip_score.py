@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,9 @@ from ..models.blip import BLIPBackbone
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
 from .similarity import CosineScorer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..factory import BuildRequest
 
 
 class BLIPScore(nn.Module, CosineScorer):
@@ -25,13 +28,14 @@ class BLIPScore(nn.Module, CosineScorer):
 
     def __init__(
         self,
-        config: BLIPScoreConfig = BLIPScoreConfig(),
+        config: Optional[BLIPScoreConfig] = None,
         tokenizer: Optional[BertTokenizer] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
         num_workers: Optional[int] = None,
     ) -> None:
         super().__init__()
+        config = config or BLIPScoreConfig()
         self.config = config
         self.blip = BLIPBackbone(config.vision, config.text, with_projections=True)
         self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
@@ -52,3 +56,14 @@ class BLIPScore(nn.Module, CosineScorer):
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         tokens = self.blip.visual_encoder(pixels)
         return F.normalize(self.blip.vision_proj(tokens[:, 0, :]).float(), dim=-1)
+
+
+def build(request: "BuildRequest") -> BLIPScore:
+    """Registry builder: the encoders and projections of BLIP's pretraining checkpoint."""
+    config = request.config_of(BLIPScoreConfig)
+    tokenizer = request.tokenizer(config.max_text_length)
+    preprocess = request.preprocessor(config.vision.image_size)
+    with torch.device("meta"):
+        model = BLIPScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
+    request.load_into(model.blip, request.read_weights(key="model"))
+    return model

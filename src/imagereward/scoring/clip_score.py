@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import read_clip_checkpoint
 from ..config import CLIPConfig
-from ..models.clip import CLIPModel
+from ..models.clip import CLIPModel, infer_clip_config
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.clip_bpe import CLIPTokenizer
 from .similarity import CosineScorer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..factory import BuildRequest
 
 
 class CLIPScore(nn.Module, CosineScorer):
@@ -24,13 +28,14 @@ class CLIPScore(nn.Module, CosineScorer):
 
     def __init__(
         self,
-        config: CLIPConfig = CLIPConfig(),
+        config: Optional[CLIPConfig] = None,
         tokenizer: Optional[CLIPTokenizer] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
         num_workers: Optional[int] = None,
     ) -> None:
         super().__init__()
+        config = config or CLIPConfig()
         self.config = config
         self.clip_model = CLIPModel(config)
         self.tokenizer = tokenizer or CLIPTokenizer(context_length=config.context_length)
@@ -45,3 +50,16 @@ class CLIPScore(nn.Module, CosineScorer):
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip_model.encode_image(pixels).float(), dim=-1)
+
+
+def build(request: "BuildRequest") -> CLIPScore:
+    """Registry builder: sizes from the weights unless a config is given, strict loading."""
+    path = request.files["weights"]
+    state = request.filter_keys(read_clip_checkpoint(path))
+    config = request.config_of(CLIPConfig) or infer_clip_config(state, path)
+    tokenizer = request.tokenizer(config.context_length)
+    preprocess = request.preprocessor(config.image_size)
+    with torch.device("meta"):
+        model = CLIPScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
+    request.load_into(model.clip_model, state)
+    return model

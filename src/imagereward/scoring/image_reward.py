@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from ..models.image_reward import ImageRewardNet
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
 from .base import RewardScorer, TextRows, expand_prompts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..factory import BuildRequest
 
 # Text rows per forward pass when many prompts meet a batch of images.
 GRID_ROWS = 256
@@ -26,14 +29,17 @@ class ImageReward(ImageRewardNet, RewardScorer):
     return tensors with gradients.
     """
 
+    FLOAT32_MODULES = ("mlp",)
+
     def __init__(
         self,
-        config: ImageRewardConfig = ImageRewardConfig(),
+        config: Optional[ImageRewardConfig] = None,
         tokenizer: Optional[BertTokenizer] = None,
         preprocess: Optional[ImagePreprocessor] = None,
         batch_size: int = 16,
         num_workers: Optional[int] = None,
     ) -> None:
+        config = config or ImageRewardConfig()
         super().__init__(config)
         self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
         self.init_scoring(preprocess, config.vision.image_size, batch_size, num_workers)
@@ -54,7 +60,7 @@ class ImageReward(ImageRewardNet, RewardScorer):
 
     def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
         raw = self(text["input_ids"], text["attention_mask"], pixels)
-        return self.normalize(raw.float())
+        return self.standardize(raw.float())
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.encode_images(pixels)
@@ -68,7 +74,7 @@ class ImageReward(ImageRewardNet, RewardScorer):
                 for i in range(0, ids.shape[0], step)
             ]
         )
-        return self.normalize(raw.float())
+        return self.standardize(raw.float())
 
     def score_tensors(
         self, pixels: torch.Tensor, prompts: Union[str, Sequence[str]]
@@ -84,7 +90,7 @@ class ImageReward(ImageRewardNet, RewardScorer):
         device = self.device
         image = self.preprocess.tensor_transform(pixels.to(device)).to(self.compute_dtype)
         raw = self(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), image)
-        return self.normalize(raw)
+        return self.standardize(raw)
 
     def score_gard(
         self, prompt_ids: torch.Tensor, prompt_attention_mask: torch.Tensor, image: torch.Tensor
@@ -95,4 +101,18 @@ class ImageReward(ImageRewardNet, RewardScorer):
         """
         device = self.device
         raw = self(prompt_ids.to(device), prompt_attention_mask.to(device), image.to(device))
-        return self.normalize(raw).unsqueeze(-1)
+        return self.standardize(raw).unsqueeze(-1)
+
+
+def build(request: "BuildRequest") -> ImageReward:
+    """Registry builder: the network on ``meta``, then the checkpoint loaded strictly.
+
+    The preprocessing takes the registered chain at the model's own input size.
+    """
+    config = request.config_of(ImageRewardConfig)
+    tokenizer = request.tokenizer(config.max_text_length)
+    preprocess = request.preprocessor(config.vision.image_size)
+    with torch.device("meta"):
+        model = ImageReward(config, tokenizer, preprocess, request.batch_size, request.num_workers)
+    request.load_into(model, request.read_weights())
+    return model

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List
-
-from torch import nn
 
 from ..models.image_reward import ImageRewardNet
 
@@ -38,36 +35,20 @@ def frozen_count(rate: float, layers: int) -> int:
     return min(layers, math.floor(rate * layers + 1e-9))
 
 
-def frozen_modules(model: ImageRewardNet, rate: float, backbone: bool = False) -> List[nn.Module]:
-    """The modules whose parameters stay fixed (see the module docstring)."""
-    blip = model.blip
-    if backbone:
-        return [blip]
-    modules: List[nn.Module] = [m for m in (blip.vision_proj, blip.text_proj) if m is not None]
-    if rate > 0:
-        text, vision = blip.text_encoder, blip.visual_encoder
-        modules.append(text.embeddings)
-        modules.extend(text.encoder.layer[: frozen_count(rate, len(text.encoder.layer))])
-        modules.append(vision.patch_embed)
-        modules.extend(vision.blocks[: frozen_count(rate, len(vision.blocks))])
-    return modules
-
-
 def apply_freeze(model: ImageRewardNet, rate: float, backbone: bool = False) -> FreezeSummary:
     """Set ``requires_grad`` of every parameter of ``model`` by the freeze rate."""
+    text_layers = len(model.blip.text_encoder.encoder.layer)
+    blocks = len(model.blip.visual_encoder.blocks)
+    frozen_text = text_layers if backbone else frozen_count(rate, text_layers)
+    frozen_blocks = blocks if backbone else frozen_count(rate, blocks)
     for param in model.parameters():
         param.requires_grad_(True)
-    for module in frozen_modules(model, rate, backbone):
-        module.requires_grad_(False)
-    vision = model.blip.visual_encoder
-    if backbone or rate > 0:
-        vision.cls_token.requires_grad_(False)
-        vision.pos_embed.requires_grad_(False)
-    text_layers = len(model.blip.text_encoder.encoder.layer)
-    blocks = len(vision.blocks)
+    towers = (frozen_text, frozen_blocks) if rate > 0 else (None, None)
+    for param in model.frozen_parameters(*towers, backbone=backbone):
+        param.requires_grad_(False)
     return FreezeSummary(
-        text_layers=text_layers if backbone else frozen_count(rate, text_layers),
-        vision_blocks=blocks if backbone else frozen_count(rate, blocks),
+        text_layers=frozen_text,
+        vision_blocks=frozen_blocks,
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total=sum(p.numel() for p in model.parameters()),
     )

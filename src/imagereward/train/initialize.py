@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -53,7 +54,7 @@ def build_model(config: TrainConfig) -> ImageRewardNet:
     torch.manual_seed(config.seed)
     model_config = read_model_config(config.model_config) if config.model_config else None
     if config.init == "imagereward":
-        from ..loading import load
+        from ..factory import load
 
         scorer = load(
             config.init_checkpoint, device="cpu", config=model_config,
@@ -70,5 +71,5 @@ def build_model(config: TrainConfig) -> ImageRewardNet:
         else:
             _init_scratch(model)
         model.mlp.reset_parameters()
-    model.config.reward_mean, model.config.reward_std = 0.0, 1.0
+    model.config = dataclasses.replace(model.config, reward_mean=0.0, reward_std=1.0)
     return model

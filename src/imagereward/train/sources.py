@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -80,33 +79,19 @@ class ImageColumn:
 
 # -- test.json format ----------------------------------------------------------------------
 def read_ranked_json(path: str, image_root: str = "") -> List[PreferenceGroup]:
-    """A list of ``{"prompt", "generations": [paths], "ranking": [ranks]}`` items.
+    """A list of ``{"prompt", "generations": [paths], "ranking": [ranks]}`` items (test.json format).
 
     Paths are relative to ``image_root`` (default: the JSON file's folder); every image
     must exist.
     """
-    with open(path, "r", encoding="utf-8") as handle:
-        items = json.load(handle)
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a list of ranked prompts, got {type(items).__name__}")
+    from ..eval.data import load_test_json
+
     root = image_root or os.path.dirname(os.path.abspath(path))
     groups, missing = [], []
-    for index, item in enumerate(items):
-        where = f"{path}: item {index}"
-        if isinstance(item, dict) and "id" in item:
-            where += f" (id {item['id']})"
-        if not isinstance(item, dict) or not {"prompt", "generations", "ranking"} <= set(item):
-            raise ValueError(f"{where} needs 'prompt', 'generations' and 'ranking'")
-        prompt, images, ranks = item["prompt"], item["generations"], item["ranking"]
-        if not isinstance(prompt, str) or not isinstance(images, list) or not isinstance(ranks, list):
-            raise ValueError(f"{where}: prompt must be a string, generations and ranking lists")
-        if len(images) != len(ranks):
-            raise ValueError(f"{where}: {len(images)} generations but {len(ranks)} ranks")
-        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranks):
-            raise ValueError(f"{where}: ranks must be numbers")
-        paths = [os.path.join(root, str(image)) for image in images]
+    for item in load_test_json(path):
+        paths = [os.path.join(root, image) for image in item.generations]
         missing.extend(p for p in paths if not os.path.isfile(p))
-        groups.append(PreferenceGroup(prompt, paths, [float(r) for r in ranks]))
+        groups.append(PreferenceGroup(item.prompt, paths, [float(r) for r in item.ranking]))
     if missing:
         shown = ", ".join(missing[:_MAX_LISTED])
         raise FileNotFoundError(

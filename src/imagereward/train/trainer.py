@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import PreprocessConfig
-from ..loading import WEIGHTS_FILE, save_pretrained
+from ..saving import WEIGHTS_FILE, save_pretrained
 from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
 from .config import TrainConfig
@@ -36,7 +36,7 @@ from .state import (
     CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
-logger = logging.getLogger("imagereward.train")
+logger = logging.getLogger(__name__)
 
 BEST_DIR = "best"
 LAST_DIR = "last"
@@ -106,8 +106,7 @@ class Trainer:
             )
         self.model = build_model(config)
         freeze = apply_freeze(self.model, config.freeze_rate, config.freeze_backbone)
-        self.model.blip.visual_encoder.gradient_checkpointing = config.gradient_checkpointing
-        self.model.blip.text_encoder.encoder.gradient_checkpointing = config.gradient_checkpointing
+        self.model.set_gradient_checkpointing(config.gradient_checkpointing)
         self.model.to(context.device)
         self._prepare_data()
         self.optimizer = torch.optim.Adam(

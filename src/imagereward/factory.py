@@ -1,0 +1,318 @@
+"""``load``: one factory for every scorer, from a registered name, a checkpoint or a saved folder.
+
+The registry (:mod:`imagereward.registry`) says what a name needs; this module
+finds or downloads the files, hands them to the entry's builder with the
+configuration, preprocessing and tokenizer files, then places the scorer on its
+device and precision. ``load_score`` is the original package's name for the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .checkpoints import StateDict, load_state_dict_strict, read_state_dict, strip_prefix
+from .config import ImageRewardConfig, PreprocessConfig, TextConfig
+from .dtypes import DtypeLike, cpu_has_fast, resolve_device, resolve_dtype
+from .errors import DownloadError, UnknownModelError
+from .hub import fetch_weights, is_offline
+from .registry import ScorerEntry, available_models, available_scores, find_entry, get_entry
+from .saving import WEIGHTS_FILE, read_saved_folder, save_pretrained
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .preprocess import ImagePreprocessor
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a builder gets: the entry, local files by role, and the resolved settings."""
+
+    entry: ScorerEntry
+    files: Mapping[str, str]
+    config: Any
+    preprocess: PreprocessConfig
+    vocab_file: Optional[str] = None
+    bpe_file: Optional[str] = None
+    batch_size: int = 16
+    num_workers: Optional[int] = None
+
+    def read_weights(self, role: str = "weights", key: Optional[str] = None) -> StateDict:
+        """The state dict of the file for ``role``: ``module.`` stripped, the entry's key filter applied."""
+        state = strip_prefix(read_state_dict(self.files[role], key=key))
+        return self.filter_keys(state)
+
+    def filter_keys(self, state: StateDict) -> StateDict:
+        if self.entry.key_filter is None:
+            return state
+        module, _, function = self.entry.key_filter.partition(":")
+        key_filter: Callable[[StateDict], StateDict] = getattr(importlib.import_module(module), function)
+        return key_filter(state)
+
+    def load_into(self, module: nn.Module, state: StateDict, role: str = "weights") -> None:
+        """Strict loading of ``state`` into ``module`` (built on ``meta``), the entry's unused keys allowed."""
+        load_state_dict_strict(module, state, source=self.files[role], ignore=self.entry.ignore_keys)
+
+    def preprocessor(self, image_size: int) -> "ImagePreprocessor":
+        """The registered (or saved) image chain at the model's own input size."""
+        from .preprocess import ImagePreprocessor
+
+        return ImagePreprocessor(dataclasses.replace(self.preprocess, image_size=image_size))
+
+    def tokenizer(self, max_length: int) -> Any:
+        """The entry's tokenizer at ``max_length`` tokens, from the given or bundled files."""
+        if self.entry.tokenizer == "bert":
+            from .tokenizers.bert import BertTokenizer
+
+            return BertTokenizer(self.vocab_file, max_length=max_length)
+        if self.entry.tokenizer == "clip_bpe":
+            from .tokenizers.clip_bpe import CLIPTokenizer, resolve_clip_bpe
+
+            return CLIPTokenizer(resolve_clip_bpe(self.bpe_file), max_length)
+        raise ValueError(f"{self.entry.name} has no text tokenizer")
+
+    def config_of(self, expected: type) -> Any:
+        """The configuration, checked to be an ``expected`` (``None`` stays ``None``)."""
+        if self.config is not None and not isinstance(self.config, expected):
+            raise TypeError(
+                f"config for {self.entry.name} must be a {expected.__name__}, "
+                f"got {type(self.config).__name__}"
+            )
+        return self.config
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or name.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    entry: ScorerEntry
+    files: Dict[str, str]
+    config: Any
+    preprocess: PreprocessConfig
+
+
+def _fetch_all(
+    entry: ScorerEntry, given: Mapping[str, Optional[str]], download_root: Optional[str]
+) -> Dict[str, str]:
+    """Local paths for every file of ``entry``: given ones as they are, the rest fetched.
+
+    Offline, every missing file is reported at once in one :class:`DownloadError`.
+    """
+    paths: Dict[str, str] = {}
+    failures: List[DownloadError] = []
+    for role, spec in entry.files.items():
+        local = given.get(role)
+        if local is not None:
+            if not os.path.isfile(local):
+                raise FileNotFoundError(2, f"{entry.name} {role} file not found", local)
+            paths[role] = local
+            continue
+        try:
+            paths[role] = fetch_weights(spec, download_root)
+        except DownloadError as error:
+            if not is_offline():
+                raise
+            failures.append(error)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise DownloadError(
+            f"{entry.name} needs {len(failures)} files that are not here, and offline mode is on:\n"
+            + "\n".join(f"  - {error}" for error in failures)
+        )
+    return paths
+
+
+def _from_folder(
+    folder: str, files: Mapping[str, Optional[str]], download_root: Optional[str]
+) -> _Resolved:
+    """A folder written by :func:`save_pretrained`: its scorer, config and preprocessing."""
+    saved = read_saved_folder(folder)
+    entry = get_entry(saved.scorer)
+    paths = _fetch_all(entry, {**files, "weights": os.path.join(folder, WEIGHTS_FILE)}, download_root)
+    return _Resolved(entry, paths, saved.config, saved.preprocess)
+
+
+def _resolve(
+    name: str,
+    download_root: Optional[str],
+    files: Mapping[str, Optional[str]],
+) -> _Resolved:
+    entry = find_entry(name)
+    weights = files.get("weights")
+    if entry is not None and weights is not None and os.path.isdir(weights):
+        return _from_folder(weights, files, download_root)
+    if entry is not None:
+        paths = _fetch_all(entry, files, download_root)
+        return _Resolved(entry, paths, entry.config, entry.preprocess)
+    path = os.path.expanduser(os.fspath(name))
+    if os.path.isdir(path):
+        return _from_folder(path, files, download_root)
+    if os.path.isfile(path):
+        # A bare checkpoint file is an ImageReward checkpoint, as in the original package;
+        # a .safetensors file written by save_pretrained brings its config along.
+        folder = os.path.dirname(os.path.abspath(path))
+        saved = read_saved_folder(folder, required=False) if path.endswith(".safetensors") else None
+        entry = get_entry(saved.scorer if saved else "ImageReward-v1.0")
+        paths = _fetch_all(entry, {**files, "weights": path}, download_root)
+        if saved is not None:
+            return _Resolved(entry, paths, saved.config, saved.preprocess)
+        return _Resolved(entry, paths, entry.config, entry.preprocess)
+    if _looks_like_path(name):
+        raise FileNotFoundError(2, "Checkpoint file or folder not found", path)
+    raise UnknownModelError(f"Model {name} not found; available models = {available_models()}")
+
+
+def _build(resolved: _Resolved, request_options: Dict[str, Any]) -> Any:
+    module, _, function = resolved.entry.builder.partition(":")
+    builder = getattr(importlib.import_module(module), function)
+    request = BuildRequest(
+        entry=resolved.entry,
+        files=resolved.files,
+        config=resolved.config,
+        preprocess=resolved.preprocess,
+        **request_options,
+    )
+    return builder(request)
+
+
+def _place(model: Any, device: torch.device, dtype: torch.dtype, compile: bool) -> Any:
+    """Eval mode, the encoders' precision (heads stay float32), the device, and compiling."""
+    model.eval()
+    if dtype != torch.float32:
+        if device.type == "cpu" and not cpu_has_fast(dtype):
+            warnings.warn(
+                f"{dtype} on this CPU has no native support (AVX512-BF16/FP16 or AMX): "
+                "scoring will be much slower than in float32",
+                stacklevel=3,
+            )
+        model.set_compute_dtype(dtype)
+    model.to(device)
+    if compile:
+        model.compile_encoders()
+    return model
+
+
+def load(
+    name: str = "ImageReward-v1.0",
+    device: Union[str, torch.device, None] = None,
+    download_root: Optional[str] = None,
+    med_config: Optional[str] = None,
+    *,
+    dtype: DtypeLike = None,
+    config: Any = None,
+    checkpoint: Optional[str] = None,
+    files: Optional[Mapping[str, str]] = None,
+    preprocess: Optional[PreprocessConfig] = None,
+    vocab_file: Optional[str] = None,
+    bpe_file: Optional[str] = None,
+    batch_size: int = 16,
+    num_workers: Optional[int] = None,
+    compile: bool = False,
+) -> Any:
+    """Load any scorer in eval mode on ``device``.
+
+    ``name`` is a registered scorer (:func:`available_models`; case-insensitive), a
+    checkpoint file (read as ImageReward, like the original package), or a folder
+    written by :func:`save_pretrained`. ``checkpoint`` (or ``files``, by role, e.g.
+    ``{"clip": path}`` for Aesthetic's CLIP tower) gives local weight files used as
+    they are, without network or checksums; other files are fetched into
+    ``download_root`` (default: the Hugging Face cache for hub files, the original
+    package's ``~/.cache/ImageReward`` when it holds a file, else
+    ``~/.cache/imagereward``). ``config`` overrides the registered architecture;
+    ``med_config`` is an original BERT config JSON (ImageReward only). ``dtype``
+    (``"fp32"``, ``"bf16"``, ``"fp16"`` or a ``torch.dtype``) sets the precision of
+    the encoders; reward heads stay float32. ``vocab_file`` / ``bpe_file`` replace
+    the bundled tokenizer files. ``compile=True`` runs the encoders through
+    ``torch.compile``.
+    """
+    target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
+    given = dict(files or {})
+    if checkpoint is not None:
+        given["weights"] = checkpoint
+    resolved = _resolve(name, download_root, given)
+    if config is not None:
+        resolved = dataclasses.replace(resolved, config=config)
+    if preprocess is not None:
+        resolved = dataclasses.replace(resolved, preprocess=preprocess)
+    if med_config is not None:
+        resolved = dataclasses.replace(resolved, config=_with_med_config(resolved, med_config))
+    logger.info("load checkpoint from %s", resolved.files["weights"])
+    model = _build(
+        resolved,
+        dict(vocab_file=vocab_file, bpe_file=bpe_file, batch_size=batch_size, num_workers=num_workers),
+    )
+    _place(model, target_device, target_dtype, compile)
+    logger.info("checkpoint loaded")
+    return model
+
+
+def _with_med_config(resolved: _Resolved, med_config: str) -> ImageRewardConfig:
+    config = resolved.config
+    if not isinstance(config, ImageRewardConfig):
+        raise TypeError(f"med_config applies to ImageReward models, not {resolved.entry.name}")
+    text = TextConfig.from_med_config(med_config, encoder_width=config.vision.width)
+    return dataclasses.replace(config, text=text)
+
+
+def load_score(
+    name: str = "CLIP",
+    device: Union[str, torch.device, None] = None,
+    download_root: Optional[str] = None,
+    *,
+    checkpoint: Optional[str] = None,
+    clip_checkpoint: Optional[str] = None,
+    **options: Any,
+) -> Any:
+    """The original package's loader of the baselines: :func:`load` for a name of
+    :func:`available_scores` (``"CLIP"``, ``"BLIP"``, ``"Aesthetic"``, ...).
+
+    ``checkpoint`` (and, for Aesthetic, ``clip_checkpoint``) are local weight files.
+    Other keyword arguments are those of :func:`load`.
+    """
+    entry = find_entry(name)
+    if entry is None or entry.name not in available_scores():
+        raise UnknownModelError(f"Score {name} not found; available scores = {available_scores()}")
+    files = {"weights": checkpoint, "clip": clip_checkpoint}
+    given = {role: path for role, path in files.items() if path is not None and role in entry.files}
+    return load(entry.name, device, download_root, files=given, **options)
+
+
+def convert_checkpoint(
+    source: str,
+    directory: str,
+    *,
+    dtype: DtypeLike = None,
+    config: Optional[ImageRewardConfig] = None,
+    med_config: Optional[str] = None,
+) -> str:
+    """Rewrite an ImageReward checkpoint as a folder that :func:`load` maps instantly.
+
+    The weights are checked strictly on the way (no tokenizer or network needed);
+    ``dtype="fp16"``/``"bf16"`` halves the file. Returns ``directory``.
+    """
+    from .models.image_reward import ImageRewardNet
+
+    resolved = _resolve(source, download_root=None, files={})
+    if config is not None:
+        resolved = dataclasses.replace(resolved, config=config)
+    if med_config is not None:
+        resolved = dataclasses.replace(resolved, config=_with_med_config(resolved, med_config))
+    request = BuildRequest(resolved.entry, resolved.files, resolved.config, resolved.preprocess)
+    with torch.device("meta"):
+        net = ImageRewardNet(request.config_of(ImageRewardConfig))
+    request.load_into(net, request.read_weights())
+    return save_pretrained(net, directory, dtype=dtype, preprocess=resolved.preprocess)
