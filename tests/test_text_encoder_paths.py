@@ -84,3 +84,19 @@ def test_linear_inference_matches_f_linear_and_keeps_gradients():
     y.sum().backward()
     assert linear.weight.grad is not None and x.grad is not None
     assert list(linear.state_dict()) == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_cpu_attention_matches_the_fused_kernel(masked):
+    generator = torch.Generator().manual_seed(4)
+    query, key, value = (torch.randn(2, 3, 9, 16, generator=generator) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.zeros(2, 1, 1, 9)
+        mask[0, ..., 6:] = -10000.0
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    with torch.no_grad():
+        got = layers.attention(query.bfloat16(), key.bfloat16(), value.bfloat16(),
+                               mask=None if mask is None else mask.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), expected, atol=3e-2), (got.float() - expected).abs().max()
