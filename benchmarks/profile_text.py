@@ -36,7 +36,10 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     import imagereward
+    from imagereward.models.med import BertSelfAttention
 
+    if args.plain:  # keys and values projected, as the original computes them
+        BertSelfAttention.fold_pays = lambda self, rows, context: False
     torch.set_num_threads(args.threads)
     model = imagereward.load(args.checkpoint, device="cpu", dtype=args.dtype)
     tokens = model.tokenizer([PROMPT])
