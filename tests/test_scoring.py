@@ -174,15 +174,58 @@ def test_score_gard_compatibility(model):
     assert out[:, 0].tolist() == pytest.approx(model.inference_rank(PROMPT, PATHS[:2])[1], abs=1e-5)
 
 
-def test_inputs_follow_the_model(model):
-    assert model.device == torch.device("cpu")
-    model.to("cpu")
-    assert model.score(PROMPT, PATHS[0]) == pytest.approx(model.score(PROMPT, PATHS[0]))
+class _Seen(Exception):
+    """Raised by a spy once it has recorded what the engine handed to the model."""
 
 
-def test_scoring_keeps_no_graph(model):
-    torch.set_grad_enabled(True)
-    model.score(PROMPT, PATHS[0])
+def _spy(monkeypatch, model, method: str, record: dict) -> None:
+    """Make ``model.<method>`` record its tensors' devices and dtypes, then stop the call."""
+
+    def spy(*args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        tensors += [v for a in args if isinstance(a, dict) for v in a.values()]
+        record[method] = {(t.device, t.dtype if t.is_floating_point() else None) for t in tensors}
+        raise _Seen
+
+    monkeypatch.setattr(model, method, spy)
+
+
+def test_inputs_follow_the_model(model, monkeypatch):
+    """After ``.to()``, pixels and token rows go to the model's new device and dtype."""
+    expected = model.score(PROMPT, PATHS[0])
+    model.to(torch.float64)  # float32 pixels would fail in the first float64 layer
+    assert model.score(PROMPT, PATHS[0]) == pytest.approx(expected, abs=1e-5)
+    model.to("meta")  # a second device on any machine: the spies stop before any result is read
+    seen: dict = {}
+    _spy(monkeypatch, model, "score_rows", seen)
+    _spy(monkeypatch, model, "image_features", seen)
+    with pytest.raises(_Seen):
+        model.score(PROMPT, PATHS[0])
+    with pytest.raises(_Seen):
+        model.score_matrix([PROMPT], PATHS[:1])
+    meta = torch.device("meta")
+    assert seen["score_rows"] == {(meta, torch.float64), (meta, None)}  # pixels; ids and mask
+    assert seen["image_features"] == {(meta, torch.float64)}
+
+
+def test_scoring_keeps_no_graph(model, monkeypatch):
+    """Scoring runs under ``torch.inference_mode`` even where gradients are on."""
+    modes = []
+    for method in ("score_rows", "score_grid"):
+        original = getattr(model, method)
+
+        def recorder(*args, _original=original):
+            modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+            return _original(*args)
+
+        monkeypatch.setattr(model, method, recorder)
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.enable_grad():
+        model.score(PROMPT, PATHS[0])
+        model.score_batch([PROMPT, "a cat"], PATHS[:2])
+        matrix = model.score_matrix([PROMPT], PATHS[:2])
+    assert len(modes) == 3 and set(modes) == {(True, False)}
+    assert matrix.grad_fn is None and not matrix.requires_grad
     assert all(p.grad is None for p in model.parameters())
 
 

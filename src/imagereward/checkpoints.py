@@ -89,21 +89,26 @@ def load_state_dict_strict(
     source: str,
     ignore: Sequence[str] = (),
     dtype: Optional[torch.dtype] = None,
+    key_names: Optional[Mapping[str, str]] = None,
 ) -> None:
     """Load with every key accounted for, assigning tensors (the model may live on ``meta``).
 
     ``ignore`` holds regular expressions of checkpoint keys that are known and unused.
-    Missing, unexpected or mis-shaped keys raise :class:`CheckpointError` naming them.
+    Missing, unexpected or mis-shaped keys raise :class:`CheckpointError` naming them;
+    ``key_names`` maps model keys to the checkpoint's own names for those messages
+    (for layouts whose keys were translated before loading).
     Floating tensors are cast to ``dtype`` when given (else to the model's own dtypes).
     """
+    names = key_names or {}
     expected = model.state_dict()
     ignored = [re.compile(p) for p in ignore]
     unexpected = [
         k for k in state_dict if k not in expected and not any(p.fullmatch(k) for p in ignored)
     ]
-    missing = [k for k in expected if k not in state_dict]
+    missing = [names.get(k, k) for k in expected if k not in state_dict]
     mismatched = [
-        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
+        f"{names.get(k, k)} (checkpoint {tuple(state_dict[k].shape)}, "
+        f"model {tuple(expected[k].shape)})"
         for k in expected
         if k in state_dict and state_dict[k].shape != expected[k].shape
     ]

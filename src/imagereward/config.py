@@ -121,6 +121,12 @@ class PreprocessConfig:
     The defaults are the chain of BLIP and OpenAI CLIP: resize the shorter side to
     ``image_size`` (``interpolation``), centre-crop (``crop``), then convert to RGB
     (``convert_rgb="after_crop"``), scale to [0, 1] and normalise with ``mean``/``std``.
+
+    ``crop`` is ``"center"`` (torchvision's ``CenterCrop`` offsets, rounded),
+    ``"center_floor"`` (Hugging Face ``CLIPImageProcessor``'s, floored; PickScore) or
+    ``"pad"`` (HPSv2: the *longer* side to ``image_size`` on float pixels with torch's
+    antialiased ``interpolation``, then black padding to a square). ``convert_rgb``
+    is ``"after_crop"`` (OpenAI CLIP, BLIP) or ``"first"`` (Hugging Face, HPSv2).
     """
 
     image_size: int = 224
@@ -139,9 +145,18 @@ class PreprocessConfig:
         return cls(**data)
 
 
+CLIP_ACTIVATIONS = ("quick_gelu", "gelu")
+
+
 @dataclass(frozen=True)
 class CLIPConfig:
-    """OpenAI CLIP with a ViT image tower. Defaults: ViT-L/14 at 224 px (``ViT-L-14.pt``)."""
+    """CLIP with a ViT image tower. Defaults: OpenAI ViT-L/14 at 224 px (``ViT-L-14.pt``).
+
+    ``vision_head_width`` / ``text_head_width`` are the widths of one attention head
+    (``width = heads * head_width``): 64 in OpenAI's models, 80 in OpenCLIP's ViT-H-14
+    image tower. ``act`` is the MLP activation: ``"quick_gelu"`` (OpenAI) or the exact
+    erf ``"gelu"`` (OpenCLIP ViT-H-14, PickScore, HPSv2).
+    """
 
     embed_dim: int = 768
     image_size: int = 224
@@ -155,10 +170,46 @@ class CLIPConfig:
     text_layers: int = 12
     text_heads: int = 12
     layer_norm_eps: float = 1e-5
+    vision_head_width: int = 64
+    text_head_width: int = 64
+    act: str = "quick_gelu"
+
+    def __post_init__(self) -> None:
+        if self.act not in CLIP_ACTIVATIONS:
+            raise ValueError(f"act must be one of {CLIP_ACTIVATIONS}, got {self.act!r}")
+        for tower in ("vision", "text"):
+            width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
+            head_width = getattr(self, f"{tower}_head_width")
+            if heads * head_width != width:
+                raise ValueError(
+                    f"{tower} tower: {heads} heads of width {head_width} do not make its "
+                    f"width {width}; set {tower}_heads and {tower}_head_width to match"
+                )
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_widths(cls, vision_head_width: int = 64, text_head_width: int = 64, **sizes: Any) -> "CLIPConfig":
+        """A config whose head counts follow from the tower widths and head widths."""
+        vision_width = sizes.get("vision_width", cls.vision_width)
+        text_width = sizes.get("text_width", cls.text_width)
+        return cls(
+            vision_heads=max(1, vision_width // vision_head_width),
+            text_heads=max(1, text_width // text_head_width),
+            vision_head_width=vision_head_width,
+            text_head_width=text_head_width,
+            **sizes,
+        )
+
+
+def openclip_vit_h_14() -> CLIPConfig:
+    """OpenCLIP ViT-H-14 (PickScore, HPSv2): 1280-wide image tower with 80-wide heads, GELU."""
+    return CLIPConfig.from_widths(
+        vision_head_width=80, text_head_width=64, embed_dim=1024, image_size=224, patch_size=14,
+        vision_width=1280, vision_layers=32, text_width=1024, text_layers=24, act="gelu",
+    )
 
 
 @dataclass(frozen=True)

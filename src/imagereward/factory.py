@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+# Registry names of the CLIP BPE tokenizer and the text front end each stands for.
+CLIP_TEXT_STYLES = {"clip_bpe": "openai", "clip_bpe_openclip": "open_clip", "clip_bpe_hf": "hf"}
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
@@ -76,10 +79,11 @@ class BuildRequest:
             from .tokenizers.bert import BertTokenizer
 
             return BertTokenizer(self.vocab_file, max_length=max_length)
-        if self.entry.tokenizer == "clip_bpe":
+        if self.entry.tokenizer in CLIP_TEXT_STYLES:
             from .tokenizers.clip_bpe import CLIPTokenizer, resolve_clip_bpe
 
-            return CLIPTokenizer(resolve_clip_bpe(self.bpe_file), max_length)
+            style = CLIP_TEXT_STYLES[self.entry.tokenizer]
+            return CLIPTokenizer(resolve_clip_bpe(self.bpe_file), max_length, text_style=style)
         raise ValueError(f"{self.entry.name} has no text tokenizer")
 
     def config_of(self, expected: type) -> Any:

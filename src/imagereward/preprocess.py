@@ -1,9 +1,11 @@
-"""Image loading and the preprocessing chains of BLIP / OpenAI CLIP, without torchvision.
+"""Image loading and the preprocessing chains of BLIP / OpenAI CLIP / PickScore / HPSv2, without torchvision.
 
-The PIL chain reproduces, step for step, the original package's transform:
+The default PIL chain reproduces, step for step, the original package's transform:
 resize the shorter side to 224 with bicubic filtering, centre-crop 224x224,
-*then* convert to RGB, scale to [0, 1] and normalise. The tensor chain is its
-differentiable counterpart for pixels that are already tensors.
+*then* convert to RGB, scale to [0, 1] and normalise. :class:`PreprocessConfig`
+switches to Hugging Face's ``CLIPImageProcessor`` (RGB first, crop offset floored)
+or to HPSv2's chain (RGB first, longer side to 224 on float pixels, black padding).
+The tensor chain is the differentiable counterpart for pixels that are already tensors.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ImageInput = Union[Image.Image, str, "os.PathLike[str]", np.ndarray]
 
 # Supported values of the PreprocessConfig fields that name a step of the chain.
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
-CROPS = ("center",)
+CROPS = ("center", "center_floor", "pad")
 RGB_ORDERS = ("after_crop", "first")
 
 
@@ -85,14 +87,37 @@ def resized_size(width: int, height: int, size: int) -> Tuple[int, int]:
     return int(size * width / height), size
 
 
-def center_crop_box(width: int, height: int, size: int) -> Tuple[int, int, int, int]:
-    top = int(round((height - size) / 2.0))
-    left = int(round((width - size) / 2.0))
+def center_crop_box(
+    width: int, height: int, size: int, rounding: str = "round"
+) -> Tuple[int, int, int, int]:
+    """``(left, top, right, bottom)``: offsets rounded as torchvision (``"round"``) or
+    floored as Hugging Face's image processors (``"floor"``)."""
+    if rounding == "floor":
+        top, left = (height - size) // 2, (width - size) // 2
+    else:
+        top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
     return left, top, left + size, top + size
 
 
+def padded_size(width: int, height: int, size: int) -> Tuple[int, int]:
+    """Longer side to ``size``, each side ``round(side * size / longer)`` (HPSv2's rule)."""
+    scale = size / float(max(height, width))
+    return round(width * scale), round(height * scale)
+
+
+def pad_box(width: int, height: int, size: int) -> Tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` padding that centres a ``width x height`` image in
+    a ``size`` square (the odd pixel goes right / bottom)."""
+    pad_w, pad_h = size - width, size - height
+    return pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2
+
+
 class ImagePreprocessor:
-    """Callable: PIL image (or path / array) -> normalised ``float32`` tensor ``[3, S, S]``."""
+    """Callable: PIL image (or path / array) -> normalised ``float32`` tensor ``[3, S, S]``.
+
+    Scoring calls :meth:`to_pixels` in decoding threads and :meth:`normalize` on the
+    model's device; ``__call__`` does both.
+    """
 
     def __init__(self, config: Optional[PreprocessConfig] = None) -> None:
         config = config or PreprocessConfig()
@@ -105,20 +130,28 @@ class ImagePreprocessor:
                 raise ValueError(f"PreprocessConfig.{field} {value!r} is not one of {sorted(allowed)}")
         self.config = config
         self._filter = INTERPOLATIONS[config.interpolation]
+        self._rounding = "floor" if config.crop == "center_floor" else "round"
         self._mean = torch.tensor(config.mean).view(3, 1, 1)
         self._std = torch.tensor(config.std).view(3, 1, 1)
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         size = self.config.image_size
-        if image.width == 0 or image.height == 0:
-            raise ImageLoadError(f"image has an empty side: {image.width}x{image.height}")
+        _check_sides(image)
         target = resized_size(image.width, image.height, size)
         if target != image.size:
             image = image.resize(target, self._filter)
-        return image.crop(center_crop_box(image.width, image.height, size))
+        return image.crop(center_crop_box(image.width, image.height, size, self._rounding))
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
-        return self.normalize(self.to_uint8(image))
+        return self.normalize(self.to_pixels(image))
+
+    def to_pixels(self, image: ImageInput) -> torch.Tensor:
+        """Decoded, resized, cropped or padded RGB pixels ``[3, S, S]``, not yet normalised:
+        ``uint8`` for the cropping chains, ``float32`` in [0, 1]-ish for ``crop="pad"``
+        (bicubic filtering of floats overshoots slightly, as in the original)."""
+        if self.config.crop == "pad":
+            return self.to_padded(image)
+        return self.to_uint8(image)
 
     def to_uint8(self, image: ImageInput) -> torch.Tensor:
         """Decoded, resized, cropped RGB pixels ``[3, S, S]`` as ``uint8``, not yet normalised."""
@@ -129,15 +162,42 @@ class ImagePreprocessor:
         array = np.asarray(image, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``uint8`` pixels ``[..., 3, S, S]`` -> normalised ``float32``, on their device.
+    def to_padded(self, image: ImageInput) -> torch.Tensor:
+        """HPSv2's chain: RGB, to float in [0, 1], longer side to ``S`` (torch bicubic,
+        antialiased), zero padding to ``S x S``; ``float32 [3, S, S]``."""
+        image = load_image(image)
+        _check_sides(image)
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
+        return self._resize_and_pad(pixels[None])[0]
 
-        Scoring sends ``uint8`` batches to the model's device and normalises there:
-        a quarter of the bytes to move, and the same float32 operations in the same order.
+    def _resize_and_pad(self, pixels: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        height, width = pixels.shape[-2:]
+        if max(height, width) != size:
+            new_w, new_h = padded_size(width, height, size)
+            pixels = F.interpolate(
+                pixels, size=(new_h, new_w), mode=self.config.interpolation, align_corners=False,
+                antialias=True,
+            )
+        height, width = pixels.shape[-2:]
+        if (height, width) != (size, size):
+            left, top, right, bottom = pad_box(width, height, size)
+            pixels = F.pad(pixels, (left, right, top, bottom), value=0.0)
+        return pixels
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels from :meth:`to_pixels` ``[..., 3, S, S]`` -> normalised ``float32``, on their device.
+
+        ``uint8`` pixels are divided by 255 first. Scoring sends the batches to the
+        model's device and normalises there: fewer bytes to move, and the same float32
+        operations in the same order.
         """
         mean = self._mean.to(pixels.device)
         std = self._std.to(pixels.device)
-        return pixels.float().div_(255.0).sub_(mean).div_(std)
+        if pixels.dtype == torch.uint8:
+            return pixels.float().div_(255.0).sub_(mean).div_(std)
+        return (pixels.float() - mean).div_(std)
 
     def tensor_transform(self, pixels: torch.Tensor) -> torch.Tensor:
         """Differentiable chain for ``[N, 3, H, W]`` floats in [0, 1] (any H, W)."""
@@ -145,6 +205,15 @@ class ImagePreprocessor:
             raise ValueError(f"pixels must be [N, 3, H, W], got shape {tuple(pixels.shape)}")
         if not pixels.is_floating_point():
             raise TypeError(f"pixels must be a float tensor in [0, 1], got {pixels.dtype}")
+        if self.config.crop == "pad":
+            pixels = self._resize_and_pad(pixels)
+        else:
+            pixels = self._resize_and_crop_tensor(pixels)
+        mean = self._mean.to(pixels.device, pixels.dtype)
+        std = self._std.to(pixels.device, pixels.dtype)
+        return (pixels - mean) / std
+
+    def _resize_and_crop_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size
         height, width = pixels.shape[-2:]
         new_w, new_h = resized_size(width, height, size)
@@ -153,9 +222,10 @@ class ImagePreprocessor:
                 pixels, size=(new_h, new_w), mode=self.config.interpolation, align_corners=False,
                 antialias=True,
             )
-        left, top, right, bottom = center_crop_box(new_w, new_h, size)
-        pixels = pixels[:, :, top:bottom, left:right]
-        mean = self._mean.to(pixels.device, pixels.dtype)
-        std = self._std.to(pixels.device, pixels.dtype)
-        return (pixels - mean) / std
+        left, top, right, bottom = center_crop_box(new_w, new_h, size, self._rounding)
+        return pixels[:, :, top:bottom, left:right]
 
+
+def _check_sides(image: Image.Image) -> None:
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError(f"image has an empty side: {image.width}x{image.height}")

@@ -41,7 +41,9 @@ class WeightsFile:
 
 
 # Text tokenizers a scorer may name; the token length comes from its model config.
-TOKENIZERS = ("bert", "clip_bpe")
+# The CLIP BPE comes with three front ends: OpenAI's (clip_bpe), OpenCLIP's
+# (clip_bpe_openclip) and Hugging Face's fast tokenizer's (clip_bpe_hf).
+TOKENIZERS = ("bert", "clip_bpe", "clip_bpe_openclip", "clip_bpe_hf")
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,52 @@ register(
         published_accuracy=57.35,  # the paper's Table 3
     )
 )
+
+# -- newer preference models on CLIP ViT-H-14 (docs/preference-models.md) -----------------
+register(
+    ScorerEntry(
+        name="PickScore",
+        builder="imagereward.scoring.pickscore:build",
+        files={
+            "weights": WeightsFile(
+                filename="model.safetensors",
+                what="the PickScore weights",
+                repo_id="yuvalkirstain/PickScore_v1",
+            )
+        },
+        config=None,  # config.json beside local weights, else PickScore's ViT-H-14
+        # The processor of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (CLIPImageProcessor).
+        preprocess=PreprocessConfig(crop="center_floor", convert_rgb="first"),
+        tokenizer="clip_bpe_hf",
+        description="PickScore v1: CLIP ViT-H-14 fine-tuned on Pick-a-Pic; "
+        "logit_scale.exp() * cosine (about 100 x cos)",
+        ignore_keys=(r"(text|vision)_model\.embeddings\.position_ids",),  # HF buffers
+        aliases=("PickScore_v1",),
+        published_accuracy=62.9,  # by the HPSv2 authors' count
+    )
+)
+for _name, _file, _accuracy in (
+    ("HPSv2", "HPS_v2_compressed.pt", 65.7),
+    ("HPSv2.1", "HPS_v2.1_compressed.pt", 66.8),
+):
+    register(
+        ScorerEntry(
+            name=_name,
+            builder="imagereward.scoring.hps:build",
+            files={
+                "weights": WeightsFile(
+                    filename=_file, what=f"the {_name} weights", repo_id="xswu/HPSv2"
+                )
+            },
+            config=None,  # sizes read from the weights (OpenCLIP ViT-H-14 head widths)
+            # hpsv2's validation transform: RGB first, longer side to 224, black padding.
+            preprocess=PreprocessConfig(crop="pad", convert_rgb="first"),
+            tokenizer="clip_bpe_openclip",
+            description=f"{_name}: OpenCLIP ViT-H-14 fine-tuned on Human Preference Dataset v2; "
+            "cosine of image and text features",
+            published_accuracy=_accuracy,  # by the HPSv2 authors' count
+        )
+    )
 
 # The paper's order of the four scorers (Table 3), used for reports and ``--models all``.
 PAPER_SCORERS = ("ImageReward-v1.0", "CLIP", "BLIP", "Aesthetic")

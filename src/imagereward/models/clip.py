@@ -1,15 +1,19 @@
-"""OpenAI CLIP with a ViT image tower, parameter names as in OpenAI's checkpoints.
+"""CLIP with a ViT image tower, parameter names as in OpenAI's checkpoints.
 
-Both towers are pre-norm transformers with QuickGELU MLPs; LayerNorm runs in
-float32 whatever the weights' precision, as in OpenAI's code. The text tower is
-causal and reads its feature at the end-of-text token (the highest id); the
-image feature is the normalised class token times ``visual.proj``.
+Both towers are pre-norm transformers whose MLP activation (QuickGELU for OpenAI,
+exact GELU for OpenCLIP ViT-H-14) and head widths come from :class:`CLIPConfig`;
+LayerNorm runs in float32 whatever the weights' precision, as in OpenAI's code.
+The text tower is causal and reads its feature at the end-of-text token (the
+highest id); the image feature is the normalised class token times ``visual.proj``.
+
+OpenCLIP state dicts (HPSv2) use these very names; Hugging Face ``CLIPModel``
+state dicts (PickScore) are translated by :func:`convert_hf_clip_state_dict`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Any, Dict, Iterable, Mapping, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +22,6 @@ from torch import nn
 from ..checkpoints import CheckpointError
 from ..config import CLIPConfig
 from .layers import attention, merge_heads
-
-HEAD_DIM = 64  # OpenAI's ViT models use 64-wide heads in both towers
-
 
 class LayerNormFP32(nn.LayerNorm):
     """LayerNorm computed in float32 and cast back to the input's dtype."""
@@ -58,11 +59,20 @@ class SelfAttention(nn.Module):
         return self.out_proj(merge_heads(attention(query, key, value, causal=causal)))
 
 
+def activation(name: str) -> nn.Module:
+    """``"quick_gelu"`` (OpenAI) or ``"gelu"`` (the exact erf form, OpenCLIP and HF)."""
+    if name == "quick_gelu":
+        return QuickGELU()
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"unknown CLIP activation {name!r}")
+
+
 class FeedForward(nn.Module):
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, act: str = "quick_gelu") -> None:
         super().__init__()
         self.c_fc = nn.Linear(width, width * 4)
-        self.gelu = QuickGELU()
+        self.gelu = activation(act)
         self.c_proj = nn.Linear(width * 4, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +80,11 @@ class FeedForward(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, eps: float) -> None:
+    def __init__(self, width: int, heads: int, eps: float, act: str = "quick_gelu") -> None:
         super().__init__()
         self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNormFP32(width, eps=eps)
-        self.mlp = FeedForward(width)
+        self.mlp = FeedForward(width, act)
         self.ln_2 = LayerNormFP32(width, eps=eps)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -85,11 +95,14 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of residual blocks on ``[B, L, width]`` (batch first)."""
 
-    def __init__(self, width: int, layers: int, heads: int, eps: float, causal: bool) -> None:
+    def __init__(
+        self, width: int, layers: int, heads: int, eps: float, causal: bool,
+        act: str = "quick_gelu",
+    ) -> None:
         super().__init__()
         self.causal = causal
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, eps) for _ in range(layers)
+            ResidualAttentionBlock(width, heads, eps, act) for _ in range(layers)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +123,8 @@ class CLIPVisionTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.zeros(config.num_patches + 1, width))
         self.ln_pre = LayerNormFP32(width, eps=config.layer_norm_eps)
         self.transformer = Transformer(
-            width, config.vision_layers, config.vision_heads, config.layer_norm_eps, causal=False
+            width, config.vision_layers, config.vision_heads, config.layer_norm_eps, causal=False,
+            act=config.act,
         )
         self.ln_post = LayerNormFP32(width, eps=config.layer_norm_eps)
         self.proj = nn.Parameter(torch.zeros(width, config.embed_dim))
@@ -129,7 +143,8 @@ class CLIPVisionTransformer(nn.Module):
 
 
 class CLIPModel(nn.Module):
-    """Both CLIP towers; ``state_dict`` keys equal those of OpenAI's ``ViT-*.pt`` files."""
+    """Both CLIP towers; ``state_dict`` keys equal those of OpenAI's ``ViT-*.pt`` files
+    and of OpenCLIP's ViT state dicts."""
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
@@ -137,7 +152,7 @@ class CLIPModel(nn.Module):
         self.visual = CLIPVisionTransformer(config)
         self.transformer = Transformer(
             config.text_width, config.text_layers, config.text_heads, config.layer_norm_eps,
-            causal=True,
+            causal=True, act=config.act,
         )
         self.token_embedding = nn.Embedding(config.vocab_size, config.text_width)
         self.positional_embedding = nn.Parameter(
@@ -169,8 +184,19 @@ def _count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
     return len({m.group(1) for m in map(pattern.fullmatch, state_dict) if m})
 
 
-def infer_clip_config(state_dict: Mapping[str, torch.Tensor], source: str) -> CLIPConfig:
-    """Sizes of a ViT CLIP from its weights, with OpenAI's 64-wide heads."""
+def infer_clip_config(
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    vision_head_width: int = 64,
+    text_head_width: int = 64,
+    act: str = "quick_gelu",
+) -> CLIPConfig:
+    """Sizes of a ViT CLIP (OpenAI/OpenCLIP names) from its weights.
+
+    Head widths and the activation are not in the weights: the defaults are
+    OpenAI's (64-wide heads, QuickGELU); OpenCLIP ViT-H-14 needs 80 / 64 and ``"gelu"``.
+    """
     needed = (
         "visual.conv1.weight", "visual.positional_embedding", "visual.proj",
         "text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight",
@@ -178,23 +204,176 @@ def infer_clip_config(state_dict: Mapping[str, torch.Tensor], source: str) -> CL
     missing = [k for k in needed if k not in state_dict]
     if missing:
         raise CheckpointError(
-            f"{source} is not an OpenAI ViT CLIP checkpoint (no {', '.join(missing)}); "
-            "ResNet CLIP models are not supported"
+            f"{source} is not an OpenAI ViT CLIP checkpoint nor an OpenCLIP ViT state dict "
+            f"(no {', '.join(missing)}); ResNet CLIP models are not supported"
         )
     conv = state_dict["visual.conv1.weight"]
     grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     vision_width = conv.shape[0]
     text_width = state_dict["ln_final.weight"].shape[0]
-    return CLIPConfig(
+    for tower, width, head_width in (
+        ("vision", vision_width, vision_head_width), ("text", text_width, text_head_width),
+    ):
+        if width % head_width:
+            raise CheckpointError(
+                f"{source}: {tower} width {width} is not a multiple of the head width {head_width}"
+            )
+    return CLIPConfig.from_widths(
+        vision_head_width=vision_head_width,
+        text_head_width=text_head_width,
         embed_dim=state_dict["text_projection"].shape[1],
         image_size=conv.shape[-1] * grid,
         patch_size=conv.shape[-1],
         vision_width=vision_width,
         vision_layers=_count_blocks(state_dict, "visual.transformer."),
-        vision_heads=max(1, vision_width // HEAD_DIM),
         context_length=state_dict["positional_embedding"].shape[0],
         vocab_size=state_dict["token_embedding.weight"].shape[0],
         text_width=text_width,
         text_layers=_count_blocks(state_dict, "transformer."),
-        text_heads=max(1, text_width // HEAD_DIM),
+        act=act,
+    )
+
+
+# -- Hugging Face ``CLIPModel`` layout (PickScore) ------------------------------------------
+
+_HF_BLOCK = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+    "attn.out_proj": "self_attn.out_proj",
+}
+_HF_MODULES = {
+    "visual.ln_pre": "vision_model.pre_layrnorm",  # sic: Hugging Face's spelling
+    "visual.ln_post": "vision_model.post_layernorm",
+    "ln_final": "text_model.final_layer_norm",
+}
+_HF_TENSORS = {
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "logit_scale": "logit_scale",
+}
+# Projections are ``nn.Linear`` weights ``[embed, width]`` there, ``[width, embed]`` here.
+_HF_TRANSPOSED = {
+    "visual.proj": "visual_projection.weight",
+    "text_projection": "text_projection.weight",
+}
+_BLOCK_KEY = re.compile(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)")
+
+
+def hf_clip_names(key: str) -> Tuple[str, ...]:
+    """The Hugging Face ``CLIPModel`` keys that hold our parameter ``key``.
+
+    Three keys (query, key, value) for a fused attention input projection, else one.
+    """
+    block = _BLOCK_KEY.fullmatch(key)
+    if block:
+        tower = "vision_model" if block.group(1) else "text_model"
+        base = f"{tower}.encoder.layers.{block.group(2)}."
+        rest = block.group(3)
+        if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+            kind = rest.rsplit("_", 1)[1]
+            return tuple(f"{base}self_attn.{part}_proj.{kind}" for part in "qkv")
+        module, _, param = rest.rpartition(".")
+        return (f"{base}{_HF_BLOCK[module]}.{param}",)
+    if key in _HF_TENSORS:
+        return (_HF_TENSORS[key],)
+    if key in _HF_TRANSPOSED:
+        return (_HF_TRANSPOSED[key],)
+    module, _, param = key.rpartition(".")
+    if module in _HF_MODULES:
+        return (f"{_HF_MODULES[module]}.{param}",)
+    raise KeyError(f"no Hugging Face CLIP name for {key!r}")
+
+
+def convert_hf_clip_state_dict(
+    state_dict: Mapping[str, torch.Tensor], expected: Iterable[str], source: str
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Hugging Face ``CLIPModel`` weights under our names, and each of our keys' HF name.
+
+    Query, key and value projections are fused into ``in_proj_*`` and projections
+    transposed (views where possible, so memory-mapped weights stay mapped). Keys
+    this layout does not explain are passed through under their own names, so that
+    strict loading reports them; our keys whose HF tensors are absent are left out,
+    so that it reports them missing (the returned names say what was looked for).
+    """
+    converted: Dict[str, torch.Tensor] = {}
+    consumed: Set[str] = set()
+    names: Dict[str, str] = {}
+    for key in expected:
+        parts = hf_clip_names(key)
+        names[key] = " + ".join(parts)
+        if not all(part in state_dict for part in parts):
+            continue
+        tensors = [state_dict[part] for part in parts]
+        if len(tensors) == 3:
+            if len({tuple(t.shape) for t in tensors}) != 1:
+                raise CheckpointError(
+                    f"{source}: {names[key]} have different shapes "
+                    f"{[tuple(t.shape) for t in tensors]}"
+                )
+            value = torch.cat(tensors)
+        elif key in _HF_TRANSPOSED:
+            value = tensors[0].t()
+        else:
+            value = tensors[0]
+        converted[key] = value
+        consumed.update(parts)
+    for key, value in state_dict.items():
+        if key not in consumed:
+            converted[key] = value
+    return converted, names
+
+
+# ``CLIPTextConfig`` / ``CLIPVisionConfig`` defaults, for config.json files that omit them.
+_HF_TEXT_DEFAULTS = {
+    "vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048,
+    "num_hidden_layers": 12, "num_attention_heads": 8, "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+}
+_HF_VISION_DEFAULTS = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "image_size": 224, "patch_size": 32,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+}
+
+
+def clip_config_from_hf(config: Mapping[str, Any], source: str) -> CLIPConfig:
+    """Our :class:`CLIPConfig` from a Hugging Face ``CLIPModel`` ``config.json`` dict."""
+    text = {**_HF_TEXT_DEFAULTS, **dict(config.get("text_config") or {})}
+    vision = {**_HF_VISION_DEFAULTS, **dict(config.get("vision_config") or {})}
+    problems = []
+    for name, tower in (("text", text), ("vision", vision)):
+        if tower["intermediate_size"] != 4 * tower["hidden_size"]:
+            problems.append(f"{name} MLP width {tower['intermediate_size']} is not 4x its width")
+        if tower["hidden_act"] not in ("gelu", "quick_gelu"):
+            problems.append(f"{name} activation {tower['hidden_act']!r} is not supported")
+    if text["hidden_act"] != vision["hidden_act"]:
+        problems.append("the towers use different activations")
+    if float(text["layer_norm_eps"]) != float(vision["layer_norm_eps"]):
+        problems.append("the towers use different LayerNorm epsilons")
+    if vision.get("num_channels", 3) != 3:
+        problems.append(f"{vision['num_channels']} image channels (only RGB is supported)")
+    if problems:
+        raise CheckpointError(f"{source}: unsupported CLIP configuration: " + "; ".join(problems))
+    text_heads, vision_heads = text["num_attention_heads"], vision["num_attention_heads"]
+    return CLIPConfig(
+        embed_dim=int(config.get("projection_dim", 512)),
+        image_size=int(vision["image_size"]),
+        patch_size=int(vision["patch_size"]),
+        vision_width=int(vision["hidden_size"]),
+        vision_layers=int(vision["num_hidden_layers"]),
+        vision_heads=int(vision_heads),
+        vision_head_width=int(vision["hidden_size"]) // int(vision_heads),
+        context_length=int(text["max_position_embeddings"]),
+        vocab_size=int(text["vocab_size"]),
+        text_width=int(text["hidden_size"]),
+        text_layers=int(text["num_hidden_layers"]),
+        text_heads=int(text_heads),
+        text_head_width=int(text["hidden_size"]) // int(text_heads),
+        layer_norm_eps=float(text["layer_norm_eps"]),
+        act=str(text["hidden_act"]),
     )

@@ -282,14 +282,15 @@ class RewardScorer:
     def _on_device(
         self, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype
     ) -> torch.Tensor:
-        """A ``uint8`` batch moved to ``device``, normalised there, in the compute dtype."""
+        """A batch from ``to_pixels`` moved to ``device``, normalised there, in the compute dtype."""
         return self.preprocess.normalize(pixels.to(device, non_blocking=True)).to(dtype)
 
     def _pixel_batches(self, images: List[ImageInput]) -> Iterator[Tuple[int, torch.Tensor]]:
-        """``uint8`` batches ``[B, 3, S, S]`` in order; decoding runs ahead in worker threads."""
+        """Pixel batches ``[B, 3, S, S]`` (``uint8``, or ``float32`` for padding chains) in
+        order; decoding runs ahead in worker threads."""
         size = max(1, int(self.batch_size))
         chunks = [images[i : i + size] for i in range(0, len(images), size)]
-        decode = self.preprocess.to_uint8
+        decode = self.preprocess.to_pixels
         if self.num_workers <= 0:
             for index, chunk in enumerate(chunks):
                 yield index * size, torch.stack([decode(im) for im in chunk])

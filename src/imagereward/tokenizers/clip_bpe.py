@@ -1,11 +1,21 @@
-"""OpenAI CLIP's byte-level BPE tokenizer, written from its published behaviour.
+"""CLIP's byte-level BPE tokenizer, written from its published behaviour.
 
-Text is cleaned the way OpenAI cleans it (``ftfy.fix_text``, HTML entities
-unescaped twice, whitespace runs collapsed, lower-cased), split into words with
-CLIP's regular expression, mapped byte by byte onto printable characters and
-merged with the 48,894 merges of ``bpe_simple_vocab_16e6.txt.gz``. Prompts become
-``[SOT] tokens [EOT]`` zero-padded to 77 ids; longer prompts are cut to 77 with
-the last id forced to ``[EOT]`` (``clip.tokenize(..., truncate=True)``).
+Three front ends share one BPE (the 48,894 merges of ``bpe_simple_vocab_16e6.txt.gz``):
+
+- ``"openai"`` (OpenAI ``clip.tokenize``, the default): text cleaned with
+  ``ftfy.fix_text``, HTML entities unescaped twice, whitespace runs collapsed,
+  lower-cased; ``<|startoftext|>`` / ``<|endoftext|>`` in the text are the special ids.
+- ``"open_clip"`` (OpenCLIP's ``tokenize``, HPSv2): the same cleaning, but the special
+  tokens are spelled ``<start_of_text>`` / ``<end_of_text>`` in the text.
+- ``"hf"`` (Hugging Face ``CLIPTokenizerFast``, PickScore's processor): no ftfy and
+  no HTML unescaping; Unicode NFC, whitespace runs to one space, lower-casing; then
+  the special tokens are cut out of the normalised text before words are split
+  (so ``"!<|endoftext|>"`` ends the text here, while OpenAI reads it as punctuation).
+
+Words are then split with CLIP's regular expression, mapped byte by byte onto
+printable characters and merged. Prompts become ``[SOT] tokens [EOT]`` zero-padded
+to 77 ids; longer prompts keep their first 75 tokens and end with ``[EOT]``
+(``clip.tokenize(..., truncate=True)``, OpenCLIP, and HF with ``truncation=True``).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import gzip
 import html
 import os
+import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import ftfy
@@ -36,10 +47,14 @@ WORD_END = "</w>"
 # CLIP's vocabulary: 256 byte symbols, the same with a word end, the merges, 2 specials.
 NUM_MERGES = 49152 - 256 - 2
 
-_WORDS = regex.compile(
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-    regex.IGNORECASE,
-)
+_WORD_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+# How each front end spells the start and end tokens inside a prompt.
+SPECIAL_SPELLINGS = {
+    "openai": (SOT_TOKEN, EOT_TOKEN),
+    "open_clip": ("<start_of_text>", "<end_of_text>"),
+    "hf": (SOT_TOKEN, EOT_TOKEN),
+}
+TEXT_STYLES = tuple(SPECIAL_SPELLINGS)
 _WHITESPACE = regex.compile(r"\s+")
 _CACHE_LIMIT = 100_000
 
@@ -81,6 +96,11 @@ def clean_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip().lower()
 
 
+def clean_text_hf(text: str) -> str:
+    """Hugging Face's fast CLIP normaliser: NFC, whitespace runs to one space, lower-case."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).lower()
+
+
 def _read_merges(path: str) -> List[Tuple[str, str]]:
     try:
         with gzip.open(path, "rb") as handle:
@@ -101,9 +121,22 @@ def _read_merges(path: str) -> List[Tuple[str, str]]:
 class CLIPTokenizer:
     """Callable: prompts -> ``int64`` ids ``[N, context_length]`` exactly as ``clip.tokenize``."""
 
-    def __init__(self, bpe_file: Optional[str] = None, context_length: int = 77) -> None:
+    def __init__(
+        self, bpe_file: Optional[str] = None, context_length: int = 77, text_style: str = "openai"
+    ) -> None:
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2, got {context_length}")
+        if text_style not in TEXT_STYLES:
+            raise ValueError(f"text_style must be one of {TEXT_STYLES}, got {text_style!r}")
+        self.text_style = text_style
+        sot, eot = SPECIAL_SPELLINGS[text_style]
+        self._specials = {sot: SOT_TOKEN, eot: EOT_TOKEN}
+        specials = "|".join(regex.escape(t) for t in self._specials)
+        if text_style == "hf":
+            self._words = regex.compile(_WORD_PATTERN, regex.IGNORECASE)
+            self._split_specials = regex.compile(f"({specials})")
+        else:
+            self._words = regex.compile(f"{specials}|{_WORD_PATTERN}", regex.IGNORECASE)
         path = resolve_clip_bpe(bpe_file)
         merges = _read_merges(path)
         table = byte_table()
@@ -154,8 +187,8 @@ class CLIPTokenizer:
     def _word_ids(self, word: str) -> List[int]:
         ids = self._cache.get(word)
         if ids is None:
-            if word in (SOT_TOKEN, EOT_TOKEN):
-                ids = [self.encoder[word]]
+            if word in self._specials:
+                ids = [self.encoder[self._specials[word]]]
             else:
                 mapped = "".join(self.byte_encoder[b] for b in word.encode("utf-8"))
                 ids = [self.encoder[part] for part in self._merge(mapped)]
@@ -167,7 +200,15 @@ class CLIPTokenizer:
     def encode(self, text: str) -> List[int]:
         """BPE ids of one text, without start/end tokens or padding."""
         ids: List[int] = []
-        for word in _WORDS.findall(clean_text(text)):
+        if self.text_style == "hf":
+            for piece in self._split_specials.split(clean_text_hf(text)):
+                if piece in self._specials:
+                    ids.append(self.encoder[self._specials[piece]])
+                    continue
+                for word in self._words.findall(piece):
+                    ids.extend(self._word_ids(word))
+            return ids
+        for word in self._words.findall(clean_text(text)):
             ids.extend(self._word_ids(word))
         return ids
 

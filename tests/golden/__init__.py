@@ -1,0 +1,1 @@
+"""Golden outputs of image-reward 1.5: seeded checkpoints, inputs, and the script that made them."""

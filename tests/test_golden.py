@@ -1,0 +1,145 @@
+"""Every scorer against outputs that image-reward 1.5's own code computed.
+
+``tests/data/golden/<scorer>.json`` holds what the original package returned for
+seeded tiny checkpoints (``tests/golden/make_golden.py``, run in the reference
+environment, never here). Each test regenerates the checkpoint, checks that its
+tensors are the ones the golden outputs came from, loads it through the public API
+and compares ``inference_rank``, ``score``, ``score_batch`` and ``score_matrix``:
+values within 1e-5, rankings identical.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+
+import imagereward
+from golden import inputs, weights
+from helpers import BERT_VOCAB, CLIP_BPE, REFERENCE_DATA
+from imagereward.config import BLIPScoreConfig, ImageRewardConfig, TextConfig, VisionConfig
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+SCORERS = ["ImageReward", "BLIP", "CLIP", "Aesthetic"]
+TOLERANCE = 1e-5
+REGENERATE = "~/.cache/imagereward-bench/refvenv/bin/python tests/golden/make_golden.py"
+
+
+@dataclass
+class Golden:
+    scorer: str
+    data: Dict
+    model: torch.nn.Module
+    images: List[str]
+
+    @property
+    def prompts(self) -> List[str]:
+        return self.data["prompts"]
+
+
+def blip_sizes(blip: Dict):
+    vision, text = blip["vision"], blip["text"]
+    return (
+        VisionConfig(**vision),
+        TextConfig(**text, encoder_width=vision["width"]),
+    )
+
+
+def load_ours(scorer: str, config: Dict, files: Dict[str, Path]) -> torch.nn.Module:
+    """The scorer as a user loads it: the public API, a local checkpoint, a config where needed."""
+    if scorer == "ImageReward":
+        vision, text = blip_sizes(config["blip"])
+        return imagereward.load(
+            str(files["checkpoint"]), device="cpu", vocab_file=str(BERT_VOCAB),
+            config=ImageRewardConfig(vision=vision, text=text),
+        )
+    if scorer == "BLIP":
+        vision, text = blip_sizes(config["blip"])
+        return imagereward.load_score(
+            "BLIP", device="cpu", checkpoint=str(files["checkpoint"]), vocab_file=str(BERT_VOCAB),
+            config=BLIPScoreConfig(vision=vision, text=text),
+        )
+    # CLIP sizes come from the weights, as with OpenAI's builder.
+    return imagereward.load_score(
+        scorer, device="cpu", checkpoint=str(files["checkpoint"]), bpe_file=str(CLIP_BPE),
+        clip_checkpoint=str(files["clip_checkpoint"]) if "clip_checkpoint" in files else None,
+    )
+
+
+@pytest.fixture(scope="module", params=SCORERS)
+def golden(request, tmp_path_factory) -> Golden:
+    scorer = request.param
+    data = json.loads((GOLDEN / f"{scorer}.json").read_text(encoding="utf-8"))
+    root = tmp_path_factory.mktemp(scorer)
+    files = {}
+    for role, checkpoint in weights.build(scorer, data["config"]).items():
+        expected = data["checkpoints"][role]
+        digest = weights.tensor_digest(weights.file_state(checkpoint))
+        if digest != expected["tensors_sha256"]:
+            pytest.fail(
+                f"{scorer} {role}: the seeded checkpoint is not the one the golden outputs were "
+                f"made with (tensor sha256 {digest}, golden {expected['tensors_sha256']}): "
+                "tests/golden/weights.py or torch's random numbers changed. Nothing was compared; "
+                f"regenerate the golden files with `{REGENERATE}`."
+            )
+        files[role] = root / expected["format"]
+        torch.save(checkpoint, files[role])
+    images = inputs.write_images(root / "images", REFERENCE_DATA / "assets")
+    for path, described in zip(images, data["images"]):
+        if inputs.pixel_digest(path) != described["pixels_sha256"]:
+            pytest.fail(
+                f"{scorer}: input image {path.name} decodes to other pixels than the golden run "
+                f"saw (numpy, PIL or the shared assets changed); regenerate with `{REGENERATE}`."
+            )
+    model = load_ours(scorer, data["config"], files)
+    return Golden(scorer, data, model, [str(p) for p in images])
+
+
+def assert_close(ours: List[float], golden: List[float], what: str) -> None:
+    assert len(ours) == len(golden), what
+    worst = max(abs(a - b) for a, b in zip(ours, golden))
+    assert worst <= TOLERANCE, f"{what}: max |ours - image-reward 1.5| = {worst:.3e}"
+
+
+def test_inference_rank_matches_the_original(golden):
+    for row in golden.data["inference_rank"]:
+        prompt = golden.prompts[row["prompt"]]
+        ranking, rewards = golden.model.inference_rank(prompt, golden.images)
+        assert ranking == row["ranking"], f"{golden.scorer}, prompt {row['prompt']}"
+        assert_close(rewards, row["rewards"], f"{golden.scorer} inference_rank, prompt {row['prompt']}")
+    assert golden.model.score(prompt, golden.images) == rewards  # the list form of score
+
+
+def test_single_score_matches_the_original(golden):
+    for pair in golden.data["score"]:
+        ours = golden.model.score(golden.prompts[pair["prompt"]], golden.images[pair["image"]])
+        assert_close([ours], [pair["score"]], f"{golden.scorer} score, pair {pair}")
+
+
+def test_score_batch_matches_the_original(golden):
+    pairs = golden.data["score"]
+    ours = golden.model.score_batch(
+        [golden.prompts[p["prompt"]] for p in pairs], [golden.images[p["image"]] for p in pairs]
+    )
+    assert_close(ours, [p["score"] for p in pairs], f"{golden.scorer} score_batch")
+
+
+def test_score_matrix_matches_the_original(golden):
+    rows = golden.data["inference_rank"]
+    matrix = golden.model.score_matrix([golden.prompts[r["prompt"]] for r in rows], golden.images)
+    assert matrix.shape == (len(rows), len(golden.images))
+    for row, ours in zip(rows, matrix.tolist()):
+        assert_close(ours, row["rewards"], f"{golden.scorer} score_matrix, prompt {row['prompt']}")
+
+
+def test_golden_files_cover_the_odd_inputs(golden):
+    """What the golden run saw: every prompt and image kind, and the reference's versions."""
+    data = golden.data
+    assert data["prompts"] == inputs.PROMPTS
+    assert {"RGBA", "P", "L", "RGB"} <= {image["mode"] for image in data["images"]}
+    assert data["reference_versions"]["image-reward"] == "1.5"
+    assert len(data["inference_rank"]) == len(inputs.PROMPTS)
