@@ -113,9 +113,9 @@ def test_several_prompts_score_every_image_for_each(capsys, tiny_model):
     code, out, _ = run(capsys, "score", *args, "--json")
     assert code == 0
     records = json.loads(out)
-    assert [(r["prompt"], r["image"]) for r in records] == [
-        (p, i) for p in prompts for i in ASSET_PATHS
-    ]
+    given = [prompts[0], prompts[1], prompts[0]]  # a repeated --prompt is reported each time given
+    assert [(r["prompt"], r["image"]) for r in records] == [(p, i) for p in given for i in ASSET_PATHS]
+    assert records[:4] == records[8:]  # and scored once: the very same numbers
     model = imagereward.load(tiny_model, device="cpu")
     for record in records:
         expected = model.score(record["prompt"], record["image"])
@@ -123,9 +123,9 @@ def test_several_prompts_score_every_image_for_each(capsys, tiny_model):
     code, table, _ = run(capsys, "rank", *args)
     sections = table.split("\n\n")
     assert [s.splitlines()[0] for s in sections] == [
-        f"ImageReward-v1.0 | prompt: {p}" for p in prompts
+        f"ImageReward-v1.0 ({tiny_model}) | prompt: {p}" for p in given  # a local model shows its path
     ]
-    for prompt, section in zip(prompts, sections):
+    for prompt, section in zip(given, sections):
         rewards = [float(line.split()[1]) for line in section.splitlines()[2:]]
         assert rewards == sorted(rewards, reverse=True) and len(rewards) == 4
 
@@ -135,7 +135,7 @@ def test_score_table_json_csv(capsys, tiny_model):
     code, table, _ = run(capsys, *base)
     assert code == 0
     lines = table.splitlines()
-    assert lines[0] == "ImageReward-v1.0 | prompt: an ocean"
+    assert lines[0] == f"ImageReward-v1.0 ({tiny_model}) | prompt: an ocean"
     assert lines[1].split() == ["reward", "image"]
     assert [line.split()[-1] for line in lines[2:]] == ASSET_PATHS
     code, out, _ = run(capsys, *base, "--json")

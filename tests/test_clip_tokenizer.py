@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from helpers import CLIP_BPE
-from imagereward.hub import DownloadError
 from imagereward.tokenizers import CLIPTokenizer
 from imagereward.tokenizers.clip_bpe import BPE_ENV
+from imagereward.tokenizers.vocab_files import CLIP_BPE_FILENAME, bundled_file
 from openai_clip import load_openai_module, oracle_tokenize, varied_prompts
 
 SOT, EOT = 49406, 49407
@@ -64,11 +64,15 @@ def test_bpe_file_from_environment(monkeypatch):
     assert CLIPTokenizer().bpe_file == str(CLIP_BPE)
 
 
-def test_bpe_file_errors(tmp_path, monkeypatch):
+def test_bundled_bpe_file_is_the_default(monkeypatch):
+    """No download, no environment variable: the merges shipped in the package (offline here)."""
     monkeypatch.delenv(BPE_ENV, raising=False)
-    monkeypatch.setenv("IMAGEREWARD_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(DownloadError, match="offline"):
-        CLIPTokenizer()
+    tokenizer = CLIPTokenizer()
+    assert tokenizer.bpe_file == bundled_file(CLIP_BPE_FILENAME)
+    assert torch.equal(tokenizer(["a photo of a cat"]), CLIPTokenizer(str(CLIP_BPE))(["a photo of a cat"]))
+
+
+def test_bpe_file_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="merges"):
         CLIPTokenizer(str(tmp_path / "missing.txt.gz"))
     plain = tmp_path / "plain.txt.gz"

@@ -198,7 +198,8 @@ def test_eval_end_to_end(capsys, tiny_model, subset, fake_baselines, tmp_path, m
     # --reuse recomputes the table from the prediction files without loading any model
     monkeypatch.setattr(imagereward, "load", None)
     monkeypatch.setattr(imagereward, "load_score", None)
-    code, again, _ = run(capsys, *eval_argv(root, out, "--models", "ImageReward-v1.0,CLIP", "--reuse"))
+    code, again, _ = run(capsys, *eval_argv(root, out, "--models", "ImageReward-v1.0,CLIP", "--reuse",
+                                            "--checkpoint", tiny_model))
     assert code == 0 and again == table
 
 
@@ -217,13 +218,19 @@ def test_eval_input_errors(capsys, subset, tmp_path):
     assert code == 2 and "--checkpoint" in err
 
 
-def test_eval_without_matplotlib(capsys, subset, tmp_path, monkeypatch):
+def test_eval_without_matplotlib(capsys, subset, tmp_path, monkeypatch, fake_baselines):
+    """A plain install has no matplotlib: only the PNG is skipped, with a one-line note."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(report.ReportError, match="imagereward\\[report\\]"):
-        report.require_plotting()
+    assert not report.can_plot()
     root, _ = subset
-    code, _, err = run(capsys, *eval_argv(root, tmp_path, "--models", "CLIP"))
-    assert code == EXIT_FAILURE and "--no-plot" in err
+    code, out, err = run(capsys, *eval_argv(root, tmp_path, "--models", "CLIP"))
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "report.png is skipped" in notes[0]
+    assert "| CLIP" in out  # the printed table
+    assert (tmp_path / "accuracy.json").is_file() and (tmp_path / "report.md").is_file()
+    assert (tmp_path / "test_CLIP.json").is_file() and not (tmp_path / "report.png").exists()
+    assert "report.png" not in (tmp_path / "report.md").read_text()
 
 
 def test_eval_download(capsys, tiny_model, subset, tmp_path, monkeypatch):
@@ -300,3 +307,40 @@ def test_benchmark_end_to_end(capsys, tiny_model, fake_baselines, tmp_path):
 
     code, _, err = run(capsys, *argv[:5], "--models", "openjourney,dalle2", *argv[7:])
     assert code == EXIT_INPUT and "dalle2" in err
+
+
+def test_eval_without_bootstrap_has_no_interval(capsys, subset, tmp_path, fake_baselines):
+    root, _ = subset
+    argv = [a for a in eval_argv(root, tmp_path, "--models", "CLIP") if a not in ("--bootstrap", "200")]
+    code, table, err = run(capsys, *argv, "--bootstrap", "0")
+    assert code == 0, err
+    assert "CI" not in table and "–" not in table.splitlines()[2]
+    numbers = json.loads((tmp_path / "accuracy.json").read_text())["models"]["CLIP"]
+    assert numbers["ci_low"] is None and numbers["ci_high"] is None
+    assert "bootstrap" not in (tmp_path / "report.md").read_text()
+
+
+def test_eval_reuse_lists_missing_predictions(capsys, subset, tmp_path, monkeypatch):
+    root, _ = subset
+    monkeypatch.setattr(imagereward, "load", None)  # --reuse never loads a model
+    monkeypatch.setattr(imagereward, "load_score", None)
+    (tmp_path / "test_CLIP.json").write_text("[]")
+    code, _, err = run(capsys, *eval_argv(root, tmp_path, "--models", "CLIP,BLIP,Aesthetic", "--reuse"))
+    assert code == EXIT_INPUT
+    line = err.strip().splitlines()[-1]
+    assert str(tmp_path / "test_BLIP.json") in line and str(tmp_path / "test_Aesthetic.json") in line
+    assert "test_CLIP.json" not in line
+
+
+def test_eval_checkpoint_by_model_name(capsys, subset, tmp_path, fake_baselines):
+    root, _ = subset
+    clip = tmp_path / "ViT-L-14.pt"
+    clip.write_bytes(b"x")
+    code, table, err = run(capsys, *eval_argv(root, tmp_path / "out", "--models", "CLIP,Aesthetic",
+                                              "--checkpoint", f"CLIP={clip}"))
+    assert code == 0, err
+    assert [(name, kwargs["files"]) for name, kwargs in fake_baselines] == [
+        ("CLIP", {"weights": str(clip)}),
+        ("Aesthetic", {"clip": str(clip)}),  # CLIP=PATH is also Aesthetic's image encoder
+    ]
+    assert f"| CLIP ({clip}) " in table

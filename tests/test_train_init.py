@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -46,7 +47,7 @@ def test_blip_init_copies_both_encoders_and_resets_the_head(tmp_path):
     config = tiny_config()
     encoders = write_blip_pretrain(tmp_path / "model_large.pth", config)
     train_config = TrainConfig(init="blip", init_checkpoint=str(tmp_path / "model_large.pth"),
-                               model_config=write_model_config(tmp_path, config))
+                               model_config=write_model_config(tmp_path, config), head_init="original")
     model = build_model(train_config)
     blip = model.blip.state_dict()
     assert set(blip) == {k for k in encoders if not k.startswith(("vision_proj", "text_proj"))}
@@ -59,6 +60,23 @@ def test_blip_init_copies_both_encoders_and_resets_the_head(tmp_path):
         assert abs(std - 1.0) < 0.25
     assert (model.config.reward_mean, model.config.reward_std) == (0.0, 1.0)
     assert torch.equal(build_model(train_config).mlp.layers[0].weight, model.mlp.layers[0].weight)  # seeded
+
+
+def test_default_head_init_preserves_variance(tmp_path):
+    """Each fresh head layer N(0, 1/fan_in): the reward starts on the scale of the features."""
+    tiny = tiny_config()  # with a head wide enough for a stable std estimate
+    config = dataclasses.replace(tiny, head=dataclasses.replace(tiny.head, hidden_dims=(256, 128, 64, 32)))
+    train_config = TrainConfig(init="scratch", model_config=write_model_config(tmp_path, config))
+    head = build_model(train_config).mlp.eval()
+    for layer in (m for m in head.layers if isinstance(m, torch.nn.Linear)):
+        assert torch.count_nonzero(layer.bias) == 0
+        if layer.out_features > 1:
+            assert layer.weight.std().item() * layer.in_features ** 0.5 == pytest.approx(1.0, abs=0.1)
+    features = torch.randn(4096, config.text.hidden_size)
+    with torch.no_grad():
+        assert head(features).std().item() == pytest.approx(1.0, abs=0.35)
+        head.reset_parameters("original")  # 1/(d+1) per layer: 1e-3 here, ~1e-8 at ImageReward's widths
+        assert head(features).std().item() < 1e-2
 
 
 def test_blip_init_is_strict(tmp_path):

@@ -36,7 +36,8 @@ def test_tiny_model_learns_colour_and_shape_preferences(tmp_path):
     first, best = validations[0], min(validations, key=lambda r: r["loss"])
     print(f"learnability: validation accuracy {first['accuracy']:.3f} -> {best['accuracy']:.3f} "
           f"(best at step {best['step']} of {result.steps}) in {seconds:.0f} s")
-    assert first["step"] == 0 and first["loss"] == pytest.approx(math.log(2), abs=1e-3)  # a fresh head
+    # A fresh head (N(0, 1/fan_in) per layer) gives random rewards of order one: chance-level loss.
+    assert first["step"] == 0 and first["loss"] == pytest.approx(math.log(2), abs=0.1)
     assert 0.35 <= first["accuracy"] <= 0.65
     assert best["accuracy"] >= 0.9 and result.best_step == best["step"]
     assert (tmp_path / "run" / "training_curves.png").stat().st_size > 10_000

@@ -30,6 +30,7 @@ _LAZY = {
     "RankResult": "imagereward.scoring.base",
     "ImageRewardConfig": "imagereward.config",
     "CheckpointError": "imagereward.errors",
+    "DeviceError": "imagereward.errors",
     "DownloadError": "imagereward.errors",
     "ImageLoadError": "imagereward.errors",
     "ImageNotFoundError": "imagereward.errors",
@@ -38,6 +39,7 @@ _LAZY = {
     "InputError": "imagereward.errors",
     "ModelError": "imagereward.errors",
     "PromptError": "imagereward.errors",
+    "TokenizerFileError": "imagereward.errors",
     "UnknownModelError": "imagereward.errors",
     "CLIPScore": "imagereward.scoring.clip_score",
     "BLIPScore": "imagereward.scoring.blip_score",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import ImageRewardConfig
     from .errors import (
         CheckpointError,
+        DeviceError,
         DownloadError,
         ImageLoadError,
         ImageNotFoundError,
@@ -58,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
         InputError,
         ModelError,
         PromptError,
+        TokenizerFileError,
         UnknownModelError,
     )
     from .factory import convert_checkpoint, load, load_score

@@ -51,16 +51,31 @@ def read_state_dict(path: str, key: Optional[str] = None) -> StateDict:
 
 
 def _torch_load(path: str) -> object:
+    """``torch.load`` with ``weights_only=True``; anything it refuses is "not a checkpoint".
+
+    torch's own refusal text is not passed on: it suggests ``weights_only=False``, which
+    would let the file run code.
+    """
     mmap = zipfile.is_zipfile(path)  # mmap needs the zip format of torch >= 1.6
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{path} is not a plain tensor checkpoint that can be loaded safely "
-            f"(weights_only=True refused it): {error}"
-        ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    except pickle.UnpicklingError:
+        if mmap:
+            raise CheckpointError(
+                f"{path} is not a plain checkpoint: it holds Python objects besides tensors, "
+                "and checkpoints are read without running code from the file. Save the weights "
+                "as a state dict of tensors (torch.save(model.state_dict(), ...)) or as safetensors"
+            ) from None
+        raise CheckpointError(_not_a_checkpoint(path)) from None
+    except Exception:  # truncated or foreign files fail in many ways (EOFError, KeyError, ...)
+        raise CheckpointError(_not_a_checkpoint(path)) from None
+
+
+def _not_a_checkpoint(path: str) -> str:
+    return (
+        f"{path} is not a checkpoint: it is neither a PyTorch weights file (torch.save) nor "
+        "safetensors, or it is truncated or damaged"
+    )
 
 
 def strip_prefix(state_dict: StateDict, prefix: str = DDP_PREFIX) -> StateDict:

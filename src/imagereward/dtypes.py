@@ -6,6 +6,8 @@ from typing import Optional, Union
 
 import torch
 
+from .errors import DeviceError
+
 DTYPE_NAMES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -34,10 +36,29 @@ def resolve_dtype(dtype: DtypeLike) -> torch.dtype:
 
 
 def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
-    """``None`` picks CUDA when it is available now, else the CPU."""
+    """``None`` picks CUDA when it is available now, else the CPU.
+
+    A CUDA device that this torch build or machine cannot provide raises :class:`DeviceError`
+    here, before any model is built.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise DeviceError(f"unknown device {device!r}: {error}") from None
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = (
+                f"this torch {torch.__version__} was built without CUDA"
+                if torch.version.cuda is None else "no CUDA GPU is visible"
+            )
+            raise DeviceError(f"CUDA is not available ({reason}); use --device cpu / device='cpu'")
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    return target
 
 
 def cpu_has_fast(dtype: torch.dtype) -> bool:

@@ -46,6 +46,11 @@ class JobFileError(ImageRewardError, ValueError):
     """A batch job's input or output file is missing or malformed (the job stops before any work)."""
 
 
+# -- the requested device cannot be used -------------------------------------------------
+class DeviceError(ImageRewardError, RuntimeError):
+    """A device that this torch build or this machine cannot provide (e.g. CUDA on a CPU-only torch)."""
+
+
 # -- the model cannot be had: the job stops ------------------------------------------
 class ModelError(ImageRewardError, RuntimeError):
     """A model cannot be loaded."""
@@ -59,12 +64,17 @@ class CheckpointError(ModelError, ValueError):
     """A checkpoint file is unreadable or does not fit the model it is loaded into."""
 
 
+class TokenizerFileError(ModelError, ValueError):
+    """A tokenizer vocabulary file is unreadable or not in the expected format."""
+
+
 class DownloadError(ModelError):
     """A file needed for a model could not be obtained."""
 
 
 __all__ = [
     "CheckpointError",
+    "DeviceError",
     "DownloadError",
     "ImageLoadError",
     "ImageNotFoundError",
@@ -74,5 +84,6 @@ __all__ = [
     "JobFileError",
     "ModelError",
     "PromptError",
+    "TokenizerFileError",
     "UnknownModelError",
 ]

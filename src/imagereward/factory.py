@@ -23,7 +23,7 @@ from .checkpoints import StateDict, load_state_dict_strict, read_state_dict, str
 from .config import ImageRewardConfig, PreprocessConfig, TextConfig
 from .dtypes import DtypeLike, cpu_has_fast, resolve_device, resolve_dtype
 from .errors import DownloadError, UnknownModelError
-from .hub import fetch_weights, is_offline
+from .hub import fetch_weights, offline_mode
 from .registry import ScorerEntry, available_models, available_scores, find_entry, get_entry
 from .saving import WEIGHTS_FILE, read_saved_folder, save_pretrained
 
@@ -113,7 +113,9 @@ def _fetch_all(
 ) -> Dict[str, str]:
     """Local paths for every file of ``entry``: given ones as they are, the rest fetched.
 
-    Offline, every missing file is reported at once in one :class:`DownloadError`.
+    Every missing file is reported at once in one :class:`DownloadError`; once one
+    download has failed, the other files are only looked for locally (no second round
+    of network retries).
     """
     paths: Dict[str, str] = {}
     failures: List[DownloadError] = []
@@ -125,16 +127,18 @@ def _fetch_all(
             paths[role] = local
             continue
         try:
-            paths[role] = fetch_weights(spec, download_root)
+            if failures:  # one download failed already: only look for local copies of the rest
+                with offline_mode():
+                    paths[role] = fetch_weights(spec, download_root)
+            else:
+                paths[role] = fetch_weights(spec, download_root)
         except DownloadError as error:
-            if not is_offline():
-                raise
             failures.append(error)
     if len(failures) == 1:
         raise failures[0]
     if failures:
         raise DownloadError(
-            f"{entry.name} needs {len(failures)} files that are not here, and offline mode is on:\n"
+            f"{entry.name} needs {len(failures)} files that are not here:\n"
             + "\n".join(f"  - {error}" for error in failures)
         )
     return paths

@@ -6,16 +6,18 @@ naming the file that is needed and how to supply it without a network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from tqdm.auto import tqdm
 
 from .errors import DownloadError
+from .files import use_default_permissions
 
 if TYPE_CHECKING:  # pragma: no cover
     from .registry import WeightsFile
@@ -30,6 +32,20 @@ def is_offline() -> bool:
         os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
         for name in OFFLINE_ENVS
     )
+
+
+@contextlib.contextmanager
+def offline_mode() -> Iterator[None]:
+    """Forbid downloads inside the block (``IMAGEREWARD_OFFLINE=1``), then restore the setting."""
+    previous = os.environ.get("IMAGEREWARD_OFFLINE")
+    os.environ["IMAGEREWARD_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["IMAGEREWARD_OFFLINE"]
+        else:
+            os.environ["IMAGEREWARD_OFFLINE"] = previous
 
 
 def default_cache_dir() -> str:
@@ -129,7 +145,7 @@ def download_url(
                 f"Downloaded {what} from {url} but its sha256 {digest.hexdigest()} "
                 f"does not match the expected {sha256}"
             )
-        shutil.move(partial, target)
+        shutil.move(use_default_permissions(partial), target)  # mkstemp makes it 0600
     except DownloadError:
         raise
     except Exception as error:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from .config import ImageRewardConfig, PreprocessConfig
 from .dtypes import DtypeLike, resolve_dtype
 from .errors import CheckpointError
+from .files import use_default_permissions
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -76,6 +77,7 @@ def save_pretrained(
         for key, value in model.state_dict().items()
     }
     save_file(tensors, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
+    use_default_permissions(os.path.join(directory, WEIGHTS_FILE))  # safetensors writes 0600
     record = {
         "model_type": MODEL_TYPE,
         "scorer": DEFAULT_SCORER,

@@ -24,11 +24,12 @@ from typing import List, Optional, Sequence, Tuple
 from .common import (
     EXIT_CODES_HELP,
     EXIT_FAILURE,
-    EXIT_INPUT,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
-    CliError,
     HelpFormatter,
+    error_message,
+    exit_code_for,
+    is_documented,
 )
 
 # (command, module providing register(subparsers), one-line summary)
@@ -38,6 +39,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("eval", "imagereward.cli.eval", "preference accuracy on test.json, as the paper's Table 3"),
     ("benchmark", "imagereward.cli.benchmark", "rank text-to-image models by mean reward (Table 1)"),
     ("train", "imagereward.train.cli", "train a reward model on ranked preference data"),
+    ("refl", "imagereward.refl.cli", "fine-tune a diffusion model with the reward (ReFL)"),
     ("convert", "imagereward.cli.convert", "write a checkpoint as safetensors for instant loading"),
     ("models", "imagereward.cli.models", "list the registered scorers"),
 )
@@ -128,22 +130,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             return int(func(args) or 0)
         except KeyboardInterrupt:
             return _fail("interrupted", EXIT_INTERRUPTED)
-        except CliError as error:
-            if verbose:
-                traceback.print_exc()
-            return _fail(str(error), error.code)
-        except FileNotFoundError as error:
-            if verbose:
-                traceback.print_exc()
-            return _fail(f"{error.strerror or error}: {error.filename}", EXIT_INPUT)
         except BrokenPipeError:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_FAILURE
         except Exception as error:  # one line, no traceback, unless --verbose
             if verbose:
                 traceback.print_exc()
+            code = exit_code_for(error)
+            if code != EXIT_FAILURE or is_documented(error):  # the message names what is at fault
+                return _fail(error_message(error), code)
             hint = "" if verbose else " (run with --verbose for details)"
-            return _fail(f"{type(error).__name__}: {error}{hint}", EXIT_FAILURE)
+            return _fail(f"{type(error).__name__}: {error}{hint}", code)
     except SystemExit as exit_:  # argparse: --help, --version, usage errors
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)

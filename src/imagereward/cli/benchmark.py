@@ -18,7 +18,9 @@ from .common import (
     add_general_options,
     add_model_options,
     apply_offline,
+    checkpoint_paths,
     load_scorer,
+    model_label,
     model_list,
     model_names_help,
     split_list,
@@ -126,22 +128,20 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from ..eval.data import DataError, write_json
 
     apply_offline(args)
-    if args.checkpoint is not None and IMAGEREWARD not in args.metrics:
-        args.parser.error(f"--checkpoint is for {IMAGEREWARD}, which is not in --metrics")
+    encoders = ["CLIP"] if "Aesthetic" in args.metrics and "CLIP" not in args.metrics else []
+    checkpoints = checkpoint_paths(args.checkpoint, IMAGEREWARD, args.metrics + encoders, args.parser)
     if not os.path.isfile(args.prompts):
         raise CliError(f"prompts file not found: {args.prompts}", EXIT_INPUT)
     try:
         prompts = bench.load_prompts(args.prompts)
         models = _models(args)
         human = split_list(args.human_ranking)
-        if not args.no_plot:  # fail before the long part
-            try:
-                report.require_plotting()
-            except report.ReportError as error:
-                raise CliError(str(error)) from None
+        if not args.no_plot and not report.can_plot():  # the PNG is optional: the rest comes out
+            print(report.PLOT_SKIPPED_NOTE, file=sys.stderr)
+            args.no_plot = True
         per_prompt: Dict[str, Dict[str, List[float]]] = {}
         for metric in args.metrics:
-            per_prompt[metric] = _run_metric(metric, models, prompts, args)
+            per_prompt[metric] = _run_metric(metric, models, prompts, args, checkpoints)
     except DataError as error:
         raise CliError(str(error), EXIT_INPUT) from None
 
@@ -154,10 +154,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
     summary = {"prompts": args.prompts, "images": args.images, "human_ranking": human,
                "scores": scores, "ranks": ranks, "spearman": rho}
     written.append(write_json(os.path.join(args.output_dir, "benchmark.json"), summary))
-    table = report.benchmark_table(scores, ranks, models, human, rho)
+    labels = {m: model_label(m, checkpoints.get(m)) for m in args.metrics}  # tables name custom files
+    table = report.benchmark_table(
+        {labels[m]: scores[m] for m in args.metrics}, {labels[m]: ranks[m] for m in args.metrics}, models,
+        human, {labels[m]: rho[m] for m in args.metrics},
+    )
     plot = None
     if not args.no_plot:
-        plot = report.plot_benchmark(os.path.join(args.output_dir, "report.png"), per_prompt)
+        plot = report.plot_benchmark(os.path.join(args.output_dir, "report.png"),
+                                     {labels[m]: per_prompt[m] for m in args.metrics})
         written.append(plot)
     markdown = report.benchmark_report(table, args.prompts, args.images, plot and os.path.basename(plot))
     written.append(report.write_text(os.path.join(args.output_dir, "report.md"), markdown))
@@ -166,7 +171,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_metric(metric: str, models: List[str], prompts: List[Any], args: argparse.Namespace) -> Dict[str, List[float]]:
+def _run_metric(
+    metric: str, models: List[str], prompts: List[Any], args: argparse.Namespace, checkpoints: Dict[str, str]
+) -> Dict[str, List[float]]:
     """Per-prompt mean rewards of each generation model under one metric."""
     from ..eval import benchmark as bench
     from ..eval.data import write_json
@@ -182,7 +189,7 @@ def _run_metric(metric: str, models: List[str], prompts: List[Any], args: argpar
             else:
                 generations = bench.find_generations(os.path.join(args.images, model), prompts)
                 if scorer is None:
-                    scorer = load_scorer(metric, args, args.checkpoint if metric == IMAGEREWARD else None)
+                    scorer = load_scorer(metric, args, checkpoints)
                 try:
                     records = bench.score_model(
                         scorer, prompts, generations, desc=f"{metric} / {model}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .common import EXIT_CODES_HELP, HelpFormatter
 
@@ -12,6 +13,8 @@ or a saved folder; or the name ImageReward-v1.0 to use the downloaded weights) a
 folder with model.safetensors and config.json. load() memory-maps that folder, so
 loading is near-instant; --dtype fp16/bf16 halves its size. The weights are checked
 strictly against the architecture on the way.
+
+An output folder that already holds a converted model is not replaced without --overwrite.
 
 example:
   imagereward convert ~/.cache/ImageReward/ImageReward.pt imagereward-v1.0-fp16 --dtype fp16
@@ -31,12 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="precision of the written weights (default: fp32, exact)")
     parser.add_argument("--med-config", help="original med_config.json, if the text encoder differs")
-    parser.add_argument("--verbose", action="store_true", help="full traceback on errors")
-    parser.set_defaults(func=run)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the weights and config already in the output folder")
+    parser.add_argument("-v", "--verbose", action="store_true", help="full traceback on errors")
+    parser.set_defaults(func=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..factory import convert_checkpoint
+    from ..saving import CONFIG_FILE, WEIGHTS_FILE
+
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        args.parser.error(f"{args.output} exists and is not a folder")
+    existing = [os.path.join(args.output, name) for name in (WEIGHTS_FILE, CONFIG_FILE)
+                if os.path.exists(os.path.join(args.output, name))]
+    if existing and not args.overwrite:
+        args.parser.error(f"{' and '.join(existing)} exist(s): pass --overwrite to replace")
 
     folder = convert_checkpoint(args.source, args.output, dtype=args.dtype, med_config=args.med_config)
     print(f"wrote {folder}")

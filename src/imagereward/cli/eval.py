@@ -18,7 +18,9 @@ from .common import (
     add_general_options,
     add_model_options,
     apply_offline,
+    checkpoint_paths,
     load_scorer,
+    model_label,
     model_list,
     model_names_help,
 )
@@ -28,6 +30,7 @@ examples:
   imagereward eval --download                      # the paper's test set, all four models
   imagereward eval --models ImageReward-v1.0 --checkpoint ImageReward.pt
   imagereward eval --data my.json --images my_images/ --models CLIP,BLIP --output-dir out/
+  imagereward eval --models CLIP,Aesthetic --checkpoint CLIP=ViT-L-14.pt --checkpoint Aesthetic=sac.pth
   imagereward eval --reuse --output-dir out/       # recompute the table from test_<model>.json
 
 outputs (in --output-dir):
@@ -78,7 +81,8 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--reuse", action="store_true",
-        help="use an existing test_<model>.json in --output-dir instead of scoring again",
+        help="recompute the table from the test_<model>.json files already in --output-dir; "
+        "no model is loaded, and missing files are listed (exit 3)",
     )
     run.add_argument(
         "--bootstrap", type=int, default=1000, metavar="N",
@@ -135,8 +139,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..hub import sha256_file
 
     apply_offline(args)
-    if args.checkpoint is not None and IMAGEREWARD not in args.models:
-        args.parser.error(f"--checkpoint is for {IMAGEREWARD}, which is not in --models")
+    checkpoints = checkpoint_paths(args.checkpoint, IMAGEREWARD, _with_encoders(args.models), args.parser)
     if not 0.0 < args.confidence < 1.0:
         args.parser.error("--confidence must be between 0 and 1")
     _ensure_data(args)
@@ -147,12 +150,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if not items:
         raise CliError(f"{args.data} holds no prompts", EXIT_INPUT)
     paths = {m: preference.predictions_path(args.output_dir, m) for m in args.models}
-    to_score = [m for m in args.models if not (args.reuse and os.path.isfile(paths[m]))]
-    if not args.no_plot:  # fail before the long part
-        try:
-            report.require_plotting()
-        except report.ReportError as error:
-            raise CliError(str(error)) from None
+    to_score = [] if args.reuse else list(args.models)
+    missing = [paths[m] for m in args.models if args.reuse and not os.path.isfile(paths[m])]
+    if missing:
+        raise CliError(
+            f"--reuse needs the predictions of every model in --models; missing: {', '.join(missing)} "
+            "(run without --reuse to score those models, or leave them out of --models)",
+            EXIT_INPUT,
+        )
+    if not args.no_plot and not report.can_plot():  # the PNG is optional: the rest comes out
+        print(report.PLOT_SKIPPED_NOTE, file=sys.stderr)
+        args.no_plot = True
     if to_score:
         _ensure_images(args, items)
 
@@ -160,7 +168,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for model in args.models:
         if model in to_score:
             try:
-                rewards[model] = _score(model, items, args)
+                rewards[model] = _score(model, items, args, checkpoints)
             except CliError as error:
                 done = [m for m in to_score if m in rewards]
                 if not done:
@@ -179,25 +187,34 @@ def run_eval(args: argparse.Namespace) -> int:
     official = sha256_file(args.data) == TEST_JSON_SHA256
     written = [paths[m] for m in to_score]
     summary = {"data": args.data, "images": args.images, "official_test_set": official,
+               "checkpoints": {m: checkpoints[m] for m in args.models if m in checkpoints},
                "models": report.results_dict(results)}
+    shown = {model_label(m, checkpoints.get(m)): results[m] for m in args.models}  # tables and plot
     written.append(write_json(os.path.join(args.output_dir, "accuracy.json"), summary, indent=2))
     plot = None
     if not args.no_plot:
-        flat = {m: [v for r in rewards[m] for v in r] for m in args.models}
-        plot = report.plot_accuracy(os.path.join(args.output_dir, "report.png"), results, flat, paper=official)
+        flat = {model_label(m, checkpoints.get(m)): [v for r in rewards[m] for v in r] for m in args.models}
+        plot = report.plot_accuracy(os.path.join(args.output_dir, "report.png"), shown, flat, paper=official)
         written.append(plot)
-    markdown = report.accuracy_report(results, args.data, official, plot and os.path.basename(plot))
+    markdown = report.accuracy_report(shown, args.data, official, plot and os.path.basename(plot))
     written.append(report.write_text(os.path.join(args.output_dir, "report.md"), markdown))
-    print(report.accuracy_table(results, paper=official))
+    print(report.accuracy_table(shown, paper=official))
     print(f"imagereward: wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
 
-def _score(model: str, items: List[Any], args: argparse.Namespace) -> List[List[float]]:
+def _with_encoders(models: List[str]) -> List[str]:
+    """The models whose files --checkpoint may name: those run, and CLIP as Aesthetic's encoder."""
+    return models + (["CLIP"] if "Aesthetic" in models and "CLIP" not in models else [])
+
+
+def _score(
+    model: str, items: List[Any], args: argparse.Namespace, checkpoints: Dict[str, str]
+) -> List[List[float]]:
     from ..eval.preference import score_items
     from ..errors import InputError
 
-    scorer = load_scorer(model, args, args.checkpoint if model == IMAGEREWARD else None)
+    scorer = load_scorer(model, args, checkpoints)
     try:
         return score_items(
             scorer, items, args.images, chunk_size=4 * args.batch_size, desc=model,

@@ -21,10 +21,15 @@ from .common import (
     add_general_options,
     add_model_options,
     apply_offline,
+    checkpoint_paths,
     load_scorer,
+    model_label,
     model_name,
     model_names_help,
 )
+
+# Table headers show at most this many characters of a prompt (JSON and CSV keep it whole).
+HEADER_PROMPT_CHARS = 80
 
 SCORE_EPILOG = f"""\
 examples:
@@ -121,17 +126,23 @@ def _add_single_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = add_model_options(parser, CHECKPOINT_HELP)
-    group.add_argument(
-        "--clip-checkpoint", metavar="PATH",
-        help="for Aesthetic: a local OpenAI CLIP ViT-L-14.pt for its image encoder",
-    )
+    add_model_options(parser, CHECKPOINT_HELP)
+
+
+def _checkpoints(args: argparse.Namespace) -> Dict[str, str]:
+    """Local weight files by model; for Aesthetic its CLIP encoder may be given as CLIP=PATH."""
+    models = [args.model, "CLIP"] if args.model == "Aesthetic" else [args.model]
+    if args.clip_checkpoint is not None and args.model != "Aesthetic":
+        args.parser.error("--clip-checkpoint is for --model Aesthetic")
+    return checkpoint_paths(args.checkpoint, args.model, models, args.parser)
 
 
 def _load(args: argparse.Namespace) -> Any:
-    if args.clip_checkpoint is not None and args.model != "Aesthetic":
-        args.parser.error("--clip-checkpoint is for --model Aesthetic")
-    return load_scorer(args.model, args, args.checkpoint, clip_checkpoint=args.clip_checkpoint)
+    return load_scorer(args.model, args, _checkpoints(args))
+
+
+def _label(args: argparse.Namespace) -> str:
+    return model_label(args.model, _checkpoints(args).get(args.model))
 
 
 def _check_single(args: argparse.Namespace) -> None:
@@ -142,7 +153,8 @@ def _check_single(args: argparse.Namespace) -> None:
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CliError(f"image not found: {missing[0]}{more}", EXIT_INPUT)
+        what = "image path is a folder, not a file" if os.path.isdir(missing[0]) else "image not found"
+        raise CliError(f"{what}: {missing[0]}{more}", EXIT_INPUT)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -151,13 +163,11 @@ def run_score(args: argparse.Namespace) -> int:
         return _run_batch(args)
     if args.output is not None or args.resume:
         args.parser.error("--output and --resume need --input")
-    rows = _reward_rows(args)
-    records = [
-        {"prompt": prompt, "image": image, "reward": reward}
-        for prompt, rewards in zip(args.prompt, rows)
-        for image, reward in zip(args.images, rewards)
+    groups = [
+        [{"prompt": prompt, "image": image, "reward": reward} for image, reward in zip(args.images, rewards)]
+        for prompt, rewards in zip(args.prompt, _reward_rows(args))
     ]
-    _emit(records, ["reward", "image"], args)
+    _emit(groups, ["reward", "image"], args)
     return 0
 
 
@@ -165,38 +175,60 @@ def run_rank(args: argparse.Namespace) -> int:
     from ..scoring.base import ranks_from_rewards
 
     apply_offline(args)
-    rows = _reward_rows(args)
-    records: List[Dict[str, Any]] = []
-    for prompt, rewards in zip(args.prompt, rows):
+    groups: List[List[Dict[str, Any]]] = []
+    for prompt, rewards in zip(args.prompt, _reward_rows(args)):
         ranked = zip(args.images, ranks_from_rewards(rewards), rewards)
-        records.extend(
-            sorted(
-                (
-                    {"rank": rank, "prompt": prompt, "image": image, "reward": reward}
-                    for image, rank, reward in ranked
-                ),
-                key=lambda r: r["rank"],
-            )
-        )
-    _emit(records, ["rank", "reward", "image"], args)
+        groups.append(sorted(
+            (
+                {"rank": rank, "prompt": prompt, "image": image, "reward": reward}
+                for image, rank, reward in ranked
+            ),
+            key=lambda r: r["rank"],
+        ))
+    _emit(groups, ["rank", "reward", "image"], args)
     return 0
 
 
 def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
-    """Rewards of every image for each ``--prompt``, one list per prompt."""
+    """Rewards of every image for each ``--prompt`` as given, one list per prompt.
+
+    A prompt given several times is scored once (``score_matrix`` encodes each distinct
+    prompt once) and reported each time it was given.
+    """
     _check_single(args)
-    args.prompt = list(dict.fromkeys(args.prompt))  # a repeated --prompt is scored once
     from ..errors import InputError
 
     scorer = _load(args)
+    images = list(args.images)
+    chunk = 4 * args.batch_size  # images per call: keeps decoding a few batches ahead
+    progress = _progress_bar(args, len(images))
+    columns = []
     try:
-        matrix = scorer.score_matrix(args.prompt, list(args.images))
+        for start in range(0, len(images), chunk):
+            part = images[start : start + chunk]
+            columns.append(scorer.score_matrix(args.prompt, part))
+            progress.update(len(part))
     except InputError as error:
         raise CliError(str(error), EXIT_INPUT) from error
-    return matrix.tolist()
+    finally:
+        progress.close()
+    import torch
+
+    return torch.cat(columns, dim=1).tolist()
 
 
-def _emit(records: List[Dict[str, Any]], columns: Sequence[str], args: argparse.Namespace) -> None:
+def _progress_bar(args: argparse.Namespace, total: int) -> Any:
+    """A bar on stderr when there is more than one batch, stderr is a terminal and not --no-progress."""
+    from tqdm.auto import tqdm
+
+    shown = total > args.batch_size and not args.no_progress and sys.stderr.isatty()
+    return tqdm(total=total, unit="image", desc="scoring", file=sys.stderr, disable=not shown,
+                leave=False, dynamic_ncols=True)
+
+
+def _emit(groups: List[List[Dict[str, Any]]], columns: Sequence[str], args: argparse.Namespace) -> None:
+    """Records grouped by prompt (one group per --prompt given), as JSON, CSV or tables."""
+    records = [record for group in groups for record in group]
     if args.json:
         text = json.dumps(records, indent=2, ensure_ascii=False)
     elif args.csv:
@@ -206,17 +238,21 @@ def _emit(records: List[Dict[str, Any]], columns: Sequence[str], args: argparse.
         writer.writerows(records)
         text = buffer.getvalue().rstrip("\n")
     else:
-        text = "\n\n".join(
-            format_table([r for r in records if r["prompt"] == prompt], columns, args.model, prompt)
-            for prompt in dict.fromkeys(args.prompt)
-        )
+        label = _label(args)
+        text = "\n\n".join(format_table(group, columns, label, group[0]["prompt"]) for group in groups)
     print(text)
+
+
+def shorten(text: str, limit: int = HEADER_PROMPT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis (whitespace runs collapsed)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def format_table(
     records: Sequence[Dict[str, Any]], columns: Sequence[str], model: str, prompt: str
 ) -> str:
-    """A plain aligned table for people; rewards with 4 decimals."""
+    """A plain aligned table for people; rewards with 4 decimals, long prompts shortened."""
     def cell(record: Dict[str, Any], column: str) -> str:
         value = record[column]
         return f"{value:.4f}" if column == "reward" else str(value)
@@ -230,7 +266,7 @@ def format_table(
             c if i == last else c.rjust(widths[i]) for i, c in enumerate(cells)
         ).rstrip()
 
-    return "\n".join([f"{model} | prompt: {prompt}", line(columns), *(line(r) for r in rows)])
+    return "\n".join([f"{model} | prompt: {shorten(prompt)}", line(columns), *(line(r) for r in rows)])
 
 
 def _run_batch(args: argparse.Namespace) -> int:

@@ -72,8 +72,8 @@ class AccuracyResult:
     human_ties: int
     reward_ties: int
     nan_pairs: int
-    ci_low: float
-    ci_high: float
+    ci_low: Optional[float]  # None when no bootstrap was run
+    ci_high: Optional[float]
     confidence: float
     n_bootstrap: int
 
@@ -89,16 +89,18 @@ def bootstrap_interval(
     confidence: float = 0.95,
     seed: Optional[int] = 0,
 ) -> tuple:
-    """Percentile interval of the pooled accuracy, resampling prompts with replacement."""
+    """Percentile interval of the pooled accuracy, resampling prompts with replacement.
+
+    ``n_bootstrap <= 0`` means no interval: ``(None, None)``.
+    """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     hits_arr = np.asarray(hits, dtype=np.float64)
     pairs_arr = np.asarray(pairs, dtype=np.float64)
+    if n_bootstrap <= 0:
+        return None, None
     if pairs_arr.size == 0 or pairs_arr.sum() == 0:
         return math.nan, math.nan
-    if n_bootstrap <= 0:
-        point = float(hits_arr.sum() / pairs_arr.sum())
-        return point, point
     rng = np.random.default_rng(seed)
     index = rng.integers(0, pairs_arr.size, size=(n_bootstrap, pairs_arr.size))
     samples = hits_arr[index].sum(axis=1) / pairs_arr[index].sum(axis=1)

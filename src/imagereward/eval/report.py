@@ -39,31 +39,28 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) 
 def accuracy_table(results: Mapping[str, AccuracyResult], paper: bool = False) -> str:
     """Markdown table of preference accuracy per model; ``paper`` adds the published numbers."""
     confidence = next(iter(results.values())).confidence if results else 0.95
-    header = [
-        "Model",
-        "Pref. acc. (%)",
-        f"{round(100 * confidence)}% CI (%)",
-        "Per-prompt acc. (%)",
-        "Pairs",
-        "Prompts",
-    ]
+    interval = has_interval(results)  # no column at all when no bootstrap was run
+    header = ["Model", "Pref. acc. (%)"]
+    header += [f"{round(100 * confidence)}% CI (%)"] if interval else []
+    header += ["Per-prompt acc. (%)", "Pairs", "Prompts"]
     if paper:
         header.append("Paper (%)")
     rows = []
     for model, r in results.items():
-        row = [
-            model,
-            _pct(r.accuracy),
-            f"{_pct(r.ci_low)}–{_pct(r.ci_high)}",
-            _pct(r.per_prompt_accuracy),
-            str(r.pairs),
-            str(r.prompts),
-        ]
+        row = [model, _pct(r.accuracy)]
+        if interval:
+            row.append("–" if r.ci_low is None else f"{_pct(r.ci_low)}–{_pct(r.ci_high)}")
+        row += [_pct(r.per_prompt_accuracy), str(r.pairs), str(r.prompts)]
         if paper:
             reference = PAPER_ACCURACY.get(model)
             row.append("–" if reference is None else f"{reference:.2f}")
         rows.append(row)
-    return _markdown(header, rows, "lrrrrr" + ("r" if paper else ""))
+    return _markdown(header, rows, "l" + "r" * (len(header) - 1))
+
+
+def has_interval(results: Mapping[str, AccuracyResult]) -> bool:
+    """Whether any result carries a bootstrap confidence interval."""
+    return any(r.ci_low is not None for r in results.values())
 
 
 def benchmark_table(
@@ -100,9 +97,20 @@ def _pyplot() -> Any:
     return plt
 
 
-def require_plotting() -> None:
-    """Fail early, before a long run, when plots are wanted but matplotlib is missing."""
-    _pyplot()
+def can_plot() -> bool:
+    """Whether matplotlib is installed (checked before a long run, without importing pyplot)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # a module set to None in sys.modules
+        return False
+
+
+PLOT_SKIPPED_NOTE = (
+    "imagereward: note: matplotlib is not installed, so report.png is skipped "
+    "(pip install 'imagereward[report]' for it; --no-plot silences this)"
+)
 
 
 def plot_accuracy(
@@ -117,10 +125,14 @@ def plot_accuracy(
     figure, axes = plt.subplots(1, 1 + len(models), figsize=(4.2 * (1 + len(models)), 3.6), squeeze=False)
     axis = axes[0][0]
     values = [100 * results[m].accuracy for m in models]
-    errors = [
-        [100 * (results[m].accuracy - results[m].ci_low) for m in models],
-        [100 * (results[m].ci_high - results[m].accuracy) for m in models],
-    ]
+    errors = None
+    if has_interval(results):
+        errors = [
+            [100 * (results[m].accuracy - results[m].ci_low) if results[m].ci_low is not None else 0.0
+             for m in models],
+            [100 * (results[m].ci_high - results[m].accuracy) if results[m].ci_high is not None else 0.0
+             for m in models],
+        ]
     positions = list(range(len(models)))
     axis.bar(positions, values, yerr=errors, capsize=4, color="tab:blue", label="this run")
     if paper:
@@ -183,7 +195,7 @@ def accuracy_report(
         "Accuracy is pooled over all image pairs with different human ranks; a pair is a",
         "hit when the better-ranked image gets a strictly larger reward",
         "(equal rewards are misses, human ties and pairs with a NaN reward are not counted).",
-        "The interval is a percentile bootstrap over prompts.",
+        *(["The interval is a percentile bootstrap over prompts."] if has_interval(results) else []),
         "",
         accuracy_table(results, paper=paper),
     ]

@@ -17,23 +17,42 @@ from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 from tokenizers.processors import TemplateProcessing
 
-from ..hub import fetch_hub_file
+from ..errors import TokenizerFileError
+from .vocab_files import BERT_VOCAB_FILENAME, bundled_file
 
-BERT_REPO = "bert-base-uncased"
 VOCAB_ENV = "IMAGEREWARD_BERT_VOCAB"
 DEC_TOKEN = "[DEC]"
 ENC_TOKEN = "[ENC]"
 
 
 def resolve_bert_vocab(vocab_file: Optional[str] = None) -> str:
-    """An explicit path, else ``$IMAGEREWARD_BERT_VOCAB``, else ``vocab.txt`` of the hub repo."""
+    """An explicit path, else ``$IMAGEREWARD_BERT_VOCAB``, else the vocabulary shipped in the package."""
     path = vocab_file or os.environ.get(VOCAB_ENV)
     if path:
         if not os.path.isfile(path):
-            raise FileNotFoundError(2, "BERT vocabulary file not found", path)
+            what = "is a folder" if os.path.isdir(path) else "not found"
+            raise FileNotFoundError(2, f"BERT vocabulary file {what}", path)
         return path
-    return fetch_hub_file(BERT_REPO, "vocab.txt", what="the bert-base-uncased vocabulary",
-                          local_hint=f"set {VOCAB_ENV}=/path/to/vocab.txt")
+    return bundled_file(BERT_VOCAB_FILENAME)
+
+
+def read_bert_vocab(path: str) -> Dict[str, int]:
+    """Token -> id of a ``vocab.txt`` (one token per line); errors name the file."""
+    vocab: Dict[str, int] = {}
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            for index, line in enumerate(handle):
+                vocab[line.rstrip("\n")] = index
+    except UnicodeDecodeError as error:
+        compressed = " (it looks gzip-compressed: unpack it first)" if error.object[:2] == b"\x1f\x8b" else ""
+        raise TokenizerFileError(
+            f"{path} is not a BERT vocabulary: not UTF-8 text{compressed}; "
+            "expected vocab.txt with one token per line"
+        ) from None
+    for token in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
+        if token not in vocab:
+            raise TokenizerFileError(f"{path} is not a BERT vocabulary: {token} is missing")
+    return vocab
 
 
 class BertTokenizer:
@@ -41,13 +60,7 @@ class BertTokenizer:
 
     def __init__(self, vocab_file: Optional[str] = None, max_length: int = 35) -> None:
         path = resolve_bert_vocab(vocab_file)
-        vocab: Dict[str, int] = {}
-        with open(path, "r", encoding="utf-8") as handle:
-            for index, line in enumerate(handle):
-                vocab[line.rstrip("\n")] = index
-        for token in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
-            if token not in vocab:
-                raise ValueError(f"{path} is not a BERT vocabulary: {token} is missing")
+        vocab = read_bert_vocab(path)
         tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         tokenizer.normalizer = BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True

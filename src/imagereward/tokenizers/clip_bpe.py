@@ -30,15 +30,10 @@ import ftfy
 import regex
 import torch
 
-from ..hub import default_cache_dir, download_url
+from ..errors import TokenizerFileError
+from .vocab_files import CLIP_BPE_FILENAME, bundled_file
 
-BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
-# The merges file of the openai/CLIP repository at a fixed commit (unchanged since release).
-BPE_URL = (
-    "https://raw.githubusercontent.com/openai/CLIP/"
-    "d50d76daa670286dd6cacf3bcd80b5e4823fc8e1/clip/" + BPE_FILENAME
-)
-BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+# The package ships the merges file of the openai/CLIP repository (clip/bpe_simple_vocab_16e6.txt.gz).
 BPE_ENV = "IMAGEREWARD_CLIP_BPE"
 
 SOT_TOKEN = "<|startoftext|>"
@@ -59,21 +54,15 @@ _WHITESPACE = regex.compile(r"\s+")
 _CACHE_LIMIT = 100_000
 
 
-def resolve_clip_bpe(bpe_file: Optional[str] = None, cache_dir: Optional[str] = None) -> str:
-    """An explicit path, else ``$IMAGEREWARD_CLIP_BPE``, else the pinned download (checksummed)."""
+def resolve_clip_bpe(bpe_file: Optional[str] = None) -> str:
+    """An explicit path, else ``$IMAGEREWARD_CLIP_BPE``, else the merges shipped in the package."""
     path = bpe_file or os.environ.get(BPE_ENV)
     if path:
         if not os.path.isfile(path):
-            raise FileNotFoundError(2, "CLIP BPE merges file not found", path)
+            what = "is a folder" if os.path.isdir(path) else "not found"
+            raise FileNotFoundError(2, f"CLIP BPE merges file {what}", path)
         return path
-    return download_url(
-        BPE_URL,
-        cache_dir or default_cache_dir(),
-        BPE_FILENAME,
-        sha256=BPE_SHA256,
-        what="the CLIP BPE merges",
-        local_hint=f"set {BPE_ENV}=/path/to/{BPE_FILENAME} or pass bpe_file=",
-    )
+    return bundled_file(CLIP_BPE_FILENAME)
 
 
 def byte_table() -> List[Tuple[int, str]]:
@@ -106,15 +95,15 @@ def _read_merges(path: str) -> List[Tuple[str, str]]:
         with gzip.open(path, "rb") as handle:
             lines = handle.read().decode("utf-8").split("\n")
     except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not a gzipped CLIP BPE merges file: {error}") from error
+        raise TokenizerFileError(f"{path} is not a gzipped CLIP BPE merges file: {error}") from error
     merges = []
     for line in lines[1 : NUM_MERGES + 1]:  # line 0 is a version header
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{path} is not a CLIP BPE merges file: bad line {line!r}")
+            raise TokenizerFileError(f"{path} is not a CLIP BPE merges file: bad line {line!r}")
         merges.append((parts[0], parts[1]))
     if len(merges) != NUM_MERGES:
-        raise ValueError(f"{path} holds {len(merges)} merges, CLIP needs {NUM_MERGES}")
+        raise TokenizerFileError(f"{path} holds {len(merges)} merges, CLIP needs {NUM_MERGES}")
     return merges
 
 

@@ -17,14 +17,24 @@ DESCRIPTION = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and one flag per :class:`TrainConfig` option; given flags win over the file."""
-    parser.add_argument("--config", metavar="FILE", help="training options as JSON or TOML")
-    for option in dataclasses.fields(TrainConfig):
+def _help(text: str, default: object) -> str:
+    """The option's help with its default said once: not when the text already explains it."""
+    if "default" in text or default == "":
+        return text
+    return f"{text} (default: {default!r})"
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_class: type = TrainConfig) -> None:
+    """``--config FILE`` and one flag per option of ``config_class``; given flags win over the file."""
+    parser.add_argument("--config", metavar="FILE", help="options as JSON or TOML")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show the full traceback on errors (not a training option)",
+    )
+    for option in dataclasses.fields(config_class):
         flag = "--" + option.name.replace("_", "-")
         default, help_text = option.default, option.metadata["help"]
-        common = {"dest": option.name, "default": argparse.SUPPRESS,
-                  "help": f"{help_text} (default: {default!r})"}
+        common = {"dest": option.name, "default": argparse.SUPPRESS, "help": _help(help_text, default)}
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif isinstance(default, tuple):
@@ -43,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     """Train with the parsed options; progress is printed by rank 0 only."""
     try:
         config = config_from_args(args)
+        config.accumulation(int(os.environ.get("WORLD_SIZE", "1") or 1))  # a usage error, said now
     except (ValueError, OSError, ImportError) as error:
         print(f"imagereward train: error: {error}", file=sys.stderr)
         return 2

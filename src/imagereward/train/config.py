@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 INITS = ("blip", "imagereward", "scratch")
+HEAD_INITS = ("lecun", "original")  # as imagereward.models.head (not imported: keeps --help light)
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("cosine", "constant")
 
@@ -47,10 +48,15 @@ class TrainConfig:
     init_checkpoint: str = _option(
         "", "weights to start from: model_large.pth for 'blip'; a checkpoint file, saved "
         "folder or registered name (ImageReward-v1.0) for 'imagereward'")
+    head_init: str = _option(
+        "lecun", "initialisation of a fresh reward head: 'lecun' (each layer N(0, 1/fan_in), "
+        "variance-preserving) or 'original' (the original code's N(0, 1/(d+1)) for every layer, "
+        "which starts the reward near 1e-6 and can stall training at loss ln 2)", HEAD_INITS)
     model_config: str = _option(
         "", "JSON with the model configuration (ImageRewardConfig fields, or a saved config.json); "
         "default: the ImageReward-v1.0 architecture")
-    vocab_file: str = _option("", "BERT vocab.txt (default: $IMAGEREWARD_BERT_VOCAB or the hub)")
+    vocab_file: str = _option(
+        "", "BERT vocab.txt (default: $IMAGEREWARD_BERT_VOCAB or the one shipped with the package)")
     freeze_rate: float = _option(
         0.7, "freeze the embeddings and the first floor(rate * layers) text layers and ViT blocks")
     freeze_backbone: bool = _option(False, "freeze all of BLIP and train the head only")
@@ -109,6 +115,7 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first invalid option; return ``self``."""
         checks = [
             ("init", self.init in INITS, f"must be one of {INITS}"),
+            ("head_init", self.head_init in HEAD_INITS, f"must be one of {HEAD_INITS}"),
             ("precision", self.precision in PRECISIONS, f"must be one of {PRECISIONS}"),
             ("lr_schedule", self.lr_schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
             ("freeze_rate", 0.0 <= self.freeze_rate <= 1.0, "must be in [0, 1]"),

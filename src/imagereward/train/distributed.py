@@ -9,6 +9,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from ..dtypes import resolve_device
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -44,21 +46,37 @@ def init_distributed(device: str = "") -> DistContext:
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = resolve_device(device or None)
     if target.type == "cuda":
         if target.index is None:
             target = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
         torch.cuda.set_device(target)
     owns_group = world_size > 1 and not dist.is_initialized()
     if owns_group:
+        # torch._dynamo (imported by the first optimizer) keeps a process group that exists at
+        # its import alive after destroy_process_group, with the group's gloo threads; those
+        # threads then run into interpreter shutdown, where one can abort the process
+        # ("terminate called without an active exception"). Imported first, it holds nothing.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
     return DistContext(rank, local_rank, world_size, target, owns_group)
 
 
-def shutdown(context: DistContext) -> None:
-    """Leave the process group if :func:`init_distributed` created it."""
+def shutdown(context: DistContext, wait_for_others: bool = True) -> None:
+    """Leave the process group if :func:`init_distributed` created it.
+
+    After a successful run every process first waits for the others at a barrier, so
+    none tears down its connections while another still uses them (rank 0 is often
+    still writing files). After a failure it leaves at once: the others may be stuck in
+    a collective and are ended by torchrun.
+    """
     if context.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if wait_for_others:
+                barrier(context)
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(values: torch.Tensor, context: DistContext) -> torch.Tensor:

@@ -38,19 +38,24 @@ def pairwise_loss(better: torch.Tensor, worse: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_pairs(
     model: nn.Module, batches: Iterable[Batch], context: DistContext, precision: str
-) -> Tuple[float, float]:
-    """Mean loss and accuracy over all pairs of all processes (a tie counts as wrong)."""
-    totals = torch.zeros(3, dtype=torch.float64, device=context.device)
+) -> Tuple[float, float, float]:
+    """Mean loss, accuracy (a tie counts as wrong) and the standard deviation of the raw
+    rewards, over all pairs of all processes."""
+    totals = torch.zeros(5, dtype=torch.float64, device=context.device)
     for batch in batches:
         with autocast(context.device, precision):
             better, worse = pair_rewards(model, batch, context.device)
+        rewards = torch.cat([better, worse]).double()
         totals[0] += pairwise_loss(better, worse).sum().double()
         totals[1] += (better > worse).sum()
         totals[2] += better.numel()
-    loss, correct, count = all_reduce_sum(totals, context).tolist()
+        totals[3] += rewards.sum()
+        totals[4] += rewards.square().sum()
+    loss, correct, count, total, squares = all_reduce_sum(totals, context).tolist()
     if count == 0:
         raise ValueError("the validation set has no pairs with different ranks")
-    return loss / count, correct / count
+    mean = total / (2 * count)
+    return loss / count, correct / count, math.sqrt(max(squares / (2 * count) - mean * mean, 0.0))
 
 
 @torch.no_grad()

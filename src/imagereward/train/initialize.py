@@ -70,6 +70,6 @@ def build_model(config: TrainConfig) -> ImageRewardNet:
             load_blip_pretrain(model, config.init_checkpoint)
         else:
             _init_scratch(model)
-        model.mlp.reset_parameters()
+        model.mlp.reset_parameters(config.head_init)
     model.config = dataclasses.replace(model.config, reward_mean=0.0, reward_std=1.0)
     return model

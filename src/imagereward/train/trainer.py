@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -41,6 +42,10 @@ logger = logging.getLogger(__name__)
 BEST_DIR = "best"
 LAST_DIR = "last"
 PLOT_FILE = "training_curves.png"
+# A reward whose spread over the validation images stays below this for this many validations
+# in a row is not learning: the pairwise loss sits at ln 2.
+FLAT_REWARD_STD = 1e-3
+FLAT_VALIDATIONS = 3
 CONFIG_FILE = "train_config.json"
 # Options that decide what each step sees and its learning rate: a resumed run keeps them.
 RESUME_FIXED = (
@@ -82,10 +87,13 @@ def train(config: TrainConfig, on_record: Optional[Callable[[Record], None]] = N
     """
     config.validate()
     context = init_distributed(config.device)
+    completed = False
     try:
-        return Trainer(config, context, on_record).run()
+        result = Trainer(config, context, on_record).run()  # the trainer and its DDP wrapper go here
+        completed = True
+        return result
     finally:
-        shutdown(context)
+        shutdown(context, wait_for_others=completed)  # after a failure, leave without waiting
 
 
 class Trainer:
@@ -113,11 +121,15 @@ class Trainer:
             [p for p in self.model.parameters() if p.requires_grad], lr=config.lr,
             betas=tuple(config.adam_betas), eps=config.adam_eps, weight_decay=config.weight_decay,
         )
+        # A partial, not a lambda over self: no reference cycle keeps the trainer (and the
+        # process group its DDP wrapper holds) alive after train() returns.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: lr_factor(step, config.warmup_steps, self.total_steps, config.lr_schedule),
+            functools.partial(lr_factor, warmup=config.warmup_steps, total=self.total_steps,
+                              schedule=config.lr_schedule),
         )
         self.step, self.best_step, self.best_val_loss = 0, -1, math.inf
+        self.flat_validations = 0
         own_rng = self._resume() if config.resume else None
         self.net: nn.Module = self.model
         if context.enabled:
@@ -236,16 +248,33 @@ class Trainer:
     def _validate(self) -> None:
         self.model.eval()
         batches = self._shard(self.valid_set)
-        loss, accuracy = evaluate_pairs(self.model, batches, self.context, self.config.precision)
+        loss, accuracy, spread = evaluate_pairs(self.model, batches, self.context, self.config.precision)
         self.model.train()
         improved = loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = loss, self.step
             self._save_model(BEST_DIR, 0.0, 1.0)  # normalised at the end
-        self._record({"type": "valid", "loss": loss, "accuracy": accuracy, "best": improved})
+        self._record({"type": "valid", "loss": loss, "accuracy": accuracy, "reward_std": spread,
+                      "best": improved})
         if self.context.is_main:
-            logger.info("validation at step %d: loss %.4f accuracy %.3f%s", self.step, loss, accuracy,
-                        " (best)" if improved else "")
+            logger.info("validation at step %d: loss %.4f accuracy %.3f reward std %.3g%s", self.step, loss,
+                        accuracy, spread, " (best)" if improved else "")
+        self._check_reward_spread(spread)
+
+    def _check_reward_spread(self, spread: float) -> None:
+        """Warn once when the reward has stayed (nearly) constant over several validations."""
+        self.flat_validations = self.flat_validations + 1 if spread < FLAT_REWARD_STD else 0
+        if self.flat_validations == FLAT_VALIDATIONS and self.context.is_main:
+            likely = (
+                "the reward head was initialised with --head-init original, which starts the reward "
+                "near zero so that its gradients vanish under Adam's epsilon; train with --head-init lecun"
+                if self.config.head_init == "original" and self.config.init != "imagereward"
+                else "the learning rate may be too small, or the backbone frozen with too little to learn"
+            )
+            message = (f"the reward has hardly varied for {FLAT_VALIDATIONS} validations (std {spread:.3g} "
+                       f"< {FLAT_REWARD_STD:g}; loss stays near ln 2 = 0.6931): likely cause: {likely}")
+            logger.warning(message)
+            self._record({"type": "warning", "message": message})
 
     def _record(self, record: Record) -> Record:
         record = {"type": record.pop("type"), "step": self.step,

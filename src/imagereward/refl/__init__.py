@@ -1,0 +1,49 @@
+"""ReFL: fine-tune diffusion models with the reward (needs ``pip install imagereward[refl]``).
+
+>>> from imagereward.refl import ReFLConfig, train_refl
+>>> train_refl(ReFLConfig(model="runwayml/stable-diffusion-v1-5", prompts="refl_data.json",
+...                       pretrain_data="laion_subset/"))
+
+Names are imported lazily: ``import imagereward.refl`` imports neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, List
+
+_LAZY = {
+    "ReFLConfig": "imagereward.refl.config",
+    "load_config": "imagereward.refl.config",
+    "train_refl": "imagereward.refl.trainer",
+    "ReFLResult": "imagereward.refl.trainer",
+    "Reward": "imagereward.refl.reward",
+    "read_prompts": "imagereward.refl.data",
+    "read_pairs": "imagereward.refl.data",
+    "reward_step": "imagereward.refl.algorithm",
+    "denoising_loss": "imagereward.refl.algorithm",
+    "generate_images": "imagereward.refl.evaluate",
+    "heldout_denoising_loss": "imagereward.refl.evaluate",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .algorithm import denoising_loss, reward_step
+    from .config import ReFLConfig, load_config
+    from .data import read_pairs, read_prompts
+    from .evaluate import generate_images, heldout_denoising_loss
+    from .reward import Reward
+    from .trainer import ReFLResult, train_refl
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'imagereward.refl' has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return __all__

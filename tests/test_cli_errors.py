@@ -1,0 +1,178 @@
+"""Bad inputs on the command line: the documented exit code and a message naming the input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+
+from helpers import ASSETS, BERT_VOCAB, save_tiny_model
+from imagereward import cli
+from imagereward.cli.common import EXIT_INPUT, EXIT_USAGE
+
+IMAGE = str(ASSETS[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+def _random_bytes(path):
+    path.write_bytes(os.urandom(4096))
+
+
+def _text(path):
+    path.write_text("hello, I am not a checkpoint\n")
+
+
+def _missing_key(state):
+    del state["mlp.layers.0.weight"]
+
+
+def _wrong_shape(state):
+    state["mlp.layers.0.weight"] = torch.zeros(3, 3)
+
+
+@pytest.mark.parametrize("write", [_random_bytes, _text], ids=["random-bytes", "text"])
+def test_file_that_is_no_checkpoint_exits_3(capsys, tmp_path, write):
+    path = tmp_path / "ImageReward.pt"
+    write(path)
+    code, _, err = run(capsys, "score", "--offline", "--checkpoint", path, "-p", "x", IMAGE)
+    line = last_line(err)
+    assert code == EXIT_INPUT, err
+    assert f"{path} is not a checkpoint" in line
+    assert "weights_only" not in err  # never the advice to load with weights_only=False
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(_missing_key, "missing keys: mlp.layers.0.weight"), (_wrong_shape, "shape mismatches: mlp.layers.0.weight")],
+    ids=["missing-key", "wrong-shape"],
+)
+def test_checkpoint_that_does_not_fit_exits_3(capsys, tmp_path, tiny_model, change, message):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model, tmp_path / "model")
+    path = tmp_path / "model" / "model.safetensors"
+    state = load_file(str(path))
+    change(state)
+    save_file(state, str(path))
+    code, _, err = run(capsys, "score", "--offline", "--checkpoint", path.parent, "-p", "x", IMAGE)
+    line = last_line(err)
+    assert code == EXIT_INPUT, err
+    assert str(path) in line and message in line
+    assert "weights_only" not in err  # never the advice to load with weights_only=False
+
+
+def test_random_file_is_not_a_checkpoint_in_the_library(tmp_path):
+    import imagereward
+
+    path = tmp_path / "random.pt"
+    _random_bytes(path)
+    with pytest.raises(imagereward.CheckpointError) as error:
+        imagereward.load(str(path), device="cpu")
+    assert str(error.value).startswith(f"{path} is not a checkpoint")
+    assert error.value.__cause__ is None and error.value.__suppress_context__  # torch's text left out
+
+
+def test_cuda_on_a_cpu_only_torch(capsys, tiny_model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run(capsys, "score", "--checkpoint", tiny_model, "--device", "cuda", "-p", "x", IMAGE)
+    assert code == EXIT_INPUT
+    assert "CUDA is not available" in last_line(err) and "AssertionError" not in err
+
+
+def test_gzip_vocabulary_names_the_file(capsys, tmp_path, tiny_model):
+    vocab = tmp_path / "vocab.txt.gz"
+    vocab.write_bytes(gzip.compress(BERT_VOCAB.read_bytes()))
+    code, _, err = run(capsys, "score", "--checkpoint", tiny_model, "--vocab-file", vocab, "-p", "x", IMAGE)
+    line = last_line(err)
+    assert code == EXIT_INPUT
+    assert str(vocab) in line and "gzip" in line and "codec" not in line
+
+
+def test_folder_given_as_image(capsys, tmp_path, tiny_model):
+    code, _, err = run(capsys, "score", "--checkpoint", tiny_model, "-p", "x", tmp_path)
+    assert code == EXIT_INPUT
+    assert last_line(err).endswith(f"image path is a folder, not a file: {tmp_path}")
+
+
+# -- train ---------------------------------------------------------------------------------
+
+
+def test_train_usage_error_exits_2(capsys, tmp_path):
+    data = tmp_path / "train.json"
+    data.write_text("[]")
+    code, _, err = run(capsys, "train", "--train-data", data, "--init", "scratch",
+                       "--pairs-per-step", "6", "--batch-size", "4", "--output-dir", tmp_path / "out")
+    assert code == EXIT_USAGE
+    assert "pairs_per_step 6 is not a multiple of batch_size 4" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_has_verbose(capsys, tmp_path):
+    from test_train_synthetic import write_model_config
+
+    argv = ["train", "--train-data", tmp_path / "missing.json", "--init", "scratch", "--no-plot",
+            "--model-config", write_model_config(tmp_path / "model.json"), "--output-dir", tmp_path / "out"]
+    code, _, err = run(capsys, *argv)
+    assert code == EXIT_INPUT and str(tmp_path / "missing.json") in last_line(err)
+    code, _, err = run(capsys, *argv, "--verbose")  # the option its errors point to exists
+    assert code == EXIT_INPUT and "Traceback" in err
+
+
+def test_train_help_says_each_default_once(capsys):
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0
+    options = out.split("\n  --")[1:]
+    assert len(options) > 30
+    for option in options:
+        assert option.count("default") <= 1, option
+    assert "--head-init {lecun,original}" in out
+
+
+# -- files written ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_weights_follow_the_umask(capsys, tmp_path, tiny_model, umask):
+    previous = os.umask(umask)
+    try:
+        code, _, err = run(capsys, "convert", tiny_model, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    expected = 0o666 & ~umask
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == expected, name
+
+
+def test_convert_refuses_to_overwrite(capsys, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    assert run(capsys, "convert", tiny_model, out)[0] == 0
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    code, _, err = run(capsys, "convert", tiny_model, out)
+    assert code == EXIT_USAGE and "--overwrite" in err
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+    code, _, err = run(capsys, "convert", tiny_model, out, "--overwrite")
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["model_type"] == "ImageReward"
