@@ -10,13 +10,17 @@ pinned dependencies for the reference, ftfy for ours), writes a random-weight
 ``ImageReward.pt`` with the reference's own classes, makes 64 images of mixed sizes
 and formats for one prompt and stand-in images for 40 prompts of test.json, then
 times each workload in a fresh process for the reference (fp32, as it runs) and
-ours in fp32, bf16 and fp16:
+ours in fp32, bf16 and fp16, and imscore (the other plain-PyTorch port) against ours
+in each dtype:
 
 * ``rank``: ``inference_rank`` over the 64 image files, decoding included;
 * ``eval``: the evaluation-shaped workload, one ``inference_rank`` per prompt;
 * ``model``: the network alone on preprocessed pixels already on the GPU (the
   reference one image per forward as its ``inference_rank`` runs it, and also in
-  one batched ``score_gard`` call, for reference).
+  one batched ``score_gard`` call, for reference);
+* ``batch`` (imscore and ours): the images as 512 px decoded images in one call,
+  imscore's ``score`` on a [0, 1] tensor on the GPU, our ``inference_rank`` on PIL;
+* ``tensors`` (imscore and ours): the whole model on pre-made 224 px tensors on the GPU.
 
 It prints and writes (``gpu.json``, ``gpu.md``) the table, the agreement of every
 variant with the reference and of bf16/fp16 with our fp32, and the issue's targets.
@@ -49,11 +53,13 @@ FORMATS = ["webp", "png", "jpg"]
 def install(bundle: Path, workdir: Path) -> Dict[str, Path]:
     """pip-install the bundle's wheel folders (no index, no dependencies) once."""
     sites = {}
-    for name in ("reference", "ours"):
+    for name in ("reference", "ours", "imscore"):
         site = workdir / f"site-{name}"
         marker = site / ".installed"
         if not marker.exists():
             wheels = sorted(str(p) for p in (bundle / "wheels" / name).glob("*.whl"))
+            if not wheels and name == "imscore":
+                continue  # an older bundle: no imscore side
             if not wheels:
                 raise SystemExit(f"no wheels in {bundle / 'wheels' / name}: run gpu_bundle.py first")
             subprocess.run(
@@ -70,6 +76,8 @@ def configure(bundle: Path, sites: Dict[str, Path]) -> None:
     """Point the benchmark helpers at the bundle's data and the two import paths."""
     os.environ["IMAGEREWARD_SHARED"] = str(bundle / "shared")
     os.environ["IMAGEREWARD_REF_SITE"] = str(sites["reference"])
+    if "imscore" in sites:
+        os.environ["IMAGEREWARD_IMSCORE_SITE"] = str(sites["imscore"])
     os.environ["IMAGEREWARD_OURS_PATH"] = os.pathsep.join([str(REPO / "src"), str(sites["ours"])])
     sys.path[:0] = [str(REPO / "src"), str(sites["ours"])]
 
@@ -135,6 +143,8 @@ def report(results: Dict[str, Any]) -> str:
 
     lines = ["## Machine", "", "```", json.dumps(results["machine"], indent=2), "```", "",
              "## Throughput (ratios against reference-fp32)", "", speed.table(results), "",
+             "## Against imscore (same GPU, same dtype)", "",
+             speed.versus_table(results.get("versus_imscore", [])), "",
              "## Targets", "", "| variant | target | value | met |", "|---|---|---|---|"]
     for row in results["targets"]:
         lines.append(f"| {row['variant']} | {row['target']} | {row['value']:.4g} | "
@@ -217,6 +227,15 @@ def main() -> int:
         if impl == "reference":
             measure("reference-fp32-batched", impl, "model",
                     dict(request, batched=True, **workloads["model"]))
+    if "IMAGEREWARD_IMSCORE_SITE" in os.environ:
+        batch = {"prompt": prompt, "images": speed.batch_images(workdir, args.images),
+                 "count": args.images, "repeats": args.repeats}
+        for dtype in args.dtypes.split(","):
+            for impl in ("imscore", "ours"):
+                request = dict(base, dtype=dtype, batch_size=args.batch_size, compile=False)
+                for name in ("batch", "tensors"):
+                    measure(f"{impl}-{dtype}", impl, name, dict(request, **batch))
+        results["versus_imscore"] = speed.versus(results, "imscore")
     comparable = {k: v for k, v in work.items() if k != "reference-fp32-batched"}
     results["agreement"] = (
         speed.agreement(comparable, "reference-fp32") if "reference-fp32" in work else {}

@@ -4,7 +4,8 @@
     python benchmarks/gpu_bundle.py --python-version 3.11 --out .gpu311   # a CPU dry run here
 
 The bundle holds wheels of the reference (image-reward 1.5 and the versions it was
-released against, which the GPU image's newer packages would break) plus ftfy and
+released against, which the GPU image's newer packages would break), of imscore
+0.0.11 and what its ImageReward imports beyond torch and torchvision, plus ftfy and
 wcwidth for our CLIP tokenizer, and the two shared data files the benchmark reads:
 the BERT vocabulary and the test set's prompts. Nothing of it is committed.
 """
@@ -32,6 +33,13 @@ REFERENCE_WHEELS = [
 ]
 SOURCE_ONLY = ["fairscale==0.4.13"]  # published as an sdist: built into a wheel here
 OURS_WHEELS = ["ftfy==6.3.1", "wcwidth==0.2.13"]
+# imscore's ImageReward: transformers 4.x (5 removed an API it calls), its tokenizer
+# and hub packages, timm (PatchEmbed), einops; torch and torchvision come with the image.
+IMSCORE_WHEELS = [
+    "imscore==0.0.11", "transformers==4.57.6", "tokenizers==0.22.2", "huggingface_hub==0.36.2",
+    "hf-xet==1.8.0", "safetensors==0.8.0", "timm==1.0.31", "einops==0.8.2", "regex", "pyyaml",
+    "requests", "urllib3", "idna", "certifi", "charset-normalizer", "tqdm", "packaging",
+]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 
 
@@ -60,6 +68,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(reference),
                     *SOURCE_ONLY], check=True)
     download(OURS_WHEELS, ours, args.python_version)
+    download(IMSCORE_WHEELS, out / "wheels" / "imscore", args.python_version)
     for wheel in ours.iterdir():  # the reference's CLIP needs ftfy too
         shutil.copy(wheel, reference / wheel.name)
     data = out / "shared"

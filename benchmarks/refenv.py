@@ -40,6 +40,14 @@ _SNAPSHOT = "0" * 40
 REF_SITE_ENV = "IMAGEREWARD_REF_SITE"
 OURS_PATH_ENV = "IMAGEREWARD_OURS_PATH"
 
+# imscore 0.0.11, the other plain-PyTorch ImageReward port, as a speed peer. Its
+# torchvision links against a CUDA build of torch, so it gets torch 2.14.1 (the
+# reference's build); transformers 5 removed an API its tokenizer setup calls.
+IMSCORE_VENV = Path(os.path.expanduser("~/.cache/imagereward-bench/imscorevenv"))
+IMSCORE_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+IMSCORE = ["imscore==0.0.11", "transformers>=4.53,<5", "einops", "loguru", "open-clip-torch"]
+IMSCORE_SITE_ENV = "IMAGEREWARD_IMSCORE_SITE"
+
 
 def venv_python(venv: Optional[Path] = None) -> Path:
     venv = Path(os.environ.get("IMAGEREWARD_REF_VENV", venv or DEFAULT_VENV))
@@ -71,8 +79,37 @@ def reference_python() -> str:
     return str(ensure_reference_venv())
 
 
+def ensure_imscore_venv(venv: Optional[Path] = None) -> Path:
+    """Create imscore's environment if it is not there yet; return its python."""
+    root = Path(os.environ.get("IMAGEREWARD_IMSCORE_VENV", venv or IMSCORE_VENV))
+    python = root / "bin" / "python"
+    probe = [str(python), "-c", "import imscore.imreward.model"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"[refenv] creating imscore's environment in {root} (one time, several GB)")
+    subprocess.run(["python3.11", "-m", "venv", str(root)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + IMSCORE_TORCH, check=True)
+    subprocess.run(pip + IMSCORE + IMSCORE_TORCH, check=True)
+    subprocess.run(probe, check=True)
+    return python
+
+
+def imscore_python() -> str:
+    """imscore's interpreter: this one over a wheel folder (GPU machine), or its venv's."""
+    if os.environ.get(IMSCORE_SITE_ENV):
+        return sys.executable
+    return str(ensure_imscore_venv())
+
+
 def python_for(impl: str) -> str:
-    return reference_python() if impl == "reference" else sys.executable
+    """The interpreter of one side; ours may be another one (``IMAGEREWARD_OURS_PYTHON``),
+    so that both sides of a comparison can run on the same torch build."""
+    if impl == "reference":
+        return reference_python()
+    if impl == "imscore":
+        return imscore_python()
+    return os.environ.get("IMAGEREWARD_OURS_PYTHON") or sys.executable
 
 
 def _imports_reference(python: Path) -> bool:
@@ -112,7 +149,7 @@ def offline_env(workdir: Path) -> Dict[str, str]:
 def side_env(workdir: Path, impl: str) -> Dict[str, str]:
     """The offline environment for one side, with its import path where one is configured."""
     env = offline_env(workdir)
-    path = os.environ.get(REF_SITE_ENV if impl == "reference" else OURS_PATH_ENV)
+    path = os.environ.get({"reference": REF_SITE_ENV, "imscore": IMSCORE_SITE_ENV}.get(impl, OURS_PATH_ENV))
     if path:
         env["PYTHONPATH"] = path
     return env

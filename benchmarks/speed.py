@@ -1,6 +1,8 @@
-"""Speed and memory, ours against image-reward 1.5, side by side in one run.
+"""Speed and memory, ours against image-reward 1.5 and imscore, side by side in one run.
 
     python benchmarks/speed.py                 # full run against the reference (CPU)
+    python benchmarks/speed.py --sides imscore,ours --workloads batch,tensors
+                                               # against imscore, with the GEMM ceiling
     python benchmarks/speed.py --tiny          # smoke run of our side on a tiny model (CI)
 
 Every workload runs in a fresh process (speed_side.py) for each implementation,
@@ -8,6 +10,13 @@ one after the other on the same machine, on the same random-weight checkpoint in
 the original format. Prints a table of absolute figures and ratios and writes
 JSON (``--json``). Ratios are ours relative to the reference: for speed, higher
 is better; for times and memory, lower is better.
+
+With imscore as a side (its own environment, see refenv.py) the run also measures
+the machine's matrix-product ceiling (the linear layers of a ViT-L block, each
+dtype, alternating with the workloads), counts the FLOPs of one (prompt, image)
+pair on each side, and reports every rate as a fraction of that ceiling.
+``IMAGEREWARD_OURS_PYTHON`` runs our side on another interpreter, so that both
+sides can run on the same torch build.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from PIL import Image
 
 import refenv
 from imagereward.dtypes import cpu_has_fast, resolve_dtype
-from fixtures import PROMPTS, odd_images
+from fixtures import PROMPTS, _gradient, odd_images
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,6 +84,20 @@ def eval_items(workdir: Path, prompts: int) -> List[Dict[str, Any]]:
     return items
 
 
+def batch_images(workdir: Path, count: int, size: int = 512) -> List[str]:
+    """``count`` different ``size`` x ``size`` PNG images (lossless, so both sides decode
+    the same pixels)."""
+    folder = workdir / f"batch_{size}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"{index}.png"
+        if not path.exists():
+            Image.fromarray(_gradient(size, size, 200 + index)).save(path)
+        paths.append(str(path))
+    return paths
+
+
 def _flat(rewards: List[Any]) -> np.ndarray:
     """A list of rewards, or of per-prompt lists of rewards, as one array."""
     if rewards and isinstance(rewards[0], list):
@@ -90,12 +113,19 @@ def _same_order(a: List[float], b: List[float]) -> bool:
     return list(np.argsort(-np.array(a), kind="stable")) == list(np.argsort(-np.array(b), kind="stable"))
 
 
+# Which sides run each workload: the reference has no batched tensor API.
+WORKLOAD_SIDES = {"rank": ("reference", "ours"), "eval": ("reference", "ours"),
+                  "matrix": ("reference", "ours"), "batch": ("imscore", "ours"),
+                  "tensors": ("imscore", "ours")}
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     images = odd_images(workdir)
     rank_images = [p for p in images if not p.endswith(("huge.jpg", "tiny.png", "exact.png", "cmyk.jpg"))][:10]
-    items = eval_items(workdir, args.eval_prompts)
+    names = args.workloads.split(",")
+    items = eval_items(workdir, args.eval_prompts) if "eval" in names else []
     if args.tiny:
         base: Dict[str, Any] = {"checkpoint": str(_tiny_checkpoint(workdir)), "med_config": None}
         impls = ["ours"]
@@ -103,7 +133,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         from parity import SCORERS
 
         base = SCORERS["ImageReward-v1.0"].make(workdir)
-        impls = ["reference", "ours"]
+        impls = args.sides.split(",")
     base.update(threads=args.threads, batch_size=args.batch_size, compile=args.compile)
     results: Dict[str, Any] = {"machine": machine(args.threads), "workloads": {}}
     dtypes = args.dtypes.split(",")
@@ -112,33 +142,119 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         print(f"[speed] skipping {slow}: this CPU has no native support for them "
               "(use --force-half to time them anyway)", flush=True)
         results["skipped"] = {d: "no native CPU support" for d in slow}
+    fast = [d for d in dtypes if d not in slow]
+    count_images = batch_images(workdir, args.batch_images)
     workloads = {
         "rank": ("rank", {"prompt": PROMPTS[0], "images": rank_images, "repeats": args.repeats}),
         "eval": ("eval", {"items": items}),
         "matrix": ("matrix", {"prompts": PROMPTS[:4], "images": rank_images[:6]}),
+        "batch": ("batch", {"prompt": PROMPTS[0], "images": count_images, "repeats": args.repeats}),
+        "tensors": ("tensors", {"prompt": PROMPTS[0], "count": args.batch_images,
+                                "repeats": args.repeats}),
     }
-    variants = [("reference", "fp32")] * ("reference" in impls) + [("ours", d) for d in dtypes if d not in slow]
+    variants = [("reference", "fp32")] * ("reference" in impls)
+    variants += [(impl, d) for impl in ("imscore", "ours") if impl in impls for d in fast]
     work = results["workloads"]
+    peers = "imscore" in impls
+    if peers:
+        results["sides"] = {impl: run_side(impl, "versions", dict(base), workdir)
+                            for impl in impls}
+        results["flops_per_pair"] = {
+            impl: run_side(impl, "flops", dict(base, dtype="fp32", prompt=PROMPTS[0]),
+                           workdir)["flops_per_pair"]
+            for impl in ("imscore", "ours") if impl in impls
+        }
     for impl, dtype in variants:
         key = f"{impl}-{dtype}"
         work[key] = {}
-        if dtype == "fp32":
-            print(f"[speed] {key}: import, load", flush=True)
-            work[key]["import_seconds"] = import_seconds(impl, workdir)
+        if dtype == "fp32" and "load" in names:
+            if impl != "imscore":
+                print(f"[speed] {key}: import", flush=True)
+                work[key]["import_seconds"] = import_seconds(impl, workdir)
+            print(f"[speed] {key}: load", flush=True)
             work[key]["load"] = run_side(impl, "load", dict(base, dtype=dtype), workdir)
     # Short workloads alternate between the sides for --rounds rounds, so that a drift
     # in machine speed (shared hosts) hits both; the best timing of all rounds counts.
-    for name in args.workloads.split(","):
+    # With peers, each round also measures the matrix-product ceiling, best of all rounds.
+    for name in [n for n in names if n != "load"]:
         command, extra = workloads[name]
         for round_index in range(1 if name == "eval" else args.rounds):
+            if peers:
+                print(f"[speed] GEMM ceiling, round {round_index + 1}", flush=True)
+                reply = run_side("ours", "gemm", dict(base, dtypes=fast), workdir)
+                results["ceiling"] = best_ceiling(results.get("ceiling"), reply)
             for impl, dtype in variants:
+                if impl not in WORKLOAD_SIDES[name]:
+                    continue
                 key = f"{impl}-{dtype}"
                 print(f"[speed] {key}: {name}, round {round_index + 1}", flush=True)
                 reply = run_side(impl, command, dict(base, dtype=dtype, **extra), workdir)
                 work[key][name] = merge_rounds(work[key].get(name), reply)
+            if args.json:  # what is measured so far survives an interrupted run
+                args.json.write_text(json.dumps(results, indent=2))
     if "reference" in impls:
         results["agreement"] = agreement(results["workloads"], "reference-fp32")
+    if peers:
+        results["versus_imscore"] = versus(results, "imscore")
+        results["agreement_imscore"] = agreement(results["workloads"], "imscore-fp32")
     return results
+
+
+def best_ceiling(earlier: Optional[Dict[str, Any]], reply: Dict[str, Any]) -> Dict[str, Any]:
+    """The best ceiling per dtype over rounds (a busy machine only ever lowers it)."""
+    if earlier is None:
+        return reply
+    best = dict(earlier["ceiling"])
+    for dtype, entry in reply["ceiling"].items():
+        if dtype not in best or entry["gflops"] > best[dtype]["gflops"]:
+            best[dtype] = entry
+    return dict(reply, ceiling=best)
+
+
+def versus(results: Dict[str, Any], peer: str) -> List[Dict[str, Any]]:
+    """Ours against ``peer`` per workload and dtype, and each rate as a share of the
+    matrix-product ceiling: images/s times FLOPs per pair over ceiling FLOP/s. ``nominal``
+    counts the FLOPs of the original computation (the peer's count, prompts padded to
+    35 tokens); ``executed`` each side's own count."""
+    work, rows = results["workloads"], []
+    flops = results.get("flops_per_pair", {})
+    ceiling = results.get("ceiling", {}).get("ceiling", {})
+    for name in ("batch", "tensors"):
+        for dtype in ("fp32", "bf16", "fp16"):
+            mine, theirs = work.get(f"ours-{dtype}", {}), work.get(f"{peer}-{dtype}", {})
+            if name not in mine or name not in theirs:
+                continue
+            ours_rate = mine[name]["images_per_second"]
+            peer_rate = theirs[name]["images_per_second"]
+            row = {"workload": name, "dtype": dtype, "ours_images_per_second": ours_rate,
+                   f"{peer}_images_per_second": peer_rate, "ratio": ours_rate / peer_rate}
+            if mine[name].get("cpu_seconds") and theirs[name].get("cpu_seconds"):
+                row["cpu_time_ratio"] = min(theirs[name]["cpu_seconds"]) / min(mine[name]["cpu_seconds"])
+            if dtype in ceiling and peer in flops:
+                top = ceiling[dtype]["gflops"] * 1e9
+                row["ceiling_gflops"] = ceiling[dtype]["gflops"]
+                row["ours_of_ceiling_nominal"] = ours_rate * flops[peer] / top
+                row[f"{peer}_of_ceiling"] = peer_rate * flops[peer] / top
+                if "ours" in flops:
+                    row["ours_of_ceiling_executed"] = ours_rate * flops["ours"] / top
+            rows.append(row)
+    return rows
+
+
+def versus_table(rows: List[Dict[str, Any]], peer: str = "imscore") -> str:
+    lines = [f"| workload | dtype | {peer} (img/s) | ours (img/s) | ours / {peer} | same, by CPU "
+             f"time | ceiling (GFLOP/s) | {peer} of ceiling | ours of ceiling (nominal) | ours of "
+             "ceiling (executed) |", "|---" * 10 + "|"]
+    for row in rows:
+        cells = [row["workload"], row["dtype"], f"{row[f'{peer}_images_per_second']:.3g}",
+                 f"{row['ours_images_per_second']:.3g}", f"**{row['ratio']:.3g}x**"]
+        for field, fmt in (("cpu_time_ratio", "{:.3g}x"), ("ceiling_gflops", "{:.0f}"),
+                           (f"{peer}_of_ceiling", "{:.2f}"),
+                           ("ours_of_ceiling_nominal", "{:.2f}"),
+                           ("ours_of_ceiling_executed", "{:.2f}")):
+            cells.append(fmt.format(row[field]) if field in row else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def merge_rounds(earlier: Optional[Dict[str, Any]], reply: Dict[str, Any]) -> Dict[str, Any]:
@@ -146,13 +262,31 @@ def merge_rounds(earlier: Optional[Dict[str, Any]], reply: Dict[str, Any]) -> Di
     if earlier is None:
         return reply
     seconds = earlier["seconds"] + reply["seconds"]
+    cpu_seconds = earlier.get("cpu_seconds", []) + reply.get("cpu_seconds", [])
     unit = reply["unit"]
-    return dict(reply, seconds=seconds, **{f"{unit}_per_second": reply["count"] / min(seconds)})
+    return dict(reply, seconds=seconds, cpu_seconds=cpu_seconds,
+                **{f"{unit}_per_second": reply["count"] / min(seconds)})
+
+
+# CPU features that decide which matrix-product kernels run.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
 def machine(threads: int) -> Dict[str, Any]:
     return {"platform": platform.platform(), "processor": _cpu_name(), "cores": os.cpu_count(),
-            "threads": threads}
+            "threads": threads, "cpu_flags": _cpu_flags(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _cpu_flags() -> List[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
 
 
 def agreement(workloads: Dict[str, Any], baseline: str) -> Dict[str, Any]:
@@ -163,7 +297,7 @@ def agreement(workloads: Dict[str, Any], baseline: str) -> Dict[str, Any]:
         if key == baseline:
             continue
         row: Dict[str, Any] = {}
-        for name in ("rank", "model"):
+        for name in ("rank", "model", "batch", "tensors"):
             if name in entry and name in ref:
                 row[f"{name}_max_abs_diff"] = _max_diff(entry[name]["rewards"], ref[name]["rewards"])
                 row[f"{name}_same_order"] = _same_order(entry[name]["rewards"], ref[name]["rewards"])
@@ -216,6 +350,11 @@ ROWS = [
      lambda e: len(e["matrix"]["rewards"])),
     ("model alone, {n} images (img/s)", lambda e: e.get("model", {}).get("images_per_second"),
      lambda e: len(e["model"]["rewards"])),
+    ("{n} decoded 512 px images, one prompt, one call (img/s)",
+     lambda e: e.get("batch", {}).get("images_per_second"), lambda e: len(e["batch"]["rewards"])),
+    ("whole model, {n} 224 px tensors (img/s)",
+     lambda e: e.get("tensors", {}).get("images_per_second"),
+     lambda e: len(e["tensors"]["rewards"])),
 ]
 
 
@@ -250,8 +389,12 @@ def main() -> int:
     parser.add_argument("--dtypes", default="fp32,bf16", help="our precisions to time")
     parser.add_argument("--force-half", action="store_true",
                         help="time bf16/fp16 even on a CPU without native support for them")
-    parser.add_argument("--workloads", default="rank,eval,matrix",
-                        help="comma list of rank, eval, matrix")
+    parser.add_argument("--sides", default="reference,ours",
+                        help="comma list of reference, imscore, ours")
+    parser.add_argument("--workloads", default="load,rank,eval,matrix",
+                        help="comma list of load, rank, eval, matrix, batch, tensors")
+    parser.add_argument("--batch-images", type=int, default=8,
+                        help="images in the batch and tensors workloads")
     parser.add_argument("--compile", action="store_true", help="load ours with compile=True")
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per rank process")
@@ -263,12 +406,16 @@ def main() -> int:
     parser.add_argument("--markdown", type=Path, help="write the table here")
     args = parser.parse_args()
     results = run(args)
-    text = table(results)
+    baseline = "reference-fp32" if "reference-fp32" in results["workloads"] else "imscore-fp32"
+    text = table(results, baseline)
+    if "versus_imscore" in results:
+        text += "\n\n" + versus_table(results["versus_imscore"])
     print(text)
     for dtype, why in results.get("skipped", {}).items():
         print(f"not timed: ours-{dtype} ({why})")
-    if "agreement" in results:
-        print(json.dumps(results["agreement"], indent=2))
+    for name in ("sides", "flops_per_pair", "ceiling", "agreement", "agreement_imscore"):
+        if name in results:
+            print(name, json.dumps(results[name], indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.markdown:

@@ -2,10 +2,12 @@
 
     python speed_side.py COMMAND REQUEST.json REPLY.json
 
-Runs under the reference environment (``impl: reference``) or ours (``impl: ours``).
-Both go through the original API, ``import ImageReward as RM`` (ours is the drop-in
-shim), so the code timed is what a user of either package would write. On a GPU
-every timing ends with a device synchronisation.
+Runs under the reference environment (``impl: reference``), imscore's
+(``impl: imscore``) or ours (``impl: ours``). The reference and ours go through the
+original API, ``import ImageReward as RM`` (ours is the drop-in shim), so the code
+timed is what a user of either package would write; imscore through its own
+``ImageReward`` module and its batched ``score``. On a GPU every timing ends with a
+device synchronisation.
 """
 
 from __future__ import annotations
@@ -35,9 +37,14 @@ def _package(req: Dict[str, Any]):
     return ImageReward
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 def _load(req: Dict[str, Any]):
     import torch
 
+    if req["impl"] == "imscore":
+        return _load_imscore(req)
     RM = _package(req)
     torch.set_num_threads(req["threads"])
     kwargs: Dict[str, Any] = {}
@@ -55,6 +62,22 @@ def _load(req: Dict[str, Any]):
     return model, time.perf_counter() - start
 
 
+def _load_imscore(req: Dict[str, Any]):
+    """imscore's ``ImageReward`` with the original ``ImageReward.pt`` state dict, strictly."""
+    import torch
+    from imscore.imreward.model import ImageReward
+
+    torch.set_num_threads(req["threads"])
+    start = time.perf_counter()
+    model = ImageReward()
+    state = torch.load(req["checkpoint"], map_location="cpu", weights_only=True, mmap=True)
+    model.load_state_dict(state, strict=True)
+    dtype = getattr(torch, DTYPES[req.get("dtype", "fp32")])
+    model = model.to(device=req.get("device", "cpu"), dtype=dtype).eval()
+    _sync(req)
+    return model, time.perf_counter() - start
+
+
 def _sync(req: Dict[str, Any]) -> None:
     if str(req.get("device", "cpu")).startswith("cuda"):
         import torch
@@ -64,21 +87,27 @@ def _sync(req: Dict[str, Any]) -> None:
 
 def _timed(req: Dict[str, Any], work: Callable[[], Any], repeats: int) -> Tuple[List[float], Any]:
     timings, result = [], None
+    cpu = req.setdefault("_cpu_seconds", [])
     for _ in range(repeats):
         _sync(req)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = work()
         _sync(req)
         timings.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     return timings, result
 
 
 def _reply(
     timings: List[float], count: int, unit: str, rewards: Any, req: Dict[str, Any]
 ) -> Dict[str, Any]:
-    """Timings of ``count`` items (images or pairs) and the rate of the best timing."""
-    return {"seconds": timings, "count": count, "unit": unit,
-            f"{unit}_per_second": count / min(timings), "rewards": rewards, **_gpu_memory(req)}
+    """Timings of ``count`` items (images or pairs) and the rate of the best timing.
+
+    ``cpu_seconds``: this process's CPU time (all threads) in each timed call, which
+    other load on a shared machine disturbs less than the wall time."""
+    return {"seconds": timings, "cpu_seconds": req.get("_cpu_seconds", [])[-len(timings):],
+            "count": count, "unit": unit, f"{unit}_per_second": count / min(timings),
+            "rewards": rewards, **_gpu_memory(req)}
 
 
 def _gpu_memory(req: Dict[str, Any]) -> Dict[str, float]:
@@ -92,7 +121,10 @@ def _gpu_memory(req: Dict[str, Any]) -> Dict[str, float]:
 def load(req: Dict[str, Any]) -> Dict[str, Any]:
     import torch  # noqa: F401  (imports are not part of the load time)
 
-    _package(req)
+    if req["impl"] == "imscore":
+        import imscore.imreward.model  # noqa: F401
+    else:
+        _package(req)
     before = _peak_rss_mb()
     _, seconds = _load(req)
     return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": before}
@@ -182,7 +214,148 @@ def model_alone(req: Dict[str, Any]) -> Dict[str, Any]:
     return _reply(timings, count, "images", rewards, req)
 
 
-COMMANDS = {"load": load, "rank": rank, "eval": evaluate, "matrix": matrix, "model": model_alone}
+def _score_batch(model, req: Dict[str, Any], pixels_or_images: Any, prompt: str) -> List[float]:
+    """One batched call: imscore's ``score`` on [0, 1] tensors, our ``inference_rank``
+    on PIL images or ``score_tensors`` on [0, 1] tensors."""
+    if req["impl"] == "imscore":
+        scores = model.score(pixels_or_images, [prompt] * len(pixels_or_images))
+        return scores.float().reshape(-1).tolist()
+    if isinstance(pixels_or_images, list):
+        return model.inference_rank(prompt, pixels_or_images)[1]
+    return model.score_tensors(pixels_or_images, prompt).float().tolist()
+
+
+def batch(req: Dict[str, Any]) -> Dict[str, Any]:
+    """End to end on decoded images: ``count`` files of one size, one prompt, one call.
+
+    imscore gets them as one ``[N, 3, H, W]`` tensor in [0, 1] (in its dtype, on the
+    device), as its ``score`` expects; ours as the PIL images ``inference_rank`` takes.
+    Both resize, crop, normalise, tokenise and run the model inside the timed call.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    model, _ = _load(req)
+    images = [Image.open(path).convert("RGB") for path in req["images"]]
+    if req["impl"] == "imscore":
+        arrays = np.stack([np.asarray(image) for image in images])
+        inputs: Any = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+        inputs = inputs.to(req.get("device", "cpu"), dtype=next(model.parameters()).dtype)
+    else:
+        inputs = images
+    return _timed_batches(model, req, inputs)
+
+
+def tensors(req: Dict[str, Any]) -> Dict[str, Any]:
+    """The whole model on ``count`` pre-made ``image_size`` px tensors in [0, 1], one prompt."""
+    import torch
+
+    model, _ = _load(req)
+    size = req.get("image_size", 224)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(req["count"], 3, size, size, generator=generator)
+    dtype = next(model.parameters()).dtype if req["impl"] == "imscore" else torch.float32
+    return _timed_batches(model, req, pixels.to(req.get("device", "cpu"), dtype=dtype))
+
+
+def _timed_batches(model, req: Dict[str, Any], inputs: Any) -> Dict[str, Any]:
+    import torch
+
+    prompt = req["prompt"]
+    with torch.no_grad():
+        _score_batch(model, req, inputs[:2], prompt)  # warm-up
+        timings, rewards = _timed(
+            req, lambda: _score_batch(model, req, inputs, prompt), req.get("repeats", 3)
+        )
+    return _reply(timings, len(inputs), "images", rewards, req)
+
+
+def flops(req: Dict[str, Any]) -> Dict[str, Any]:
+    """FLOPs that one (prompt, image) pair executes, counted by torch's FlopCounterMode
+    (matrix products and attention) on the loaded model."""
+    import os
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # The counter knows aten's products, not oneDNN's private linear op: count ours on
+    # the plain path (the same products).
+    os.environ["IMAGEREWARD_ONEDNN_LINEAR"] = "0"
+    model, _ = _load(req)
+    dtype = next(model.parameters()).dtype if req["impl"] == "imscore" else torch.float32
+    pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    pixels = pixels.to(req.get("device", "cpu"), dtype=dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        _score_batch(model, req, pixels, req["prompt"])
+    return {"flops_per_pair": counter.get_total_flops()}
+
+
+def gemm(req: Dict[str, Any]) -> Dict[str, Any]:
+    """The machine's matrix-product ceiling: the four linear layers of a ViT-L block on
+    ``rows`` tokens (8 images of 197), each dtype, through ``F.linear`` (MKL for
+    float32, oneDNN for bfloat16) and through oneDNN's linear op; best of ``repeats``
+    after a warm-up. The ceiling of a dtype is the faster of the two."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(req["threads"])
+    rows, width = req.get("rows", 8 * 197), 1024
+    shapes = {"qkv": (width, 3 * width), "proj": (width, width),
+              "fc1": (width, 4 * width), "fc2": (4 * width, width)}
+    paths = {"F.linear": F.linear}
+    try:
+        onednn = torch.ops.mkldnn._linear_pointwise
+        paths["onednn"] = lambda x, w, b: onednn(x, w, b, "none", [], "")
+    except (AttributeError, RuntimeError):
+        pass
+    generator = torch.Generator().manual_seed(0)
+    out: Dict[str, Any] = {}
+    for name in req["dtypes"]:
+        dtype = getattr(torch, DTYPES[name])
+        entry: Dict[str, Any] = {}
+        for path, linear in paths.items():
+            per_shape, total_flops, total_seconds, total_cpu = {}, 0.0, 0.0, 0.0
+            for shape, (fan_in, fan_out) in shapes.items():
+                x = torch.randn(rows, fan_in, generator=generator).to(dtype)
+                weight = torch.randn(fan_out, fan_in, generator=generator)
+                weight = weight.mul(fan_in**-0.5).to(dtype)
+                bias = torch.zeros(fan_out, dtype=dtype)
+                with torch.no_grad():
+                    linear(x, weight, bias)
+                    work = lambda: linear(x, weight, bias)  # noqa: E731
+                    repeats = req.get("repeats", 5)
+                    best = min(_timed(req, work, repeats)[0])
+                    best_cpu = min(req["_cpu_seconds"][-repeats:])
+                count = 2.0 * rows * fan_in * fan_out
+                per_shape[shape] = count / best / 1e9
+                total_flops, total_seconds = total_flops + count, total_seconds + best
+                total_cpu += best_cpu
+            # Per CPU-second: comparable with the sides' CPU times (one thread: the same).
+            entry[path] = {"gflops": total_flops / total_seconds / 1e9,
+                           "gflops_per_cpu_second": total_flops / total_cpu / 1e9,
+                           "per_shape_gflops": per_shape}
+        best_path = max(entry, key=lambda k: entry[k]["gflops"])
+        out[name] = {"gflops": entry[best_path]["gflops"], "path": best_path, "paths": entry}
+    return {"ceiling": out, "torch": torch.__version__, "threads": req["threads"]}
+
+
+def versions(req: Dict[str, Any]) -> Dict[str, Any]:
+    """This side's torch build and the CPU features it reports."""
+    import torch
+
+    info = {"torch": torch.__version__, "python": sys.version.split()[0],
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if req["impl"] == "imscore":
+        import importlib.metadata as metadata
+
+        info.update({name: metadata.version(name)
+                     for name in ("imscore", "transformers", "torchvision")})
+    return info
+
+
+COMMANDS = {"load": load, "rank": rank, "eval": evaluate, "matrix": matrix, "model": model_alone,
+            "batch": batch, "tensors": tensors, "flops": flops, "gemm": gemm, "versions": versions}
 
 
 def main() -> None:

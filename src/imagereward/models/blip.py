@@ -37,5 +37,4 @@ class BLIPBackbone(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
     ) -> torch.Tensor:
         """The ``[CLS]`` state of the text encoder cross-attending to ``image_tokens``."""
-        hidden = self.text_encoder(input_ids, attention_mask, image_tokens, mode="multimodal")
-        return hidden[:, 0, :]
+        return self.text_encoder(input_ids, attention_mask, image_tokens, cls_only=True)

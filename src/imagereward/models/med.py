@@ -9,6 +9,12 @@ Several prompts can meet one image: with ``I`` images and ``I * P`` text rows
 runs once per image with the queries of all ``P`` prompts side by side, so each
 layer projects an image's keys and values once instead of ``P`` times. Queries
 are independent rows and image tokens carry no mask, so this is the same math.
+
+``BertModel(..., cls_only=True)`` computes only what the ``[CLS]`` state depends on: it
+drops padding columns that every row masks (every query gives them zero weight), runs
+the last layer for the ``[CLS]`` row alone, and, in inference, folds cross-attention's
+key and value projections into the queries when an image meets fewer text rows than
+it has tokens (see :meth:`BertSelfAttention.attend_folded`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..config import TextConfig
-from .layers import attention, merge_heads, split_heads
+from .layers import Linear, attention, merge_heads, split_heads
 
 # BLIP's additive padding mask value (kept instead of dtype-min for exactness).
 MASK_VALUE = -10000.0
@@ -62,9 +68,9 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         self.dropout = config.attention_dropout
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(context_width, config.hidden_size)
-        self.value = nn.Linear(context_width, config.hidden_size)
+        self.query = Linear(config.hidden_size, config.hidden_size)
+        self.key = Linear(context_width, config.hidden_size)
+        self.value = Linear(context_width, config.hidden_size)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor]
@@ -75,13 +81,42 @@ class BertSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         return merge_heads(attention(query, key, value, mask=mask, dropout=dropout))
 
+    def fold_pays(self, rows: int, context: torch.Tensor) -> bool:
+        """Whether :meth:`attend_folded` does fewer multiply-adds for ``rows`` text rows
+        per image than projecting the image's keys and values (about 50 rows for BLIP)."""
+        tokens, width = context.shape[-2], context.shape[-1]
+        hidden = self.query.out_features
+        projected = tokens * width * hidden + rows * tokens * hidden
+        folded = rows * width * hidden + rows * self.num_heads * width * tokens
+        return folded < projected
+
+    def attend_folded(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Attention of ``x`` ``[I, R, D]`` to ``context`` ``[I, N, W]`` (no mask, no dropout)
+        without the ``N`` keys and values: per head ``h``, ``q_h . (W_k,h c + b_k,h)`` is
+        ``(q_h W_k,h) . c`` plus a term constant over ``c`` that softmax cancels, and since
+        the attention weights sum to one, ``sum_n p_n (W_v,h c_n + b_v,h)`` is
+        ``W_v,h (sum_n p_n c_n) + b_v,h``. Same result up to rounding.
+        """
+        images, rows, _ = x.shape
+        heads, width = self.num_heads, context.shape[-1]
+        head_dim = self.query.out_features // heads
+        query = self.query(x).view(images, rows, heads, head_dim) * head_dim**-0.5
+        key_weight = self.key.weight.view(heads, head_dim, width)
+        keys = torch.einsum("irhd,hdw->irhw", query, key_weight)
+        scores = torch.bmm(keys.reshape(images, rows * heads, width), context.transpose(1, 2))
+        weights = scores.softmax(dim=-1, dtype=torch.float32).to(x.dtype)
+        mixed = torch.bmm(weights, context).view(images, rows, heads, width)
+        value_weight = self.value.weight.view(heads, head_dim, width)
+        out = torch.einsum("irhw,hdw->irhd", mixed, value_weight)
+        return (out + self.value.bias.view(heads, head_dim)).reshape(images, rows, -1)
+
 
 class BertResidualOutput(nn.Module):
     """Dense projection, dropout, residual connection and post-LayerNorm."""
 
     def __init__(self, in_features: int, config: TextConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.dense = Linear(in_features, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
@@ -100,11 +135,18 @@ class BertAttention(nn.Module):
     ) -> torch.Tensor:
         return self.output(self.self(x, context, mask), x)
 
+    def cross(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Attention to unmasked ``context``, folded where that is cheaper (inference only)."""
+        attend = self.self
+        if not self.training and attend.fold_pays(x.shape[1], context):
+            return self.output(attend.attend_folded(x, context), x)
+        return self(x, context, None)
+
 
 class BertIntermediate(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +166,10 @@ class BertLayer(nn.Module):
         x: torch.Tensor,
         mask: Optional[torch.Tensor],
         image_tokens: Optional[torch.Tensor],
+        first_only: bool = False,
     ) -> torch.Tensor:
-        x = self.attention(x, x, mask)
+        """``[B, L, D]`` -> ``[B, L, D]``, or ``[B, 1, D]`` for the first position alone."""
+        x = self.attention(x[:, :1] if first_only else x, x, mask)
         if image_tokens is not None:
             x = self.cross_attend(x, image_tokens)
         return self.output(self.intermediate(x), x)
@@ -135,7 +179,7 @@ class BertLayer(nn.Module):
         images = image_tokens.shape[0]
         batch, length, width = x.shape
         grouped = x.reshape(images, (batch // images) * length, width)  # a view when P == 1
-        return self.crossattention(grouped, image_tokens, None).reshape(batch, length, width)
+        return self.crossattention.cross(grouped, image_tokens).reshape(batch, length, width)
 
 
 class BertEncoder(nn.Module):
@@ -149,14 +193,18 @@ class BertEncoder(nn.Module):
         x: torch.Tensor,
         mask: Optional[torch.Tensor],
         image_tokens: Optional[torch.Tensor],
+        first_only: bool = False,
     ) -> torch.Tensor:
-        for layer in self.layer:
+        """All positions, or with ``first_only`` the last layer's first position ``[B, 1, D]``."""
+        last = len(self.layer) - 1
+        for index, layer in enumerate(self.layer):
+            only = first_only and index == last
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(
-                    layer, x, mask, image_tokens, use_reentrant=False
+                    layer, x, mask, image_tokens, only, use_reentrant=False
                 )
             else:
-                x = layer(x, mask, image_tokens)
+                x = layer(x, mask, image_tokens, only)
         return x
 
 
@@ -180,6 +228,24 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor,
         image_tokens: Optional[torch.Tensor] = None,
         mode: str = "multimodal",
+        cls_only: bool = False,
+    ) -> torch.Tensor:
+        """Last hidden states ``[B, L, hidden]``; with ``cls_only`` those of the first
+        (``[CLS]``) position alone ``[B, hidden]``, computed without the positions they
+        do not depend on (the same values as ``forward(...)[:, 0]`` up to rounding)."""
+        if not cls_only:
+            return self._encode(input_ids, attention_mask, image_tokens, mode, first_only=False)
+        length = unmasked_length(attention_mask)
+        input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
+        return self._encode(input_ids, attention_mask, image_tokens, mode, first_only=True)[:, 0]
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_tokens: Optional[torch.Tensor],
+        mode: str,
+        first_only: bool,
     ) -> torch.Tensor:
         if mode == "multimodal":
             if image_tokens is None:
@@ -198,4 +264,15 @@ class BertModel(nn.Module):
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * MASK_VALUE
         if image_tokens is not None:
             image_tokens = image_tokens.to(x.dtype)
-        return self.encoder(x, mask, image_tokens)
+        return self.encoder(x, mask, image_tokens, first_only)
+
+
+def unmasked_length(attention_mask: torch.Tensor) -> int:
+    """Positions up to the last one that some row attends to (at least one).
+
+    Later positions are padding in every row: each query gives them zero weight
+    (``exp(-10000)`` is 0 in every floating type), so no other position depends on them.
+    """
+    attended = attention_mask.ne(0).any(dim=0)
+    trailing = int(attended.flip(0).int().argmax()) if bool(attended.any()) else attended.numel() - 1
+    return max(1, attended.numel() - trailing)

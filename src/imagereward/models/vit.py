@@ -9,7 +9,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..config import VisionConfig
-from .layers import DropPath, attention, merge_heads
+from .layers import DropPath, Linear, attention, merge_heads
 
 
 class PatchEmbed(nn.Module):
@@ -25,8 +25,8 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(width, width * 3)
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, width * 3)
+        self.proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -38,9 +38,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
+        self.fc1 = Linear(width, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc2 = Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))

@@ -47,10 +47,11 @@ class BLIPScore(nn.Module, CosineScorer):
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(prompts))
         device = self.device
-        hidden = self.blip.text_encoder(
-            tokens["input_ids"].to(device), tokens["attention_mask"].to(device), mode="text"
+        cls = self.blip.text_encoder(
+            tokens["input_ids"].to(device), tokens["attention_mask"].to(device), mode="text",
+            cls_only=True,
         )
-        return F.normalize(self.blip.text_proj(hidden[:, 0, :]).float(), dim=-1)
+        return F.normalize(self.blip.text_proj(cls).float(), dim=-1)
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         tokens = self.blip.visual_encoder(pixels)

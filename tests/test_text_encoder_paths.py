@@ -1,0 +1,102 @@
+"""The fast inference paths give what the plain computation gives.
+
+``BertModel(..., cls_only=True)`` drops trailing padding, runs the last layer on
+``[CLS]`` alone and folds cross-attention into the queries; ``Linear`` runs float32
+CPU inference on oneDNN. Each is checked against the plain path on random weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import tiny_config
+from imagereward.models import layers
+from imagereward.models.med import BertModel, unmasked_length
+
+
+@pytest.fixture(scope="module")
+def text_encoder() -> BertModel:
+    torch.manual_seed(0)
+    model = BertModel(tiny_config().text).eval()
+    with torch.no_grad():
+        for param in model.parameters():  # wide weights, so that a wrong path shows
+            param.normal_(0.0, 0.2)
+    return model
+
+
+def _tokens(rows: int = 6, length: int = 12):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 2000, (rows, length), generator=generator)
+    mask = torch.ones(rows, length, dtype=torch.long)
+    for row, real in enumerate([5, 9, 7, 7, 3, 7][:rows]):
+        mask[row, real:] = 0
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("images", [6, 3, 2, 1])
+def test_cls_only_equals_the_first_position_of_the_full_pass(text_encoder, images):
+    ids, mask = _tokens()
+    image_tokens = torch.randn(images, 50, 32, generator=torch.Generator().manual_seed(images))
+    with torch.no_grad():
+        full = text_encoder(ids, mask, image_tokens)[:, 0]
+        fast = text_encoder(ids, mask, image_tokens, cls_only=True)
+    assert fast.shape == full.shape
+    assert torch.allclose(fast, full, atol=2e-6), (fast - full).abs().max()
+
+
+def test_cls_only_in_text_mode(text_encoder):
+    ids, mask = _tokens()
+    with torch.no_grad():
+        full = text_encoder(ids, mask, mode="text")[:, 0]
+        fast = text_encoder(ids, mask, mode="text", cls_only=True)
+    assert torch.allclose(fast, full, atol=2e-6)
+
+
+def test_folded_cross_attention_equals_projected_keys_and_values(text_encoder):
+    attend = text_encoder.encoder.layer[0].crossattention.self
+    x = torch.randn(3, 4, 32, generator=torch.Generator().manual_seed(2))
+    context = torch.randn(3, 50, 32, generator=torch.Generator().manual_seed(3))
+    assert attend.fold_pays(4, context) and not attend.fold_pays(200, context)
+    with torch.no_grad():
+        plain = attend(x, context, None)
+        folded = attend.attend_folded(x, context)
+    assert torch.allclose(folded, plain, atol=2e-6), (folded - plain).abs().max()
+
+
+def test_unmasked_length_drops_only_columns_every_row_masks():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    assert unmasked_length(right) == 3
+    left = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+    assert unmasked_length(left) == 5
+    assert unmasked_length(torch.ones(2, 4, dtype=torch.long)) == 4
+    assert unmasked_length(torch.zeros(2, 4, dtype=torch.long)) == 1
+
+
+def test_linear_inference_matches_f_linear_and_keeps_gradients():
+    torch.manual_seed(0)
+    linear = layers.Linear(64, 48)
+    x = torch.randn(2, 7, 64)
+    with torch.no_grad():
+        assert torch.allclose(linear(x), F.linear(x, linear.weight, linear.bias), atol=1e-5)
+    y = linear(x.requires_grad_())  # with gradients: the autograd path
+    y.sum().backward()
+    assert linear.weight.grad is not None and x.grad is not None
+    assert list(linear.state_dict()) == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_cpu_attention_matches_the_fused_kernel(masked):
+    generator = torch.Generator().manual_seed(4)
+    query, key, value = (torch.randn(2, 3, 9, 16, generator=generator) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.zeros(2, 1, 1, 9)
+        mask[0, ..., 6:] = -10000.0
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    with torch.no_grad():
+        got = layers.attention(query.bfloat16(), key.bfloat16(), value.bfloat16(),
+                               mask=None if mask is None else mask.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), expected, atol=3e-2), (got.float() - expected).abs().max()
