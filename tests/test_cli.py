@@ -228,7 +228,7 @@ def test_batch_job_records_errors_and_goes_on(capsys, tiny_model, job):
     records = read_jsonl(output)
     assert [r["id"] for r in records] == [*range(28), 0]  # input order, the repeat scored too
     assert [r["line"] for r in records] == list(range(1, 30))
-    assert records[-1]["reward"] == pytest.approx(records[0]["reward"], abs=1e-6)
+    assert records[-1]["reward"] == pytest.approx(records[0]["reward"], abs=1e-5)  # other batch, same pair
     errors = {r["id"]: r["error"] for r in records if "error" in r}
     assert set(errors) == {5, 11}
     assert "5.png" in errors[5] and "not found: " in errors[11] and "absent.png" in errors[11]
