@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch
-from .distributed import DistContext, all_reduce_sum
+from ..distributed import DistContext, all_reduce_sum
 
 
 def autocast(device: torch.device, precision: str) -> ContextManager:

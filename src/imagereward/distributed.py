@@ -1,4 +1,4 @@
-"""Process group set-up from torchrun's environment, and the few collectives training uses."""
+"""Process group set-up from torchrun's environment, and the collectives multi-process jobs use."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-from ..dtypes import resolve_device
+from .dtypes import resolve_device
 
 
 @dataclass(frozen=True)
