@@ -10,8 +10,9 @@ neither torch nor any training or diffusion library until they are used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -71,13 +72,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .scoring.image_reward import ImageReward
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'imagereward' has no attribute {name!r}")
-
-
-def __dir__() -> List[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, ("__version__",))

@@ -9,8 +9,7 @@ client uses, needs neither Ray nor FastAPI.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _LAZY = {
     "build_app": "imagereward.serve.app",
@@ -21,7 +20,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imagereward.serve' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

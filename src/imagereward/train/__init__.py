@@ -8,8 +8,9 @@ Names are imported lazily: ``import imagereward.train`` loads no torch code.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, List
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 _LAZY = {
     "TrainConfig": "imagereward.train.config",
@@ -34,13 +35,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trainer import TrainResult, train
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'imagereward.train' has no attribute {name!r}")
-
-
-def __dir__() -> List[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
