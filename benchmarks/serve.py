@@ -348,7 +348,7 @@ def main() -> int:
     print(json.dumps(results["machine"], indent=2))
     print(json.dumps(results["summary"], indent=2))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 
