@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ASSETS, BERT_VOCAB, random_state_dict, tiny_config
+from helpers import ASSETS, BERT_VOCAB, random_state_dict, save_tiny_model, tiny_config
 
 
 def pytest_sessionstart(session):
@@ -39,3 +39,9 @@ def model(checkpoint, config):
     import imagereward
 
     return imagereward.load(str(checkpoint), config=config, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random ImageReward saved with save_pretrained, so the CLI needs no config flags."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))

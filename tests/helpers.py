@@ -78,3 +78,12 @@ def save_tiny_model(root: Path, seed: int = 0) -> str:
         else:
             os.environ["IMAGEREWARD_BERT_VOCAB"] = previous
     return str(imagereward.save_pretrained(model, str(root / "model")))
+
+
+def run_cli(capsys, *argv):
+    """``imagereward ARGV...`` in this process: exit code, stdout and stderr."""
+    from imagereward import cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

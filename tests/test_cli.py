@@ -11,23 +11,13 @@ import pytest
 from PIL import Image
 
 import imagereward
-from helpers import ASSETS, save_tiny_model
+from helpers import ASSETS, run_cli as run
 from imagereward import cli
 from imagereward.cli.common import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE
 
 ASSET_PATHS = [str(p) for p in ASSETS]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny random ImageReward saved with save_pretrained, so the CLI needs no config flags."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(err):

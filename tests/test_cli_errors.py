@@ -11,22 +11,12 @@ import stat
 import pytest
 import torch
 
-from helpers import ASSETS, BERT_VOCAB, save_tiny_model
-from imagereward import cli
+from helpers import ASSETS, BERT_VOCAB, run_cli as run
 from imagereward.cli.common import EXIT_INPUT, EXIT_USAGE
 
 IMAGE = str(ASSETS[0])
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def last_line(err: str) -> str:

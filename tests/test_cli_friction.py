@@ -10,15 +10,11 @@ import sys
 import pytest
 
 import imagereward
-from helpers import ASSETS, BERT_VOCAB, save_tiny_model
+from helpers import ASSETS, BERT_VOCAB, run_cli as run
 from imagereward import cli
 
 ASSET_PATHS = [str(p) for p in ASSETS]
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 class Terminal(io.StringIO):
@@ -27,11 +23,6 @@ class Terminal(io.StringIO):
     def isatty(self):
         return True
 
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(

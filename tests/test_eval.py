@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 import imagereward
-from helpers import REFERENCE_DATA, TEST_JSON, save_tiny_model
-from imagereward import cli
+from helpers import REFERENCE_DATA, TEST_JSON, save_tiny_model, run_cli as run
 from imagereward.cli.common import EXIT_FAILURE, EXIT_INPUT
 from imagereward.eval import data as eval_data
 from imagereward.eval import report
@@ -72,11 +71,6 @@ def fake_baselines(monkeypatch):
     monkeypatch.setattr(imagereward, "load", load)
     return calls
 
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def eval_argv(root, out, *extra):
