@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -109,7 +110,8 @@ def test_no_communication_threads_outlive_training(tmp_path, monkeypatch):
                str(tmp_path / "rank.py"), str(tmp_path / "options.json")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    reports = [line for line in done.stdout.splitlines() if "threads after training" in line]
-    assert len(reports) == 2, done.stdout
-    for report in reports:
-        assert "gloo" not in report, report
+    # The two ranks share one stdout pipe, so their lines may interleave: match reports, not lines.
+    reports = dict(re.findall(r"rank (\d) threads after training: (\[[^\]]*\])", done.stdout))
+    assert sorted(reports) == ["0", "1"], done.stdout
+    for rank, threads in reports.items():
+        assert "gloo" not in threads, f"rank {rank}: {threads}"
