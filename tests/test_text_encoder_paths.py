@@ -1,11 +1,14 @@
 """The fast inference paths give what the plain computation gives.
 
 ``BertModel(..., cls_only=True)`` drops trailing padding, runs the last layer on
-``[CLS]`` alone and folds cross-attention into the queries; ``Linear`` runs float32
-CPU inference on oneDNN. Each is checked against the plain path on random weights.
+``[CLS]`` alone and folds cross-attention into the queries; ``Linear`` runs CPU
+inference on oneDNN (bfloat16 with a packed weight); bfloat16 attention on a CPU takes
+two matrix products. Each is checked against the plain path on random weights.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -84,6 +87,32 @@ def test_linear_inference_matches_f_linear_and_keeps_gradients():
     y.sum().backward()
     assert linear.weight.grad is not None and x.grad is not None
     assert list(linear.state_dict()) == ["weight", "bias"]
+
+
+def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
+    torch.manual_seed(0)
+    linear = layers.Linear(64, 48).bfloat16()
+    x = torch.randn(2, 7, 64).bfloat16()
+
+    def check() -> None:
+        with torch.no_grad():
+            got = linear(x)
+        assert torch.equal(got, F.linear(x, linear.weight, linear.bias))
+
+    check()
+    assert "_packed" in linear.__dict__  # the packed path ran
+    with torch.no_grad():
+        linear.weight.mul_(-2.0)  # in-place update: the packed copy must be made again
+    check()
+    linear.load_state_dict({"weight": torch.randn(48, 64), "bias": torch.randn(48)})
+    check()
+    linear.float().bfloat16()  # new tensors
+    check()
+    assert list(linear.state_dict()) == ["weight", "bias"]
+    assert "_packed" not in copy.deepcopy(linear).__dict__
+    with torch.inference_mode():  # weights made here are inference tensors (no version)
+        made_here = layers.Linear(64, 48).bfloat16()
+        assert torch.equal(made_here(x), F.linear(x, made_here.weight, made_here.bias))
 
 
 @pytest.mark.parametrize("masked", [False, True])

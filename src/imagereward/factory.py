@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 import torch
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .checkpoints import StateDict, load_state_dict_strict, read_state_dict, strip_prefix
 from .config import ImageRewardConfig, PreprocessConfig, TextConfig
 from .dtypes import DtypeLike, cpu_has_fast, resolve_device, resolve_dtype
@@ -209,6 +210,8 @@ def _place(model: Any, device: torch.device, dtype: torch.dtype, compile: bool) 
             )
         model.set_compute_dtype(dtype)
     model.to(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     if compile:
         model.compile_encoders()
     return model

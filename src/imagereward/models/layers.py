@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,28 +32,50 @@ def _is_compiling() -> bool:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose float32 CPU inference runs on oneDNN instead of the BLAS.
+    """``nn.Linear`` whose CPU inference runs on oneDNN, bfloat16 with a packed weight.
 
-    PyTorch runs float32 linear layers on CPU through MKL, which on non-Intel CPUs
-    (AMD EPYC) picks slower kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer
-    runs about 1.3x faster through oneDNN. (bfloat16 already goes through oneDNN; calling
-    its op directly, with or without packed weights, measured slower in the model.)
-    Same parameters and state dict keys; the same math up to float rounding.
-    With gradients, under ``torch.compile``, or elsewhere it is plain ``F.linear``.
+    PyTorch runs float32 linear layers on CPU through MKL, which on non-Intel CPUs (AMD
+    EPYC) picks slower kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer runs
+    about 1.15x faster through oneDNN. In bfloat16 the weight is also reordered once
+    into oneDNN's blocked layout (about 1.1x faster than ``F.linear`` there); the packed
+    copy is cached on the layer, outside the state dict, and made again whenever the
+    weight changes (another tensor, dtype or in-place update). Same parameters and state
+    dict keys; the same math up to float rounding. With gradients, under
+    ``torch.compile``, or elsewhere it is plain ``F.linear``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dtype == torch.float32
+        if self._onednn_applies(x):
+            weight = self._packed_weight() if x.dtype == torch.bfloat16 else self.weight
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def _onednn_applies(self, x: torch.Tensor) -> bool:
+        return (
+            x.dtype in (torch.float32, torch.bfloat16)
             and x.device.type == "cpu"
-            and self.weight.dtype == torch.float32
+            and self.weight.dtype == x.dtype
+            and (self.bias is None or self.bias.dtype == x.dtype)
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             and torch.backends.mkldnn.enabled
             and not _is_compiling()
             and _onednn_linear_available()
-        ):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        )
+
+    def _packed_weight(self) -> torch.Tensor:
+        weight = self.weight
+        # Inference tensors (made under torch.inference_mode) keep no version counter.
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), version, weight.dtype, tuple(weight.shape))
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+            self.__dict__["_packed"] = cached
+        return cached[1]
+
+    def __getstate__(self) -> Dict[str, Any]:  # copies and pickles leave the cache behind
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if k != "_packed"}
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -78,8 +100,11 @@ def attention(
 ) -> torch.Tensor:
     """Scaled dot-product attention on ``[B, H, N, D]`` tensors (scale ``D**-0.5``).
 
-    bfloat16 inference on a CPU takes two matrix products around a float32 softmax:
-    for ViT-L's 197 tokens that is about 1.4x faster than the fused kernel there.
+    bfloat16 inference on a CPU takes two batched matrix products around a softmax
+    (which computes in float32 inside): the query is scaled before the first product
+    (exact for a power-of-two scale such as ViT-L's 64**-0.5), keys and values are
+    made contiguous once, and no float32 copy of the scores is made. Inside ViT-L at
+    197 tokens this is about 1.5x faster than the fused kernel.
     """
     if (
         query.dtype == torch.bfloat16
@@ -89,10 +114,10 @@ def attention(
         and not torch.is_grad_enabled()
         and not _is_compiling()
     ):
-        scores = torch.matmul(query, key.transpose(-1, -2)).float() * query.shape[-1] ** -0.5
+        scores = torch.matmul(query * query.shape[-1] ** -0.5, key.contiguous().transpose(-1, -2))
         if mask is not None:
-            scores = scores + mask
-        return torch.matmul(scores.softmax(dim=-1).to(query.dtype), value)
+            scores = scores + mask.to(scores.dtype)
+        return torch.matmul(scores.softmax(dim=-1), value.contiguous())
     return F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=causal
     )
