@@ -100,7 +100,7 @@ def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
         assert torch.equal(got, F.linear(x, linear.weight, linear.bias))
 
     check()
-    assert "_packed" in linear.__dict__  # the packed path ran
+    assert layers._PACKED in linear.__dict__  # the packed path ran
     with torch.no_grad():
         linear.weight.mul_(-2.0)  # in-place update: the packed copy must be made again
     check()
@@ -109,7 +109,7 @@ def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
     linear.float().bfloat16()  # new tensors
     check()
     assert list(linear.state_dict()) == ["weight", "bias"]
-    assert "_packed" not in copy.deepcopy(linear).__dict__
+    assert layers._PACKED not in copy.deepcopy(linear).__dict__
     with torch.inference_mode():  # weights made here are inference tensors (no version)
         made_here = layers.Linear(64, 48).bfloat16()
         assert torch.equal(made_here(x), F.linear(x, made_here.weight, made_here.bias))

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checkpoints import CheckpointError
 from ..config import CLIPConfig
-from .layers import attention, merge_heads
+from .layers import Linear, PackedWeightCache, attention, linear, merge_heads
 
 class LayerNormFP32(nn.LayerNorm):
     """LayerNorm computed in float32 and cast back to the input's dtype."""
@@ -38,7 +38,7 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class SelfAttention(nn.Module):
+class SelfAttention(PackedWeightCache, nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names."""
 
     def __init__(self, width: int, heads: int) -> None:
@@ -48,12 +48,12 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
         batch, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self)
         qkv = qkv.view(batch, length, 3, self.heads, width // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return self.out_proj(merge_heads(attention(query, key, value, causal=causal)))
@@ -71,9 +71,9 @@ def activation(name: str) -> nn.Module:
 class FeedForward(nn.Module):
     def __init__(self, width: int, act: str = "quick_gelu") -> None:
         super().__init__()
-        self.c_fc = nn.Linear(width, width * 4)
+        self.c_fc = Linear(width, width * 4)
         self.gelu = activation(act)
-        self.c_proj = nn.Linear(width * 4, width)
+        self.c_proj = Linear(width * 4, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))

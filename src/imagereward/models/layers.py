@@ -31,51 +31,62 @@ def _is_compiling() -> bool:
     return bool(check and check())
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` whose CPU inference runs on oneDNN, bfloat16 with a packed weight.
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+           owner: nn.Module) -> torch.Tensor:
+    """``F.linear``; CPU inference runs on oneDNN, bfloat16 with a packed weight.
 
     PyTorch runs float32 linear layers on CPU through MKL, which on non-Intel CPUs (AMD
     EPYC) picks slower kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer runs
     about 1.15x faster through oneDNN. In bfloat16 the weight is also reordered once
     into oneDNN's blocked layout (about 1.1x faster than ``F.linear`` there); the packed
-    copy is cached on the layer, outside the state dict, and made again whenever the
-    weight changes (another tensor, dtype or in-place update). Same parameters and state
-    dict keys; the same math up to float rounding. With gradients, under
-    ``torch.compile``, or elsewhere it is plain ``F.linear``.
+    copy is cached on ``owner`` (one weight per module), outside its state dict, and
+    made again whenever the weight changes (another tensor, dtype or in-place update).
+    The same math up to float rounding. With gradients, under ``torch.compile``, or
+    elsewhere it is plain ``F.linear``.
     """
+    if (
+        x.dtype in (torch.float32, torch.bfloat16)
+        and x.device.type == "cpu"
+        and weight.dtype == x.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and torch.backends.mkldnn.enabled
+        and not _is_compiling()
+        and _onednn_linear_available()
+    ):
+        if x.dtype == torch.bfloat16:
+            weight = _packed(owner, weight)
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+_PACKED = "_packed_weight"
+
+
+def _packed(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    # Inference tensors (made under torch.inference_mode) keep no version counter.
+    version = None if weight.is_inference() else weight._version
+    key = (weight.data_ptr(), version, weight.dtype, tuple(weight.shape))
+    cached = owner.__dict__.get(_PACKED)
+    if cached is None or cached[0] != key:
+        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+        owner.__dict__[_PACKED] = cached
+    return cached[1]
+
+
+class PackedWeightCache:
+    """Mixin for modules that call :func:`linear`: copies and pickles leave the cache."""
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()  # type: ignore[misc]
+        return {k: v for k, v in state.items() if k != _PACKED}
+
+
+class Linear(PackedWeightCache, nn.Linear):
+    """``nn.Linear`` through :func:`linear`: same parameters and state dict keys."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._onednn_applies(x):
-            weight = self._packed_weight() if x.dtype == torch.bfloat16 else self.weight
-            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-    def _onednn_applies(self, x: torch.Tensor) -> bool:
-        return (
-            x.dtype in (torch.float32, torch.bfloat16)
-            and x.device.type == "cpu"
-            and self.weight.dtype == x.dtype
-            and (self.bias is None or self.bias.dtype == x.dtype)
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and torch.backends.mkldnn.enabled
-            and not _is_compiling()
-            and _onednn_linear_available()
-        )
-
-    def _packed_weight(self) -> torch.Tensor:
-        weight = self.weight
-        # Inference tensors (made under torch.inference_mode) keep no version counter.
-        version = None if weight.is_inference() else weight._version
-        key = (weight.data_ptr(), version, weight.dtype, tuple(weight.shape))
-        cached = self.__dict__.get("_packed")
-        if cached is None or cached[0] != key:
-            cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
-            self.__dict__["_packed"] = cached
-        return cached[1]
-
-    def __getstate__(self) -> Dict[str, Any]:  # copies and pickles leave the cache behind
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {k: v for k, v in state.items() if k != "_packed"}
+        return linear(x, self.weight, self.bias, self)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
