@@ -93,6 +93,19 @@ def test_download_root_file_is_used_without_network(tmp_path, checkpoint, config
     assert _rewards(loaded) == pytest.approx(_rewards(model), abs=1e-6)
 
 
+def test_folder_holding_the_registered_file_is_a_checkpoint(tmp_path, checkpoint, config, model):
+    snapshot = tmp_path / "snapshots" / "abc123"  # a hub snapshot: the files, no config.json
+    snapshot.mkdir(parents=True)
+    (snapshot / "ImageReward.pt").write_bytes(checkpoint.read_bytes())
+    loaded = imagereward.load("ImageReward-v1.0", checkpoint=str(snapshot), config=config)
+    assert _rewards(loaded) == pytest.approx(_rewards(model), abs=1e-6)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a saved model.*ImageReward.pt") as error:
+        imagereward.load("ImageReward-v1.0", checkpoint=str(empty), config=config)
+    assert error.value.filename == str(empty)
+
+
 def test_original_package_cache_is_reused(tmp_path, monkeypatch, checkpoint, config, model):
     monkeypatch.setenv("HOME", str(tmp_path))
     legacy = tmp_path / ".cache" / "ImageReward"

@@ -155,6 +155,27 @@ def _from_folder(
     return _Resolved(entry, paths, saved.config, saved.preprocess)
 
 
+def _files_in_folder(
+    entry: ScorerEntry, folder: str, files: Mapping[str, Optional[str]]
+) -> Dict[str, Optional[str]]:
+    """A folder that is not a saved one (a hub snapshot, a download folder) as the
+    checkpoint of a registered scorer: its files by their registered names."""
+    found: Dict[str, Optional[str]] = {**files, "weights": None}
+    for role, spec in entry.files.items():
+        for filename in (spec.filename, *spec.aliases):
+            path = os.path.join(folder, filename)
+            if files.get(role) in (None, folder) and os.path.isfile(path):
+                found[role] = path
+                break
+    if found["weights"] is None:
+        expected = entry.files["weights"].filename
+        raise FileNotFoundError(
+            2, f"{entry.name}: folder is neither a saved model (config.json and "
+            f"{WEIGHTS_FILE}) nor holds {expected}", folder,
+        )
+    return found
+
+
 def _resolve(
     name: str,
     download_root: Optional[str],
@@ -163,7 +184,9 @@ def _resolve(
     entry = find_entry(name)
     weights = files.get("weights")
     if entry is not None and weights is not None and os.path.isdir(weights):
-        return _from_folder(weights, files, download_root)
+        if read_saved_folder(weights, required=False) is not None:
+            return _from_folder(weights, files, download_root)
+        files = _files_in_folder(entry, weights, files)
     if entry is not None:
         paths = _fetch_all(entry, files, download_root)
         return _Resolved(entry, paths, entry.config, entry.preprocess)
@@ -240,7 +263,9 @@ def load(
     checkpoint file (read as ImageReward, like the original package), or a folder
     written by :func:`save_pretrained`. ``checkpoint`` (or ``files``, by role, e.g.
     ``{"clip": path}`` for Aesthetic's CLIP tower) gives local weight files used as
-    they are, without network or checksums; other files are fetched into
+    they are, without network or checksums; ``checkpoint`` may also be a saved folder,
+    or a folder (such as a hub snapshot) holding the scorer's files under their
+    registered names. Other files are fetched into
     ``download_root`` (default: the Hugging Face cache for hub files, the original
     package's ``~/.cache/ImageReward`` when it holds a file, else
     ``~/.cache/imagereward``). ``config`` overrides the registered architecture;
