@@ -97,6 +97,7 @@ def test_folder_holding_the_registered_file_is_a_checkpoint(tmp_path, checkpoint
     snapshot = tmp_path / "snapshots" / "abc123"  # a hub snapshot: the files, no config.json
     snapshot.mkdir(parents=True)
     (snapshot / "ImageReward.pt").write_bytes(checkpoint.read_bytes())
+    (snapshot / "config.json").write_text('{"model_type": "bert"}')  # another library's
     loaded = imagereward.load("ImageReward-v1.0", checkpoint=str(snapshot), config=config)
     assert _rewards(loaded) == pytest.approx(_rewards(model), abs=1e-6)
     empty = tmp_path / "empty"
@@ -140,6 +141,16 @@ def test_save_pretrained_and_convert_round_trip(tmp_path, checkpoint, config, mo
 
     assert all(t.dtype == torch.float16 for t in load_file(f"{half}/model.safetensors").values())
     assert _rewards(imagereward.load(half)) == pytest.approx(_rewards(model), abs=0.05)
+
+
+def test_saved_weights_file_brings_its_config_under_a_registered_name(tmp_path, model):
+    saved = imagereward.save_pretrained(model, str(tmp_path / "saved"))
+    weights = f"{saved}/model.safetensors"
+    loaded = imagereward.load("ImageReward-v1.0", checkpoint=weights)  # no config= given
+    assert loaded.config == model.config
+    assert _rewards(loaded) == pytest.approx(_rewards(model), abs=1e-6)
+    with pytest.raises(CheckpointError, match="saved from ImageReward-v1.0, not BLIP"):
+        imagereward.load("BLIP", checkpoint=weights)
 
 
 def test_convert_command(tmp_path, model):

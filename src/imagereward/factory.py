@@ -23,10 +23,10 @@ from .allocator import keep_freed_memory
 from .checkpoints import StateDict, load_state_dict_strict, read_state_dict, strip_prefix
 from .config import ImageRewardConfig, PreprocessConfig, TextConfig
 from .dtypes import DtypeLike, cpu_has_fast, resolve_device, resolve_dtype
-from .errors import DownloadError, UnknownModelError
+from .errors import CheckpointError, DownloadError, UnknownModelError
 from .hub import fetch_weights, offline_mode
 from .registry import ScorerEntry, available_models, available_scores, find_entry, get_entry
-from .saving import WEIGHTS_FILE, read_saved_folder, save_pretrained
+from .saving import WEIGHTS_FILE, SavedModel, read_saved_folder, save_pretrained
 
 if TYPE_CHECKING:  # pragma: no cover
     from .preprocess import ImagePreprocessor
@@ -155,6 +155,22 @@ def _from_folder(
     return _Resolved(entry, paths, saved.config, saved.preprocess)
 
 
+def _saved_config(folder: str) -> Optional[SavedModel]:
+    """The config of a folder written by :func:`save_pretrained`; ``None`` for any other
+    folder, also one whose ``config.json`` is another library's (a hub snapshot's)."""
+    try:
+        return read_saved_folder(folder, required=False)
+    except CheckpointError:
+        return None
+
+
+def _saved_beside(weights: str) -> Optional[SavedModel]:
+    """The saved config of a ``.safetensors`` file written by :func:`save_pretrained`."""
+    if not weights.endswith(".safetensors"):
+        return None
+    return _saved_config(os.path.dirname(os.path.abspath(weights)))
+
+
 def _files_in_folder(
     entry: ScorerEntry, folder: str, files: Mapping[str, Optional[str]]
 ) -> Dict[str, Optional[str]]:
@@ -184,11 +200,18 @@ def _resolve(
     entry = find_entry(name)
     weights = files.get("weights")
     if entry is not None and weights is not None and os.path.isdir(weights):
-        if read_saved_folder(weights, required=False) is not None:
+        if _saved_config(weights) is not None:
             return _from_folder(weights, files, download_root)
         files = _files_in_folder(entry, weights, files)
     if entry is not None:
         paths = _fetch_all(entry, files, download_root)
+        saved = _saved_beside(paths["weights"])
+        if saved is not None:
+            if get_entry(saved.scorer) is not entry:
+                raise CheckpointError(
+                    f"{paths['weights']} was saved from {saved.scorer}, not {entry.name}"
+                )
+            return _Resolved(entry, paths, saved.config, saved.preprocess)
         return _Resolved(entry, paths, entry.config, entry.preprocess)
     path = os.path.expanduser(os.fspath(name))
     if os.path.isdir(path):
@@ -196,8 +219,7 @@ def _resolve(
     if os.path.isfile(path):
         # A bare checkpoint file is an ImageReward checkpoint, as in the original package;
         # a .safetensors file written by save_pretrained brings its config along.
-        folder = os.path.dirname(os.path.abspath(path))
-        saved = read_saved_folder(folder, required=False) if path.endswith(".safetensors") else None
+        saved = _saved_beside(path)
         entry = get_entry(saved.scorer if saved else "ImageReward-v1.0")
         paths = _fetch_all(entry, {**files, "weights": path}, download_root)
         if saved is not None:
