@@ -300,6 +300,8 @@ def gemm(req: Dict[str, Any]) -> Dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
+    from imagereward.dtypes import cpu_has_fast
+
     torch.set_num_threads(req["threads"])
     rows, width = req.get("rows", 8 * 197), 1024
     shapes = {"qkv": (width, 3 * width), "proj": (width, width),
@@ -321,6 +323,8 @@ def gemm(req: Dict[str, Any]) -> Dict[str, Any]:
         dtype = getattr(torch, DTYPES[name])
         entry: Dict[str, Any] = {}
         for path, (prepare, linear) in paths.items():
+            if path != "F.linear" and dtype != torch.float32 and not cpu_has_fast(dtype):
+                continue  # oneDNN refuses half precision without AVX-512 (or AVX-NE-CONVERT)
             per_shape, total_flops, total_seconds, total_cpu = {}, 0.0, 0.0, 0.0
             for shape, (fan_in, fan_out) in shapes.items():
                 x = torch.randn(rows, fan_in, generator=generator).to(dtype)

@@ -100,7 +100,8 @@ def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
         assert torch.equal(got, F.linear(x, linear.weight, linear.bias))
 
     check()
-    assert layers._PACKED in linear.__dict__  # the packed path ran
+    # The packed path ran (where oneDNN takes bf16: AVX-512 or AVX-NE-CONVERT).
+    assert (layers._PACKED in linear.__dict__) == layers._onednn_bf16_available()
     with torch.no_grad():
         linear.weight.mul_(-2.0)  # in-place update: the packed copy must be made again
     check()
@@ -113,6 +114,16 @@ def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
     with torch.inference_mode():  # weights made here are inference tensors (no version)
         made_here = layers.Linear(64, 48).bfloat16()
         assert torch.equal(made_here(x), F.linear(x, made_here.weight, made_here.bias))
+
+
+def test_bf16_linear_stays_on_f_linear_where_onednn_refuses_bf16(monkeypatch):
+    monkeypatch.setattr(layers, "_onednn_bf16_available", lambda: False)  # an AVX2-only CPU
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", None)  # would raise there
+    linear = layers.Linear(64, 48).bfloat16()
+    x = torch.randn(2, 7, 64).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+    assert layers._PACKED not in linear.__dict__
 
 
 @pytest.mark.parametrize("masked", [False, True])
