@@ -105,6 +105,9 @@ def test_folder_holding_the_registered_file_is_a_checkpoint(tmp_path, checkpoint
     with pytest.raises(FileNotFoundError, match="neither a saved model.*ImageReward.pt") as error:
         imagereward.load("ImageReward-v1.0", checkpoint=str(empty), config=config)
     assert error.value.filename == str(empty)
+    (empty / "config.json").write_text('{"model_type": "ImageReward"}')  # ours, broken
+    with pytest.raises(CheckpointError, match="malformed config"):
+        imagereward.load("ImageReward-v1.0", checkpoint=str(empty), config=config)
 
 
 def test_original_package_cache_is_reused(tmp_path, monkeypatch, checkpoint, config, model):

@@ -146,29 +146,22 @@ def _fetch_all(
 
 
 def _from_folder(
-    folder: str, files: Mapping[str, Optional[str]], download_root: Optional[str]
+    folder: str,
+    saved: SavedModel,
+    files: Mapping[str, Optional[str]],
+    download_root: Optional[str],
 ) -> _Resolved:
     """A folder written by :func:`save_pretrained`: its scorer, config and preprocessing."""
-    saved = read_saved_folder(folder)
     entry = get_entry(saved.scorer)
     paths = _fetch_all(entry, {**files, "weights": os.path.join(folder, WEIGHTS_FILE)}, download_root)
     return _Resolved(entry, paths, saved.config, saved.preprocess)
-
-
-def _saved_config(folder: str) -> Optional[SavedModel]:
-    """The config of a folder written by :func:`save_pretrained`; ``None`` for any other
-    folder, also one whose ``config.json`` is another library's (a hub snapshot's)."""
-    try:
-        return read_saved_folder(folder, required=False)
-    except CheckpointError:
-        return None
 
 
 def _saved_beside(weights: str) -> Optional[SavedModel]:
     """The saved config of a ``.safetensors`` file written by :func:`save_pretrained`."""
     if not weights.endswith(".safetensors"):
         return None
-    return _saved_config(os.path.dirname(os.path.abspath(weights)))
+    return read_saved_folder(os.path.dirname(os.path.abspath(weights)), required=False)
 
 
 def _files_in_folder(
@@ -200,8 +193,9 @@ def _resolve(
     entry = find_entry(name)
     weights = files.get("weights")
     if entry is not None and weights is not None and os.path.isdir(weights):
-        if _saved_config(weights) is not None:
-            return _from_folder(weights, files, download_root)
+        saved = read_saved_folder(weights, required=False)
+        if saved is not None:
+            return _from_folder(weights, saved, files, download_root)
         files = _files_in_folder(entry, weights, files)
     if entry is not None:
         paths = _fetch_all(entry, files, download_root)
@@ -215,7 +209,7 @@ def _resolve(
         return _Resolved(entry, paths, entry.config, entry.preprocess)
     path = os.path.expanduser(os.fspath(name))
     if os.path.isdir(path):
-        return _from_folder(path, files, download_root)
+        return _from_folder(path, read_saved_folder(path), files, download_root)
     if os.path.isfile(path):
         # A bare checkpoint file is an ImageReward checkpoint, as in the original package;
         # a .safetensors file written by save_pretrained brings its config along.

@@ -31,7 +31,8 @@ class SavedModel:
 
 
 def read_saved_folder(directory: str, required: bool = True) -> Optional[SavedModel]:
-    """The ``config.json`` of a saved folder; ``None`` when absent and not ``required``."""
+    """The ``config.json`` of a saved folder. When not ``required``: ``None`` where there is
+    none, or where it is another library's (a hub snapshot's ``config.json``)."""
     path = os.path.join(directory, CONFIG_FILE)
     weights = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.isfile(path) or (required and not os.path.isfile(weights)):
@@ -45,6 +46,8 @@ def read_saved_folder(directory: str, required: bool = True) -> Optional[SavedMo
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read {path}: {error}") from error
     if not isinstance(saved, dict) or saved.get("model_type") != MODEL_TYPE:
+        if not required:
+            return None
         found = saved.get("model_type") if isinstance(saved, dict) else None
         raise CheckpointError(f"{path} is not an ImageReward config (model_type {found!r})")
     try:
