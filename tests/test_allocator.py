@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from imagereward.allocator import TUNING_ENV, USER_SETTINGS
+
 PROBE = """
 import json, resource, sys, torch
 import imagereward
@@ -34,7 +36,7 @@ print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 
 def _faults(checkpoint, **env) -> int:
     environment = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+    for name in (*USER_SETTINGS, TUNING_ENV):
         environment.pop(name, None)
     environment.update(env)
     result = subprocess.run([sys.executable, "-c", PROBE, str(checkpoint)], env=environment,
@@ -51,7 +53,7 @@ def test_cpu_model_keeps_freed_memory_for_reuse(checkpoint):
     # A round of 192 MB is about 49,000 faults when all of it goes back to the kernel.
     assert _faults(checkpoint) < 3_000
     # Off: glibc's adaptive thresholds give at least one 24 MB block back (6,144 faults).
-    assert _faults(checkpoint, IMAGEREWARD_MALLOC_TUNING="0") > 6_000
+    assert _faults(checkpoint, **{TUNING_ENV: "0"}) > 6_000
 
 
 @linux_only

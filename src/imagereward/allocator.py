@@ -4,7 +4,7 @@ A forward pass of ViT-L on a batch of images allocates and frees about a hundred
 megabytes per block (projections, attention scores, the MLP's hidden layer). With
 glibc's default settings much of that goes back to the kernel on every ``free`` and is
 page-faulted in again (zeroed by the kernel) on the next allocation: on a 2-core AMD
-EPYC that is 150,000-270,000 minor page faults and 4-9% of the time of 8 images
+EPYC that is 150,000-350,000 minor page faults and 4-10% of the time of 8 images
 (``benchmarks/allocator.py`` measures it). Two ``mallopt`` settings stop it: blocks up
 to 32 MiB come from the heap instead of fresh ``mmap`` calls, and the heap is trimmed
 only when 256 MiB at its top are free. The process keeps what it has used at its peak
@@ -34,13 +34,14 @@ TRIM_THRESHOLD_BYTES = 256 << 20
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+# Environment variables by which a user sets glibc's malloc (then left alone).
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 @functools.lru_cache(maxsize=None)
 def keep_freed_memory() -> bool:
     """Apply the settings above once per process; ``True`` where they are in effect."""
-    if os.environ.get(TUNING_ENV, "1") == "0" or any(os.environ.get(n) for n in _USER_SETTINGS):
+    if os.environ.get(TUNING_ENV, "1") == "0" or any(os.environ.get(n) for n in USER_SETTINGS):
         return False
     if not sys.platform.startswith("linux"):
         return False

@@ -47,9 +47,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     PyTorch runs float32 linear layers on CPU through MKL, which on non-Intel CPUs (AMD
     EPYC) picks slower kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer runs
     about 1.15x faster through oneDNN. In bfloat16 (where oneDNN takes it: AVX-512 or
-    AVX-NE-CONVERT) the weight is also reordered once into oneDNN's blocked layout (about 1.1x faster than ``F.linear`` there); the packed
-    copy is cached on ``owner`` (one weight per module), outside its state dict, and
-    made again whenever the weight changes (another tensor, dtype or in-place update).
+    AVX-NE-CONVERT) the weight is also reordered once into oneDNN's blocked layout
+    (about 1.1x faster than ``F.linear`` there); the packed copy is cached on ``owner``
+    (one weight per module), outside its state dict, and made again whenever the
+    weight changes (another tensor, dtype or in-place update).
     The same math up to float rounding. With gradients, under ``torch.compile``, or
     elsewhere it is plain ``F.linear``.
     """
