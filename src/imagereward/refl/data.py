@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,14 +52,8 @@ def read_prompts(path: str) -> List[str]:
             raise InputError(f"{path}: expected a JSON list of prompts, got {type(items).__name__}")
         prompts = [_prompt_of(item, f"{path}: item {i}") for i, item in enumerate(items)]
     elif path.endswith(".jsonl"):
-        prompts = []
-        for number, line in enumerate(content.splitlines(), 1):
-            if line.strip():
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"{path}: line {number} is not valid JSON: {error}") from error
-                prompts.append(_prompt_of(item, f"{path}: line {number}"))
+        prompts = [_prompt_of(item, f"{path}: line {number}")
+                   for number, item in _json_lines(content.splitlines(), path)]
     else:
         prompts = [line.strip() for line in content.splitlines() if line.strip()]
     if not prompts:
@@ -87,18 +81,25 @@ class CaptionedImages:
         return image.load() if isinstance(image, RowImage) else load_image(image)
 
 
+def _json_lines(lines: Iterable[str], path: str) -> Iterator[Tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of a JSONL file."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}: line {number} is not valid JSON: {error}") from error
+        yield number, value
+
+
 def _read_jsonl_records(path: str) -> List[dict]:
     records = []
     with open(path, "r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"{path}: line {number} is not valid JSON: {error}") from error
-                if not isinstance(record, dict):
-                    raise InputError(f"{path}: line {number} is not a JSON object")
-                records.append(record)
+        for number, record in _json_lines(handle, path):
+            if not isinstance(record, dict):
+                raise InputError(f"{path}: line {number} is not a JSON object")
+            records.append(record)
     return records
 
 
