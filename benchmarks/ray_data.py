@@ -98,7 +98,7 @@ def on_ray(model: Path, source: Path, output: Path, batch_size: int, threads: in
     shutil.rmtree(output, ignore_errors=True)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     finished: List[float] = []
-    job = DatasetJob(str(source), str(output), [ModelSpec("ImageReward-v1.0", str(model))],
+    job = DatasetJob(str(source), str(output), [ModelSpec("ImageReward-v1.0", {"weights": str(model)})],
                      batch_size=batch_size, threads_per_actor=threads, fragment_rows=fragment_rows,
                      progress=False, on_fragment=lambda key: finished.append(time.perf_counter()))
     job.plan()

@@ -237,14 +237,15 @@ def test_batch_job_resume_after_interruption(capsys, tiny_model, job, monkeypatc
 
     def interrupted_load(*args, **kwargs):
         model = load(*args, **kwargs)
-        score_batch = model.score_batch
+        score_pixels, calls = model.score_pixels, []
 
-        def flaky(prompts, images):  # Ctrl-C during the fifth batch
-            if any(image.endswith("16.png") for image in images):
+        def flaky(prompts, pixels):  # Ctrl-C during the fifth batch
+            calls.append(len(prompts))
+            if len(calls) == 5:
                 raise KeyboardInterrupt
-            return score_batch(prompts, images)
+            return score_pixels(prompts, pixels)
 
-        model.score_batch = flaky
+        model.score_pixels = flaky
         return model
 
     monkeypatch.setattr(imagereward, "load", interrupted_load)

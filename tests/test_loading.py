@@ -186,7 +186,7 @@ def test_bad_dtype():
 def test_imports_are_lazy():
     code = (
         "import sys, ImageReward, imagereward; assert 'torch' not in sys.modules, 'torch';"
-        "from imagereward.scoring import ImageReward as M;"
+        "from imagereward.scoring import RewardScorer as M;"
         "bad = [m for m in ('diffusers', 'datasets', 'matplotlib', 'transformers', 'torchvision',"
         " 'timm', 'imagereward.train', 'accelerate') if m in sys.modules]; assert not bad, bad"
     )

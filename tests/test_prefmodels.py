@@ -416,7 +416,7 @@ def test_names_are_listed_and_load_score_takes_them(tmp_path):
         assert name in imagereward.available_scores() and name in imagereward.available_models()
     write_hps(tmp_path / "HPS_v2_compressed.pt", random_clip().state_dict())
     model = imagereward.load_score("hpsv2", device="cpu", download_root=str(tmp_path))
-    assert type(model).__name__ == "HPSv2Score"
+    assert model.name == "HPSv2" and type(model.network).__name__ == "HPSv2Score"
 
 
 def test_eval_runs_imagereward_pickscore_and_hps_on_the_test_set_layout(tmp_path, capsys):

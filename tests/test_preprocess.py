@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from imagereward.preprocess import ImageLoadError, ImagePreprocessor, load_image
+from imagereward.errors import ImageLoadError
+from imagereward.items import open_image as load_image
+from imagereward.preprocess import ImagePreprocessor
 from helpers import ASSETS
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)

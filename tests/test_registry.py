@@ -25,7 +25,7 @@ PATHS = [str(p) for p in ASSETS]
 @pytest.fixture
 def scratch_entry(tmp_path):
     """A registered tiny ImageReward whose weights sit in a 'download root' under a
-    remapped key layout ('reward_head.' instead of 'mlp.'), undone by the entry's key filter."""
+    remapped key layout ('reward_head.' instead of 'mlp.'), undone by the entry's own builder."""
     config = tiny_config()
     state = {_renamed(k, "mlp.", "reward_head."): v for k, v in random_state_dict(config, seed=3).items()}
     torch.save(state, tmp_path / "scratch.pt")
@@ -36,7 +36,7 @@ def scratch_entry(tmp_path):
             files={"weights": registry.WeightsFile("scratch.pt", "scratch weights", repo_id="nobody/scratch")},
             config=config,
             preprocess=PreprocessConfig(image_size=config.vision.image_size, interpolation="bilinear"),
-            key_filter="test_registry:undo_rename",
+            builder="test_registry:build_renamed",
             aliases=("scratch",),
             original_api="load_score",
             published_accuracy=None,
@@ -50,8 +50,16 @@ def _renamed(key: str, old: str, new: str) -> str:
     return new + key[len(old):] if key.startswith(old) else key
 
 
-def undo_rename(state):
-    return {_renamed(k, "reward_head.", "mlp."): v for k, v in state.items()}
+def build_renamed(request):
+    """A scratch scorer's builder: ImageReward's network, its checkpoint's keys remapped first."""
+    from imagereward.scoring.image_reward import ImageReward
+
+    config = request.config_of(type(request.entry.config))
+    with torch.device("meta"):
+        network = ImageReward(config)
+    state = {_renamed(k, "reward_head.", "mlp."): v for k, v in request.read_weights().items()}
+    request.load_into(network, state)
+    return request.parts(network, config.max_text_length, config.vision.image_size)
 
 
 def test_scratch_entry_loads_through_load_by_name(scratch_entry):
@@ -66,9 +74,10 @@ def test_scratch_entry_loads_through_load_by_name(scratch_entry):
     assert same.score("a cat", PATHS[0]) == pytest.approx(model.score("a cat", PATHS[0]), abs=1e-6)
 
 
-def test_scratch_entry_without_its_key_filter_fails_strictly(scratch_entry):
+def test_scratch_entry_without_its_remap_fails_strictly(scratch_entry):
     entry, root, _ = scratch_entry
-    registry._REGISTRY[entry.name] = dataclasses.replace(entry, key_filter=None)
+    plain = dataclasses.replace(entry, builder=registry.get_entry("ImageReward-v1.0").builder)
+    registry._REGISTRY[entry.name] = plain
     with pytest.raises(imagereward.CheckpointError, match="unexpected keys: reward_head"):
         load(entry.name, device="cpu", download_root=str(root))
 

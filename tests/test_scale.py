@@ -77,9 +77,9 @@ def models(tmp_path_factory) -> List[ModelSpec]:
     torch.save(head.state_dict(), aesthetic)
     os.environ["IMAGEREWARD_BERT_VOCAB"] = str(BERT_VOCAB)
     return [
-        ModelSpec("ImageReward-v1.0", save_tiny_model(root)),
-        ModelSpec("CLIP", str(clip), {"bpe_file": str(CLIP_BPE)}),
-        ModelSpec("Aesthetic", str(aesthetic), {"files": {"clip": str(clip)}}),
+        ModelSpec("ImageReward-v1.0", {"weights": save_tiny_model(root)}),
+        ModelSpec("CLIP", {"weights": str(clip)}, options={"bpe_file": str(CLIP_BPE)}),
+        ModelSpec("Aesthetic", {"weights": str(aesthetic), "clip": str(clip)}),
     ]
 
 
@@ -111,10 +111,10 @@ def expected(models, rows) -> Dict[str, Dict[str, float]]:
     os.environ.update(ENV)
     out: Dict[str, Dict[str, float]] = {r["id"]: {} for r in rows}
     for spec in models:
-        scorer = spec.load(device="cpu")
+        scorer = spec.replace(device="cpu").load()
         scores = scorer.score_batch([r["prompt"] for r in rows], [r["file"] for r in rows])
         for row, score in zip(rows, scores):
-            out[row["id"]][spec.column] = score
+            out[row["id"]][spec.name] = score
     return out
 
 
@@ -297,7 +297,7 @@ DRIVER = textwrap.dedent("""
     from imagereward.scale import DatasetJob, ModelSpec
     args = json.loads(sys.argv[1])
     ray.init(address=args["address"], logging_level="WARNING")
-    job = DatasetJob(args["input"], args["output"], [ModelSpec(**m) for m in args["models"]],
+    job = DatasetJob(args["input"], args["output"], [ModelSpec.from_dict(m) for m in args["models"]],
                      fragment_rows=2, batch_size=2, actors=args["actors"], cpus_per_actor=0.5,
                      progress=False, on_fragment=lambda key: time.sleep(args["pause"]))
     print(job.run().line(), flush=True)
@@ -315,7 +315,7 @@ def _manifest(folder: Path, rows, copies: int) -> Path:
 
 def _start_driver(cluster, manifest, output, models, actors=1, pause=0.5) -> subprocess.Popen:
     args = {"address": cluster.address, "input": str(manifest), "output": str(output),
-            "models": [dict(name=m.name, checkpoint=m.checkpoint, options=m.options) for m in models],
+            "models": [m.to_dict() for m in models],
             "actors": actors, "pause": pause}
     return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -397,7 +397,7 @@ def test_cli_runs_a_manifest_and_reports(cluster, models, rows, tmp_path, capsys
     with open(manifest, "a") as handle:
         handle.write(json.dumps({"id": "gone", "prompt": "p", "image": "gone.png"}) + "\n")
     args = ["score-dataset", str(manifest), "-o", str(tmp_path / "out"), "--no-progress",
-            "--checkpoint", f"ImageReward-v1.0={models[0].checkpoint}", "--batch-size", "2"]
+            "--checkpoint", f"ImageReward-v1.0={models[0].files['weights']}", "--batch-size", "2"]
     assert main(args) == 4  # done, with an error row
     err = capsys.readouterr().err
     assert "complete: 4 rows in, 4 rows out, 1 errors" in err and "images/s" in err

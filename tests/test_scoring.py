@@ -197,8 +197,8 @@ def test_inputs_follow_the_model(model, monkeypatch):
     assert model.score(PROMPT, PATHS[0]) == pytest.approx(expected, abs=1e-5)
     model.to("meta")  # a second device on any machine: the spies stop before any result is read
     seen: dict = {}
-    _spy(monkeypatch, model, "score_rows", seen)
-    _spy(monkeypatch, model, "image_features", seen)
+    _spy(monkeypatch, model.network, "score_rows", seen)
+    _spy(monkeypatch, model.network, "image_features", seen)
     with pytest.raises(_Seen):
         model.score(PROMPT, PATHS[0])
     with pytest.raises(_Seen):
@@ -212,13 +212,13 @@ def test_scoring_keeps_no_graph(model, monkeypatch):
     """Scoring runs under ``torch.inference_mode`` even where gradients are on."""
     modes = []
     for method in ("score_rows", "score_grid"):
-        original = getattr(model, method)
+        original = getattr(model.network, method)
 
         def recorder(*args, _original=original):
             modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
             return _original(*args)
 
-        monkeypatch.setattr(model, method, recorder)
+        monkeypatch.setattr(model.network, method, recorder)
     assert all(p.requires_grad for p in model.parameters())
     with torch.enable_grad():
         model.score(PROMPT, PATHS[0])
@@ -234,7 +234,7 @@ def test_drop_in_module(checkpoint, config):
 
     assert reward.available_models() == ["ImageReward-v1.0"]
     model = reward.load(str(checkpoint), config=config, device="cpu")
-    assert isinstance(model, imagereward.ImageReward)
+    assert isinstance(model, imagereward.RewardScorer) and isinstance(model.network, imagereward.ImageReward)
     assert isinstance(model, torch.nn.Module)
     ranking, rewards = model.inference_rank(PROMPT, PATHS)
     assert len(ranking) == len(rewards) == 4

@@ -203,7 +203,7 @@ def test_api_key_required_when_configured(server):
     "body, index, reason",
     [
         ({"prompts": ["a", "b"], "images": [_png_b64(_pixels(1, 8, 8)), "not base64!"]}, 1, "base64"),
-        ({"prompts": ["a", "b"], "images": [_png_b64(_pixels(1, 8, 8)), base64.b64encode(b"GIF89a...").decode()]}, 1, "PNG, JPEG or WebP"),
+        ({"prompts": ["a", "b"], "images": [_png_b64(_pixels(1, 8, 8)), base64.b64encode(b"GIF89a...").decode()]}, 1, "cannot read image file images[1]"),
         ({"prompts": ["a", "b", "c"], "images": [_png_b64(_pixels(1, 8, 8))] * 2 + [{"data": "AAAA", "shape": [2, 2, 3]}]}, 2, "needs 12"),
         ({"prompts": ["a"], "images": [{"data": "AAAA", "shape": [1, 1, 2]}]}, 0, "C in (1, 3, 4)"),
         ({"prompts": ["a", 7], "images": [_png_b64(_pixels(1, 8, 8))] * 2}, 1, "string"),

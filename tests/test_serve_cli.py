@@ -21,7 +21,7 @@ from imagereward.cli import main  # noqa: E402
 
 def test_import_pulls_in_no_server_or_http_stack():
     code = (
-        "import sys, imagereward, imagereward.serve, imagereward.serve.codec, imagereward.client\n"
+        "import sys, imagereward, imagereward.serve, imagereward.wire, imagereward.client\n"
         "heavy = [m for m in ('ray', 'fastapi', 'starlette', 'pydantic', 'httpx', 'torch') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from imagereward.train.cli import add_arguments, config_from_args, register
+from imagereward.options import add_arguments
+from imagereward.train.cli import config_from_args, register
 from imagereward.train.config import TrainConfig, load_config
 from imagereward.train.trainer import lr_factor
 
@@ -40,7 +41,7 @@ def test_file_then_flags(tmp_path):
 
 def test_flags_cover_every_option():
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_arguments(parser, TrainConfig)
     args = parser.parse_args(["--adam-betas", "0.5", "0.6", "--gradient-checkpointing", "--train-data", "x.json",
                               "--init", "scratch", "--precision", "bf16", "--freeze-rate", "0.5"])
     config = config_from_args(args)

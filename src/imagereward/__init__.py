@@ -27,11 +27,19 @@ _LAZY = {
     "ScorerEntry": "imagereward.registry",
     "WeightsFile": "imagereward.registry",
     "Scorer": "imagereward.scoring.base",
+    "RewardScorer": "imagereward.scoring.scorer",
+    "ScorerParts": "imagereward.scoring.network",
+    "RewardNetwork": "imagereward.scoring.network",
+    "ModelSpec": "imagereward.spec",
+    "ImageLimits": "imagereward.items",
+    "score_items": "imagereward.items",
     "ImageReward": "imagereward.scoring.image_reward",
     "RankResult": "imagereward.scoring.base",
     "ImageRewardConfig": "imagereward.config",
     "CheckpointError": "imagereward.errors",
+    "DataError": "imagereward.errors",
     "DeviceError": "imagereward.errors",
+    "ExtraMissingError": "imagereward.errors",
     "DownloadError": "imagereward.errors",
     "ImageLoadError": "imagereward.errors",
     "ImageNotFoundError": "imagereward.errors",
@@ -53,7 +61,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import ImageRewardConfig
     from .errors import (
         CheckpointError,
+        DataError,
         DeviceError,
+        ExtraMissingError,
         DownloadError,
         ImageLoadError,
         ImageNotFoundError,
@@ -66,10 +76,14 @@ if TYPE_CHECKING:  # pragma: no cover
         UnknownModelError,
     )
     from .factory import convert_checkpoint, load, load_score
+    from .items import ImageLimits, score_items
     from .registry import ScorerEntry, WeightsFile, available_models, available_scores, register
     from .saving import save_pretrained
     from .scoring.base import RankResult, Scorer
     from .scoring.image_reward import ImageReward
+    from .scoring.network import RewardNetwork, ScorerParts
+    from .scoring.scorer import RewardScorer
+    from .spec import ModelSpec
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, ("__version__",))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Set
 
 from .errors import InputError, JobFileError
+from .items import score_items
 
 logger = logging.getLogger(__name__)
 
@@ -93,23 +94,15 @@ def chunks(items: List[Any], size: int) -> Iterator[List[Any]]:
 
 
 def score_records(scorer: Any, records: List[Record], image_root: str = "") -> List[Record]:
-    """One result per record, in order: a ``reward`` or, for a bad item, an ``error``.
-
-    The batch is scored in one call; if an item in it is bad, each record is scored
-    on its own so that only the bad ones get errors.
-    """
+    """One result per record, in order: a ``reward`` or, for a bad item, an ``error``
+    (the item pipeline isolates bad items; the rest of the batch is scored together)."""
     results = [dict(record) for record in records]
     paths = [os.path.join(os.path.expanduser(image_root), os.path.expanduser(r["image"])) for r in records]
-    try:
-        rewards = scorer.score_batch([r["prompt"] for r in results], paths)
-        for result, reward in zip(results, rewards):
-            result["reward"] = float(reward)
-    except InputError:
-        for result, path in zip(results, paths):
-            try:
-                result["reward"] = float(scorer.score_batch([result["prompt"]], [path])[0])
-            except InputError as error:
-                result["error"] = str(error) or type(error).__name__
+    for result, value in zip(results, score_items(scorer, [r["prompt"] for r in results], paths)):
+        if isinstance(value, InputError):
+            result["error"] = str(value) or type(value).__name__
+        else:
+            result["reward"] = float(value)
     return results
 
 

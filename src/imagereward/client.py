@@ -8,9 +8,9 @@
 Images may be PIL images, ``uint8`` numpy arrays ``[H, W(, C)]``, float numpy
 arrays ``[H, W, C]`` or float torch tensors ``[C, H, W]`` in [0, 1], ``uint8``
 torch tensors ``[C, H, W]``, paths, or one batch array/tensor ``[N, ...]``.
-Pixels travel raw (see :mod:`imagereward.serve.codec`), so the server scores
-exactly what :meth:`~imagereward.scoring.base.RewardScorer.score_batch` would
-score in-process. Requests refused with 429 or 503, and connection failures,
+Pixels travel raw and files as their bytes (see :mod:`imagereward.wire`), so the
+server scores exactly what :meth:`~imagereward.scoring.scorer.RewardScorer.score_batch`
+would score in-process. Requests refused with 429 or 503, and connection failures,
 are retried with exponential backoff (honouring ``Retry-After``).
 """
 
@@ -19,13 +19,13 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-from .errors import ImageNotFoundError, ImageRewardError, ImageTypeError, InputError
-from .serve.codec import FILE_FORMATS, WireImage, file_image, pil_image, raw_image
+from .errors import ImageNotFoundError, ImageRewardError, ImageTypeError, InputError, PromptError
+from .wire import WireImage, file_image, pil_image, raw_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scoring.base import RankResult
@@ -57,21 +57,18 @@ def _array_image(array: np.ndarray, index: int, channels_first: bool) -> WireIma
         array = array.transpose(1, 2, 0)
     try:
         return raw_image(array)
-    except ValueError as error:
+    except InputError as error:
         raise InputError(f"images[{index}]: {error}") from None
 
 
 def _path_image(path: str, index: int) -> WireImage:
+    """A file's bytes as they are: the server decodes them as ``score`` decodes the path."""
     if not os.path.isfile(path):
         raise ImageNotFoundError(path)
     try:
-        with Image.open(path) as handle:
-            if handle.format in FILE_FORMATS:
-                with open(path, "rb") as file:
-                    return file_image(file.read())
-            handle.load()
-            return pil_image(handle)
-    except (OSError, SyntaxError, ValueError) as error:
+        with open(path, "rb") as file:
+            return file_image(file.read())
+    except OSError as error:
         raise InputError(f"images[{index}]: cannot read image file {path}: {error}") from None
 
 
@@ -128,20 +125,23 @@ class RewardClient:
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
 
     # -- scoring ------------------------------------------------------------------------
-    def score(self, prompts: Sequence[str], images: Any) -> List[float]:
-        """Rewards of N (prompt, image) pairs, in order."""
-        return self._post("/score", {"prompts": list(prompts), "images": encode_images(images)})["scores"]
+    def score(self, prompts: Union[str, Sequence[str]], images: Any) -> List[float]:
+        """Rewards of N (prompt, image) pairs, in order; one prompt (a str) goes with every image."""
+        encoded = encode_images(images)
+        return self._post("/score", {"prompts": _prompt_list(prompts, len(encoded)), "images": encoded})["scores"]
 
     def rank(self, prompt: str, images: Any) -> "RankResult":
         """Ranks (1 = best) and rewards of images for one prompt."""
         from .scoring.base import RankResult  # imports torch: only when ranking
 
+        if not isinstance(prompt, str):
+            raise PromptError(f"prompt must be a str, got {type(prompt).__name__}")
         reply = self._post("/rank", {"prompt": prompt, "images": encode_images(images)})
         return RankResult(reply["ranking"], reply["rewards"])
 
     def score_matrix(self, prompts: Sequence[str], images: Any) -> np.ndarray:
         """Scores of every prompt with every image, ``float32 [P, I]``."""
-        reply = self._post("/score_matrix", {"prompts": list(prompts), "images": encode_images(images)})
+        reply = self._post("/score_matrix", {"prompts": _prompts(prompts), "images": encode_images(images)})
         return np.asarray(reply["scores"], dtype=np.float32)
 
     def reward_fn(
@@ -154,7 +154,8 @@ class RewardClient:
         rewards as ``float32 [N]`` and a dict with the model name and the seconds taken.
         """
         start = time.perf_counter()
-        reply = self._post("/score", {"prompts": list(prompts), "images": encode_images(images)})
+        encoded = encode_images(images)
+        reply = self._post("/score", {"prompts": _prompt_list(prompts, len(encoded)), "images": encoded})
         info = {"model": reply["model"], "seconds": time.perf_counter() - start}
         return np.asarray(reply["scores"], dtype=np.float32), info
 
@@ -201,6 +202,21 @@ class RewardClient:
         if retry_after is not None and retry_after.isdigit():
             delay = float(retry_after)
         time.sleep(min(delay, self.max_backoff))
+
+
+def _prompts(prompts: Any) -> List[str]:
+    """A list or tuple of str; a bare string is refused (it is one prompt, not a list)."""
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise PromptError(f"prompts must be a list or tuple of str, got {type(prompts).__name__}")
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise PromptError(f"prompts[{index}] must be a str, got {type(prompt).__name__}")
+    return list(prompts)
+
+
+def _prompt_list(prompts: Any, count: int) -> List[str]:
+    """One prompt per image: a single str is repeated for all ``count`` images."""
+    return [prompts] * count if isinstance(prompts, str) else _prompts(prompts)
 
 
 def _server_error(response: Any) -> RewardServerError:

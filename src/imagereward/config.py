@@ -11,10 +11,37 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Tuple, Type, TypeVar, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+ConfigT = TypeVar("ConfigT")
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """A config dataclass as plain JSON-able data (nested configs as dicts, tuples as lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: Type[ConfigT], data: Dict[str, Any]) -> ConfigT:
+    """The ``cls`` config of :func:`config_to_dict`'s data; unknown fields raise ``TypeError``."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__} data must be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {unknown}")
+    values: Dict[str, Any] = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            value = config_from_dict(kind, value)  # type: ignore[arg-type]
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
 
 # Normalisation of the released model's raw rewards (mean/std on its test set).
 IMAGEREWARD_MEAN = 0.16717362830052426
@@ -99,19 +126,11 @@ class ImageRewardConfig:
     reward_std: float = IMAGEREWARD_STD
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ImageRewardConfig":
-        data = dict(data)
-        head = dict(data.pop("head", {}))
-        head = {k: tuple(v) if isinstance(v, list) else v for k, v in head.items()}
-        return cls(
-            vision=VisionConfig(**data.pop("vision", {})),
-            text=TextConfig(**data.pop("text", {})),
-            head=HeadConfig(**head),
-            **data,
-        )
+        return config_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -137,12 +156,11 @@ class PreprocessConfig:
     std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "PreprocessConfig":
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 CLIP_ACTIVATIONS = ("quick_gelu", "gelu")

@@ -46,6 +46,23 @@ class JobFileError(ImageRewardError, ValueError):
     """A batch job's input or output file is missing or malformed (the job stops before any work)."""
 
 
+class DataError(ImageRewardError, ValueError):
+    """An evaluation input (test set, prompts, predictions) exists but is not in the expected format."""
+
+
+class UnsafeArchiveError(DataError):
+    """A zip member would land outside the target folder, or is a link."""
+
+
+class ReportError(ImageRewardError, RuntimeError):
+    """A report cannot be made (for example, matplotlib is not installed)."""
+
+
+class ExtraMissingError(ImageRewardError, ImportError):
+    """An optional extra (``imagereward[ray]``, ``[serve]``, ...) is needed and not installed;
+    the message gives the install command."""
+
+
 # -- the requested device cannot be used -------------------------------------------------
 class DeviceError(ImageRewardError, RuntimeError):
     """A device that this torch build or this machine cannot provide (e.g. CUDA on a CPU-only torch)."""
@@ -74,6 +91,10 @@ class DownloadError(ModelError):
 
 __all__ = [
     "CheckpointError",
+    "DataError",
+    "ExtraMissingError",
+    "ReportError",
+    "UnsafeArchiveError",
     "DeviceError",
     "DownloadError",
     "ImageLoadError",

@@ -14,22 +14,23 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Type, Union
 
 import torch
 from torch import nn
 
-from .allocator import keep_freed_memory
 from .checkpoints import StateDict, load_state_dict_strict, read_state_dict, strip_prefix
 from .config import ImageRewardConfig, PreprocessConfig, TextConfig
 from .dtypes import DtypeLike, cpu_has_fast, resolve_device, resolve_dtype
 from .errors import CheckpointError, DownloadError, UnknownModelError
 from .hub import fetch_weights, offline_mode
+from .items import DEFAULT_LIMITS, ImageLimits
 from .registry import ScorerEntry, available_models, available_scores, find_entry, get_entry
 from .saving import WEIGHTS_FILE, SavedModel, read_saved_folder, save_pretrained
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .preprocess import ImagePreprocessor
+    from .scoring.network import RewardNetwork, ScorerParts
+    from .scoring.scorer import RewardScorer
 
 logger = logging.getLogger(__name__)
 
@@ -41,38 +42,48 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 @dataclass(frozen=True)
 class BuildRequest:
-    """What a builder gets: the entry, local files by role, and the resolved settings."""
+    """What a builder gets: the entry, local files by role, the configuration and front-end files.
+
+    ``saved`` says the weights are a folder written by :func:`save_pretrained` (the
+    network's own names), not the scorer's original file layout.
+    """
 
     entry: ScorerEntry
     files: Mapping[str, str]
     config: Any
     preprocess: PreprocessConfig
+    saved: bool = False
     vocab_file: Optional[str] = None
     bpe_file: Optional[str] = None
-    batch_size: int = 16
-    num_workers: Optional[int] = None
 
     def read_weights(self, role: str = "weights", key: Optional[str] = None) -> StateDict:
-        """The state dict of the file for ``role``: ``module.`` stripped, the entry's key filter applied."""
-        state = strip_prefix(read_state_dict(self.files[role], key=key))
-        return self.filter_keys(state)
-
-    def filter_keys(self, state: StateDict) -> StateDict:
-        if self.entry.key_filter is None:
-            return state
-        module, _, function = self.entry.key_filter.partition(":")
-        key_filter: Callable[[StateDict], StateDict] = getattr(importlib.import_module(module), function)
-        return key_filter(state)
+        """The state dict of the file for ``role``, ``module.`` prefixes stripped."""
+        return strip_prefix(read_state_dict(self.files[role], key=None if self.saved else key))
 
     def load_into(self, module: nn.Module, state: StateDict, role: str = "weights") -> None:
         """Strict loading of ``state`` into ``module`` (built on ``meta``), the entry's unused keys allowed."""
         load_state_dict_strict(module, state, source=self.files[role], ignore=self.entry.ignore_keys)
 
-    def preprocessor(self, image_size: int) -> "ImagePreprocessor":
-        """The registered (or saved) image chain at the model's own input size."""
-        from .preprocess import ImagePreprocessor
+    def build_saved(self, network_class: Type["RewardNetwork"]) -> "ScorerParts":
+        """Parts of a saved folder: ``network_class(config)`` with the saved tensors, strictly."""
+        config = self.config_of(self.entry.config_type)
+        with torch.device("meta"):
+            network = network_class(config)  # type: ignore[call-arg]
+        self.load_into(network, self.read_weights())
+        text_length = None if self.entry.tokenizer is None else config.context_length
+        return self.parts(network, text_length, config.image_size)
 
-        return ImagePreprocessor(dataclasses.replace(self.preprocess, image_size=image_size))
+    def parts(
+        self, network: "RewardNetwork", text_length: Optional[int], image_size: int
+    ) -> "ScorerParts":
+        """The network with its tokenizer (``text_length`` tokens; ``None`` for image-only
+        scorers) and the registered (or saved) image chain at the network's input size."""
+        from .preprocess import ImagePreprocessor
+        from .scoring.network import ScorerParts
+
+        tokenizer = None if text_length is None else self.tokenizer(text_length)
+        preprocess = ImagePreprocessor(dataclasses.replace(self.preprocess, image_size=image_size))
+        return ScorerParts(network, tokenizer, preprocess)
 
     def tokenizer(self, max_length: int) -> Any:
         """The entry's tokenizer at ``max_length`` tokens, from the given or bundled files."""
@@ -107,6 +118,7 @@ class _Resolved:
     files: Dict[str, str]
     config: Any
     preprocess: PreprocessConfig
+    saved: bool = False
 
 
 def _fetch_all(
@@ -145,16 +157,14 @@ def _fetch_all(
     return paths
 
 
-def _from_folder(
-    folder: str,
-    saved: SavedModel,
-    files: Mapping[str, Optional[str]],
-    download_root: Optional[str],
-) -> _Resolved:
-    """A folder written by :func:`save_pretrained`: its scorer, config and preprocessing."""
-    entry = get_entry(saved.scorer)
-    paths = _fetch_all(entry, {**files, "weights": os.path.join(folder, WEIGHTS_FILE)}, download_root)
-    return _Resolved(entry, paths, saved.config, saved.preprocess)
+def _from_saved(weights: str, saved: SavedModel) -> _Resolved:
+    """Weights written by :func:`save_pretrained`: the whole network in one file, with
+    its scorer, config and preprocessing (no other role's file is needed)."""
+    return _Resolved(get_entry(saved.scorer), {"weights": weights}, saved.config, saved.preprocess, True)
+
+
+def _from_folder(folder: str, saved: SavedModel) -> _Resolved:
+    return _from_saved(os.path.join(folder, WEIGHTS_FILE), saved)
 
 
 def _saved_beside(weights: str) -> Optional[SavedModel]:
@@ -195,36 +205,41 @@ def _resolve(
     if entry is not None and weights is not None and os.path.isdir(weights):
         saved = read_saved_folder(weights, required=False)
         if saved is not None:
-            return _from_folder(weights, saved, files, download_root)
+            return _checked_saved(entry, _from_folder(weights, saved))
         files = _files_in_folder(entry, weights, files)
     if entry is not None:
-        paths = _fetch_all(entry, files, download_root)
-        saved = _saved_beside(paths["weights"])
+        weights = files.get("weights")
+        saved = _saved_beside(weights) if weights is not None and os.path.isfile(weights) else None
         if saved is not None:
-            if get_entry(saved.scorer) is not entry:
-                raise CheckpointError(
-                    f"{paths['weights']} was saved from {saved.scorer}, not {entry.name}"
-                )
-            return _Resolved(entry, paths, saved.config, saved.preprocess)
+            return _checked_saved(entry, _from_saved(weights, saved))  # type: ignore[arg-type]
+        paths = _fetch_all(entry, files, download_root)
         return _Resolved(entry, paths, entry.config, entry.preprocess)
     path = os.path.expanduser(os.fspath(name))
     if os.path.isdir(path):
-        return _from_folder(path, read_saved_folder(path), files, download_root)
+        return _from_folder(path, read_saved_folder(path))  # type: ignore[arg-type]
     if os.path.isfile(path):
         # A bare checkpoint file is an ImageReward checkpoint, as in the original package;
         # a .safetensors file written by save_pretrained brings its config along.
         saved = _saved_beside(path)
-        entry = get_entry(saved.scorer if saved else "ImageReward-v1.0")
-        paths = _fetch_all(entry, {**files, "weights": path}, download_root)
         if saved is not None:
-            return _Resolved(entry, paths, saved.config, saved.preprocess)
+            return _from_saved(path, saved)
+        entry = get_entry("ImageReward-v1.0")
+        paths = _fetch_all(entry, {**files, "weights": path}, download_root)
         return _Resolved(entry, paths, entry.config, entry.preprocess)
     if _looks_like_path(name):
         raise FileNotFoundError(2, "Checkpoint file or folder not found", path)
     raise UnknownModelError(f"Model {name} not found; available models = {available_models()}")
 
 
-def _build(resolved: _Resolved, request_options: Dict[str, Any]) -> Any:
+def _checked_saved(entry: ScorerEntry, resolved: _Resolved) -> _Resolved:
+    if resolved.entry is not entry:
+        raise CheckpointError(
+            f"{resolved.files['weights']} was saved from {resolved.entry.name}, not {entry.name}"
+        )
+    return resolved
+
+
+def _build(resolved: _Resolved, vocab_file: Optional[str], bpe_file: Optional[str]) -> "ScorerParts":
     module, _, function = resolved.entry.builder.partition(":")
     builder = getattr(importlib.import_module(module), function)
     request = BuildRequest(
@@ -232,28 +247,11 @@ def _build(resolved: _Resolved, request_options: Dict[str, Any]) -> Any:
         files=resolved.files,
         config=resolved.config,
         preprocess=resolved.preprocess,
-        **request_options,
+        saved=resolved.saved,
+        vocab_file=vocab_file,
+        bpe_file=bpe_file,
     )
     return builder(request)
-
-
-def _place(model: Any, device: torch.device, dtype: torch.dtype, compile: bool) -> Any:
-    """Eval mode, the encoders' precision (heads stay float32), the device, and compiling."""
-    model.eval()
-    if dtype != torch.float32:
-        if device.type == "cpu" and not cpu_has_fast(dtype):
-            warnings.warn(
-                f"{dtype} on this CPU has no native support (AVX512-BF16/FP16 or AMX): "
-                "scoring will be much slower than in float32",
-                stacklevel=3,
-            )
-        model.set_compute_dtype(dtype)
-    model.to(device)
-    if device.type == "cpu":
-        keep_freed_memory()
-    if compile:
-        model.compile_encoders()
-    return model
 
 
 def load(
@@ -271,8 +269,9 @@ def load(
     bpe_file: Optional[str] = None,
     batch_size: int = 16,
     num_workers: Optional[int] = None,
+    limits: ImageLimits = DEFAULT_LIMITS,
     compile: bool = False,
-) -> Any:
+) -> "RewardScorer":
     """Load any scorer in eval mode on ``device``.
 
     ``name`` is a registered scorer (:func:`available_models`; case-insensitive), a
@@ -281,16 +280,18 @@ def load(
     ``{"clip": path}`` for Aesthetic's CLIP tower) gives local weight files used as
     they are, without network or checksums; ``checkpoint`` may also be a saved folder,
     or a folder (such as a hub snapshot) holding the scorer's files under their
-    registered names. Other files are fetched into
-    ``download_root`` (default: the Hugging Face cache for hub files, the original
-    package's ``~/.cache/ImageReward`` when it holds a file, else
-    ``~/.cache/imagereward``). ``config`` overrides the registered architecture;
-    ``med_config`` is an original BERT config JSON (ImageReward only). ``dtype``
-    (``"fp32"``, ``"bf16"``, ``"fp16"`` or a ``torch.dtype``) sets the precision of
-    the encoders; reward heads stay float32. ``vocab_file`` / ``bpe_file`` replace
-    the bundled tokenizer files. ``compile=True`` runs the encoders through
-    ``torch.compile``.
+    registered names. Other files are fetched into ``download_root`` (default: the
+    Hugging Face cache for hub files, the original package's ``~/.cache/ImageReward``
+    when it holds a file, else ``~/.cache/imagereward``). ``config`` overrides the
+    registered architecture; ``med_config`` is an original BERT config JSON (ImageReward
+    only). ``dtype`` (``"fp32"``, ``"bf16"``, ``"fp16"`` or a ``torch.dtype``) sets the
+    precision of the encoders; reward heads stay float32. ``vocab_file`` / ``bpe_file``
+    replace the bundled tokenizer files. ``batch_size``, ``num_workers`` (decoding
+    threads) and ``limits`` (accepted images) set the engine. ``compile=True`` runs the
+    encoders through ``torch.compile``.
     """
+    from .scoring.scorer import RewardScorer
+
     target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
     given = dict(files or {})
     if checkpoint is not None:
@@ -303,13 +304,21 @@ def load(
     if med_config is not None:
         resolved = dataclasses.replace(resolved, config=_with_med_config(resolved, med_config))
     logger.info("load checkpoint from %s", resolved.files["weights"])
-    model = _build(
-        resolved,
-        dict(vocab_file=vocab_file, bpe_file=bpe_file, batch_size=batch_size, num_workers=num_workers),
+    parts = _build(resolved, vocab_file, bpe_file)
+    scorer = RewardScorer(
+        resolved.entry.name, parts, batch_size=batch_size, num_workers=num_workers, limits=limits
     )
-    _place(model, target_device, target_dtype, compile)
+    if target_dtype != torch.float32 and target_device.type == "cpu" and not cpu_has_fast(target_dtype):
+        warnings.warn(
+            f"{target_dtype} on this CPU has no native support (AVX512-BF16/FP16 or AMX): "
+            "scoring will be much slower than in float32",
+            stacklevel=2,
+        )
+    scorer.place(target_device, target_dtype)
+    if compile:
+        scorer.compile_encoders()
     logger.info("checkpoint loaded")
-    return model
+    return scorer
 
 
 def _with_med_config(resolved: _Resolved, med_config: str) -> ImageRewardConfig:
@@ -347,24 +356,24 @@ def convert_checkpoint(
     source: str,
     directory: str,
     *,
+    name: Optional[str] = None,
     dtype: DtypeLike = None,
-    config: Optional[ImageRewardConfig] = None,
+    config: Any = None,
     med_config: Optional[str] = None,
+    files: Optional[Mapping[str, str]] = None,
+    download_root: Optional[str] = None,
 ) -> str:
-    """Rewrite an ImageReward checkpoint as a folder that :func:`load` maps instantly.
+    """Rewrite any scorer's weights as a folder that :func:`load` maps instantly.
 
-    The weights are checked strictly on the way (no tokenizer or network needed);
-    ``dtype="fp16"``/``"bf16"`` halves the file. Returns ``directory``.
+    ``source`` is a checkpoint file or folder of scorer ``name`` (default: ImageReward,
+    as a bare checkpoint is read), or a registered name to convert its downloaded
+    files; ``files`` gives the scorer's other local files by role. The weights are
+    checked strictly on the way; ``dtype="fp16"``/``"bf16"`` halves the file.
+    Returns ``directory``.
     """
-    from .models.image_reward import ImageRewardNet
-
-    resolved = _resolve(source, download_root=None, files={})
-    if config is not None:
-        resolved = dataclasses.replace(resolved, config=config)
-    if med_config is not None:
-        resolved = dataclasses.replace(resolved, config=_with_med_config(resolved, med_config))
-    request = BuildRequest(resolved.entry, resolved.files, resolved.config, resolved.preprocess)
-    with torch.device("meta"):
-        net = ImageRewardNet(request.config_of(ImageRewardConfig))
-    request.load_into(net, request.read_weights())
-    return save_pretrained(net, directory, dtype=dtype, preprocess=resolved.preprocess)
+    if name is None:
+        scorer = load(source, "cpu", download_root, med_config, config=config, files=files, num_workers=0)
+    else:
+        scorer = load(name, "cpu", download_root, med_config, config=config, checkpoint=source,
+                      files=files, num_workers=0)
+    return save_pretrained(scorer, directory, dtype=dtype)

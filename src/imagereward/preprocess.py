@@ -10,83 +10,21 @@ The tensor chain is the differentiable counterpart for pixels that are already t
 
 from __future__ import annotations
 
-import io
-import os
-from typing import Any, Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .config import PreprocessConfig
-from .errors import ImageLoadError, ImageNotFoundError, ImageTypeError
-
-ImageInput = Union[Image.Image, str, "os.PathLike[str]", np.ndarray]
+from .errors import ImageLoadError
+from .items import ImageInput, open_image
 
 # Supported values of the PreprocessConfig fields that name a step of the chain.
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 CROPS = ("center", "center_floor", "pad")
 RGB_ORDERS = ("after_crop", "first")
-
-
-def check_image_input(image: Any) -> None:
-    """Raise early, with the offending input named, for anything we cannot score."""
-    if isinstance(image, Image.Image):
-        return
-    if isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ImageLoadError(
-                f"numpy image must be HxW or HxWxC with C in (1, 3, 4), got shape {image.shape}"
-            )
-        return
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if os.path.isdir(path):
-            raise ImageNotFoundError(path, "Image path is a folder, not a file")
-        if not os.path.isfile(path):
-            raise ImageNotFoundError(path)
-        return
-    raise ImageTypeError(
-        "image must be a PIL.Image.Image, a file path (str or os.PathLike) or a numpy array, "
-        f"got {type(image).__name__}"
-    )
-
-
-def load_image(image: ImageInput) -> Image.Image:
-    """Open a path (fully decoded, file closed) or wrap an array; PIL images pass through."""
-    check_image_input(image)
-    if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[:, :, 0]
-        if array.dtype != np.uint8:
-            if np.issubdtype(array.dtype, np.floating):
-                raise ImageLoadError(
-                    "float numpy images are ambiguous; pass uint8 arrays in 0..255 "
-                    "(or use score_tensors for float pixels in [0, 1])"
-                )
-            array = array.astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(array))
-    return _decode(os.fspath(image), os.fspath(image))
-
-
-def load_image_bytes(data: bytes, name: str) -> Image.Image:
-    """Decode an encoded image (PNG, JPEG, WebP, ...) held in memory; ``name`` names it in errors."""
-    return _decode(io.BytesIO(data), name)
-
-
-def _decode(source: Union[str, io.BytesIO], name: str) -> Image.Image:
-    try:
-        with Image.open(source) as handle:
-            handle.load()
-            return handle
-    except Image.DecompressionBombError as error:
-        raise ImageLoadError(f"refusing to decode {name}: {error}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageLoadError(f"cannot read image file {name}: {error}") from error
 
 
 def resized_size(width: int, height: int, size: int) -> Tuple[int, int]:
@@ -164,7 +102,7 @@ class ImagePreprocessor:
 
     def to_uint8(self, image: ImageInput) -> torch.Tensor:
         """Decoded, resized, cropped RGB pixels ``[3, S, S]`` as ``uint8``, not yet normalised."""
-        image = load_image(image)
+        image = open_image(image)
         if self.config.convert_rgb == "first":
             image = image.convert("RGB")
         image = self.resize_and_crop(image).convert("RGB")
@@ -174,7 +112,7 @@ class ImagePreprocessor:
     def to_padded(self, image: ImageInput) -> torch.Tensor:
         """HPSv2's chain: RGB, to float in [0, 1], longer side to ``S`` (torch bicubic,
         antialiased), zero padding to ``S x S``; ``float32 [3, S, S]``."""
-        image = load_image(image)
+        image = open_image(image)
         _check_sides(image)
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
         pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import BLIPScoreConfig, ImageRewardConfig, PreprocessConfig
+from .config import BLIPScoreConfig, CLIPConfig, ImageRewardConfig, PreprocessConfig
 from .errors import UnknownModelError
 
 
@@ -52,21 +52,23 @@ class ScorerEntry:
 
     ``files`` maps a role to a file; the role ``"weights"`` is the scorer's own
     checkpoint, others are parts it shares (Aesthetic reads CLIP's image tower as
-    ``"clip"``). ``config`` is the model configuration, or ``None`` where the sizes
-    are read from the weights. ``ignore_keys`` are regular expressions of checkpoint
-    keys that are known and unused; ``key_filter`` (``module:function``) rewrites a
-    checkpoint's state dict before strict loading, for files in another layout.
+    ``"clip"``); a role whose file is another scorer's file (the same :class:`WeightsFile`)
+    takes that scorer's local file when one is given. ``config`` is the model
+    configuration, or ``None`` where the sizes are read from the weights; ``config_type``
+    is its class, which saved folders record. ``ignore_keys`` are regular expressions
+    of checkpoint keys that are known and unused. A checkpoint in another layout is
+    remapped by the builder (PickScore's reads Hugging Face names).
     """
 
     name: str
     builder: str
     files: Mapping[str, WeightsFile]
     config: Any
+    config_type: type
     preprocess: PreprocessConfig
     tokenizer: Optional[str]  # one of TOKENIZERS, or None for image-only scorers
     description: str
     ignore_keys: Tuple[str, ...] = ()
-    key_filter: Optional[str] = None
     aliases: Tuple[str, ...] = ()
     original_api: str = "load_score"  # which drop-in function of image-reward 1.5 lists it
     # Published preference accuracy (%) on ImageReward's test set, for reports.
@@ -114,6 +116,18 @@ def get_entry(name: str) -> ScorerEntry:
     return entry
 
 
+def sharing_roles(entry: ScorerEntry, role: str) -> List[Tuple[str, str]]:
+    """Other ``(scorer, role)`` pairs that read the very file ``entry`` reads for ``role``
+    (Aesthetic's ``"clip"`` is CLIP's ``"weights"``)."""
+    spec = entry.files[role]
+    return [
+        (other.name, other_role)
+        for other in _REGISTRY.values()
+        for other_role, other_spec in other.files.items()
+        if other_spec == spec and (other.name, other_role) != (entry.name, role)
+    ]
+
+
 def available_models() -> List[str]:
     """Every registered scorer name, in registration order."""
     return list(_REGISTRY)
@@ -156,6 +170,7 @@ register(
             )
         },
         config=ImageRewardConfig(),
+        config_type=ImageRewardConfig,
         preprocess=PreprocessConfig(),
         tokenizer="bert",
         description="ImageReward: BLIP ViT-L/16 + BERT-base with cross-attention and an MLP "
@@ -176,6 +191,7 @@ register(
         builder="imagereward.scoring.clip_score:build",
         files={"weights": _OPENAI_CLIP},
         config=None,  # sizes read from the weights
+        config_type=CLIPConfig,
         preprocess=PreprocessConfig(),
         tokenizer="clip_bpe",
         description="CLIP score: cosine of OpenAI CLIP ViT-L/14 text and image embeddings",
@@ -195,6 +211,7 @@ register(
             )
         },
         config=BLIPScoreConfig(),
+        config_type=BLIPScoreConfig,
         preprocess=PreprocessConfig(),
         tokenizer="bert",
         description="BLIP score: cosine of BLIP-large's projected unimodal text and image features",
@@ -217,6 +234,7 @@ register(
             "clip": _OPENAI_CLIP,
         },
         config=None,  # CLIP sizes read from the weights
+        config_type=CLIPConfig,
         preprocess=PreprocessConfig(),
         tokenizer=None,
         description="LAION aesthetic predictor on CLIP ViT-L/14 image embeddings (about 1-10; "
@@ -238,6 +256,7 @@ register(
             )
         },
         config=None,  # config.json beside local weights, else PickScore's ViT-H-14
+        config_type=CLIPConfig,
         # The processor of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (CLIPImageProcessor).
         preprocess=PreprocessConfig(crop="center_floor", convert_rgb="first"),
         tokenizer="clip_bpe_hf",
@@ -262,6 +281,7 @@ for _name, _file, _accuracy in (
                 )
             },
             config=None,  # sizes read from the weights (OpenCLIP ViT-H-14 head widths)
+            config_type=CLIPConfig,
             # hpsv2's validation transform: RGB first, longer side to 224, black padding.
             preprocess=PreprocessConfig(crop="pad", convert_rgb="first"),
             tokenizer="clip_bpe_openclip",
@@ -285,5 +305,6 @@ __all__ = [
     "find_entry",
     "get_entry",
     "register",
+    "sharing_roles",
     "unregister",
 ]

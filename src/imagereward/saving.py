@@ -1,38 +1,42 @@
 """Folders that :func:`imagereward.load` reads instantly: ``config.json`` + ``model.safetensors``.
 
-``config.json`` names the registered scorer the weights belong to and carries the
-model configuration and the whole preprocessing chain, so a saved model sees
-images exactly as it did when it was saved.
+Any registered scorer can be saved, fine-tuned or not. ``config.json`` names the
+scorer the weights belong to and carries its model configuration and its whole
+preprocessing chain, so a saved model sees images exactly as it did when saved;
+``model.safetensors`` holds the network's tensors under the network's names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .config import ImageRewardConfig, PreprocessConfig
+from .config import PreprocessConfig, config_from_dict, config_to_dict
 from .dtypes import DtypeLike, resolve_dtype
 from .errors import CheckpointError
 from .files import use_default_permissions
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-MODEL_TYPE = "ImageReward"
+MODEL_TYPE = "ImageReward"  # marks our config.json among other libraries' (kept from version 1)
 DEFAULT_SCORER = "ImageReward-v1.0"
 
 
 @dataclass(frozen=True)
 class SavedModel:
     scorer: str
-    config: ImageRewardConfig
+    config: Any
     preprocess: PreprocessConfig
 
 
 def read_saved_folder(directory: str, required: bool = True) -> Optional[SavedModel]:
     """The ``config.json`` of a saved folder. When not ``required``: ``None`` where there is
     none, or where it is another library's (a hub snapshot's ``config.json``)."""
+    from .registry import get_entry
+
     path = os.path.join(directory, CONFIG_FILE)
     weights = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.isfile(path) or (required and not os.path.isfile(weights)):
@@ -49,30 +53,51 @@ def read_saved_folder(directory: str, required: bool = True) -> Optional[SavedMo
         if not required:
             return None
         found = saved.get("model_type") if isinstance(saved, dict) else None
-        raise CheckpointError(f"{path} is not an ImageReward config (model_type {found!r})")
+        raise CheckpointError(f"{path} is not an imagereward config (model_type {found!r})")
     try:
-        config = ImageRewardConfig.from_dict(saved["config"])
-        preprocess = PreprocessConfig.from_dict(saved.get("preprocess", {"image_size": config.vision.image_size}))
-    except (KeyError, TypeError, ValueError) as error:
+        entry = get_entry(saved.get("scorer", DEFAULT_SCORER))
+        config = config_from_dict(entry.config_type, saved["config"])
+        preprocess = saved.get("preprocess")
+        if preprocess is None:
+            preprocess = PreprocessConfig(image_size=config.vision.image_size)
+        else:
+            preprocess = PreprocessConfig.from_dict(preprocess)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{path} has a malformed config: {error}") from error
-    return SavedModel(saved.get("scorer", DEFAULT_SCORER), config, preprocess)
+    return SavedModel(entry.name, config, preprocess)
 
 
 def save_pretrained(
-    model: Any, directory: str, dtype: DtypeLike = None, preprocess: Optional[PreprocessConfig] = None
+    model: Any,
+    directory: str,
+    dtype: DtypeLike = None,
+    preprocess: Optional[PreprocessConfig] = None,
+    scorer: Optional[str] = None,
 ) -> str:
-    """Write ``config.json`` and ``model.safetensors`` of an ImageReward network.
+    """Write ``config.json`` and ``model.safetensors`` of a scorer (or of a bare network).
 
-    ``preprocess`` defaults to the model's own chain (a scorer's ``preprocess.config``),
-    else the registered one at the model's image size. Returns ``directory``.
+    ``scorer`` is the registered name; by default the scorer's own (``model.name``),
+    else ImageReward's for a bare ImageReward network. ``preprocess`` defaults to the
+    model's own chain, else the registered one at the model's image size. Returns
+    ``directory``.
     """
     from safetensors.torch import save_file
 
+    from .registry import get_entry
+
+    entry = get_entry(scorer or getattr(model, "name", None) or DEFAULT_SCORER)
+    if not isinstance(model.config, entry.config_type):
+        raise TypeError(
+            f"{type(model).__name__} has a {type(model.config).__name__}, not the "
+            f"{entry.config_type.__name__} of {entry.name}: name its scorer with scorer="
+        )
     if preprocess is None:
         attached = getattr(model, "preprocess", None)
-        preprocess = attached.config if attached is not None else PreprocessConfig(
-            image_size=model.config.vision.image_size
-        )
+        if attached is not None:
+            preprocess = attached.config
+        else:
+            size = getattr(model.config, "image_size", None) or model.config.vision.image_size
+            preprocess = dataclasses.replace(entry.preprocess, image_size=size)
     os.makedirs(directory, exist_ok=True)
     target = resolve_dtype(dtype)
     tensors = {
@@ -83,8 +108,8 @@ def save_pretrained(
     use_default_permissions(os.path.join(directory, WEIGHTS_FILE))  # safetensors writes 0600
     record = {
         "model_type": MODEL_TYPE,
-        "scorer": DEFAULT_SCORER,
-        "config": model.config.to_dict(),
+        "scorer": entry.name,
+        "config": config_to_dict(model.config),
         "preprocess": preprocess.to_dict(),
     }
     with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as handle:

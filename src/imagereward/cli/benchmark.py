@@ -18,9 +18,9 @@ from .common import (
     add_general_options,
     add_model_options,
     apply_offline,
-    checkpoint_paths,
     load_scorer,
-    model_label,
+    model_files,
+    model_spec,
     model_list,
     model_names_help,
     split_list,
@@ -128,8 +128,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from ..eval.data import DataError, write_json
 
     apply_offline(args)
-    encoders = ["CLIP"] if "Aesthetic" in args.metrics and "CLIP" not in args.metrics else []
-    checkpoints = checkpoint_paths(args.checkpoint, IMAGEREWARD, args.metrics + encoders, args.parser)
+    files = model_files(args, args.metrics, args.parser, default_model=IMAGEREWARD)
+    specs = {m: model_spec(args, m, files[m]) for m in args.metrics}
     if not os.path.isfile(args.prompts):
         raise CliError(f"prompts file not found: {args.prompts}", EXIT_INPUT)
     try:
@@ -141,7 +141,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             args.no_plot = True
         per_prompt: Dict[str, Dict[str, List[float]]] = {}
         for metric in args.metrics:
-            per_prompt[metric] = _run_metric(metric, models, prompts, args, checkpoints)
+            per_prompt[metric] = _run_metric(specs[metric], models, prompts, args)
     except DataError as error:
         raise CliError(str(error), EXIT_INPUT) from None
 
@@ -154,7 +154,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     summary = {"prompts": args.prompts, "images": args.images, "human_ranking": human,
                "scores": scores, "ranks": ranks, "spearman": rho}
     written.append(write_json(os.path.join(args.output_dir, "benchmark.json"), summary))
-    labels = {m: model_label(m, checkpoints.get(m)) for m in args.metrics}  # tables name custom files
+    labels = {m: specs[m].label for m in args.metrics}  # tables name custom files
     table = report.benchmark_table(
         {labels[m]: scores[m] for m in args.metrics}, {labels[m]: ranks[m] for m in args.metrics}, models,
         human, {labels[m]: rho[m] for m in args.metrics},
@@ -171,14 +171,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_metric(
-    metric: str, models: List[str], prompts: List[Any], args: argparse.Namespace, checkpoints: Dict[str, str]
-) -> Dict[str, List[float]]:
+def _run_metric(spec: Any, models: List[str], prompts: List[Any], args: argparse.Namespace) -> Dict[str, List[float]]:
     """Per-prompt mean rewards of each generation model under one metric."""
     from ..eval import benchmark as bench
     from ..eval.data import write_json
     from ..errors import InputError
 
+    metric = spec.name
     scorer = None
     per_prompt: Dict[str, List[float]] = {}
     try:
@@ -189,7 +188,7 @@ def _run_metric(
             else:
                 generations = bench.find_generations(os.path.join(args.images, model), prompts)
                 if scorer is None:
-                    scorer = load_scorer(metric, args, checkpoints)
+                    scorer = load_scorer(spec)
                 try:
                     records = bench.score_model(
                         scorer, prompts, generations, desc=f"{metric} / {model}",

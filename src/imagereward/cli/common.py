@@ -9,6 +9,8 @@ import argparse
 import os
 from typing import Any, Dict, List, Optional
 
+from ..errors import ImageRewardError
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  # runtime failure: model or download error, unexpected exception
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
@@ -29,7 +31,7 @@ exit codes:
 IMAGEREWARD = "ImageReward-v1.0"
 
 
-class CliError(Exception):
+class CliError(ImageRewardError):
     """A failure to report as one line on stderr, with its exit code."""
 
     def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
@@ -131,16 +133,7 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
     """``--checkpoint``, ``--clip-checkpoint``, ``--vocab-file``, ``--device``, ``--dtype``,
     ``--batch-size``, ``--compile``, ``--download-root``, ``--offline``."""
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--checkpoint", metavar="[NAME=]PATH", action="append", default=[],
-        help=checkpoint_help + "; NAME=PATH gives the local file of one model by name "
-        "(e.g. CLIP=ViT-L-14.pt, BLIP=model_large.pth); repeat for several models",
-    )
-    group.add_argument(
-        "--clip-checkpoint", metavar="PATH",
-        help="for Aesthetic: a local OpenAI CLIP ViT-L-14.pt for its image encoder "
-        "(default: the CLIP=PATH checkpoint when given, else the download)",
-    )
+    add_file_options(group, checkpoint_help)
     group.add_argument(
         "--vocab-file", metavar="PATH",
         help="BERT vocab.txt for ImageReward and BLIP (default: $IMAGEREWARD_BERT_VOCAB, else "
@@ -149,10 +142,7 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
     group.add_argument(
         "--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)"
     )
-    group.add_argument(
-        "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-        help="precision of the image and text encoders; reward heads stay fp32 (default: %(default)s)",
-    )
+    add_dtype_option(group)
     group.add_argument(
         "--batch-size", type=positive_int, default=16, metavar="N",
         help="images per forward pass (default: %(default)s)",
@@ -162,6 +152,33 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
         help="torch.compile the encoders: a minute or more of compiling first, then faster "
         "on GPUs (worth it for long jobs; on CPUs the gain is a few percent)",
     )
+    add_download_options(group)
+    return group
+
+
+def add_file_options(group: Any, checkpoint_help: str) -> None:
+    """``--checkpoint [MODEL[:ROLE]=]PATH`` (repeatable) and its alias ``--clip-checkpoint``."""
+    group.add_argument(
+        "--checkpoint", metavar="[MODEL[:ROLE]=]PATH", action="append", default=[],
+        help=checkpoint_help + "; MODEL=PATH gives one model's weights by name (e.g. "
+        "CLIP=ViT-L-14.pt), MODEL:ROLE=PATH another file it reads (Aesthetic:clip=ViT-L-14.pt); "
+        "a file two models share (CLIP's weights, Aesthetic's clip) is given once; repeat for several",
+    )
+    group.add_argument(
+        "--clip-checkpoint", metavar="PATH",
+        help="the CLIP file of the models that read one (Aesthetic's image encoder): "
+        "same as --checkpoint MODEL:clip=PATH",
+    )
+
+
+def add_dtype_option(group: Any) -> None:
+    group.add_argument(
+        "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+        help="precision of the image and text encoders; reward heads stay fp32 (default: %(default)s)",
+    )
+
+
+def add_download_options(group: Any) -> None:
     group.add_argument(
         "--download-root", metavar="DIR",
         help="keep downloaded weights in DIR under their original names "
@@ -171,37 +188,59 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
         "--offline", action="store_true",
         help="never use the network: only local files and caches (same as IMAGEREWARD_OFFLINE=1)",
     )
-    return group
 
 
-def checkpoint_paths(
-    values: List[str], default_model: str, models: List[str], parser: argparse.ArgumentParser
-) -> Dict[str, str]:
-    """``--checkpoint`` values as ``{model: path}``: ``NAME=PATH``, or a bare ``PATH`` for ``default_model``.
+def model_files(args: argparse.Namespace, models: List[str], parser: argparse.ArgumentParser,
+                default_model: Optional[str] = None) -> Dict[str, Dict[str, str]]:
+    """Local files by model and role from ``--checkpoint`` and ``--clip-checkpoint``.
 
-    Usage errors (a model given twice, a model not being run) exit through ``parser.error``.
+    A bare PATH is ``default_model``'s weights (or the only model's). Usage errors (a
+    file given twice, for a model not run, or a role it does not read) exit through
+    ``parser.error``.
     """
-    from ..registry import find_entry
+    from ..spec import parse_file_option, resolve_files, roles_of
 
-    paths: Dict[str, str] = {}
-    for value in values:
-        name, separator, path = value.partition("=")
-        entry = find_entry(name.strip()) if separator else None
-        model = entry.name if entry is not None else None
-        if model is None:  # a bare path (which may itself contain "=")
-            model, path = default_model, value
-        if model in paths:
-            parser.error(f"--checkpoint given twice for {model}")
-        if model not in models:
+    default = default_model or (models[0] if len(models) == 1 else None)
+    given: Dict[str, Dict[str, str]] = {}
+    for value in getattr(args, "checkpoint", []) or []:
+        try:
+            model, role, path = parse_file_option(value, default)
+        except ValueError as error:
+            parser.error(f"--checkpoint {error}")
+        if role in given.get(model, {}):
+            parser.error(f"--checkpoint given twice for {model}" + ("" if role == "weights" else f":{role}"))
+        given.setdefault(model, {})[role] = path
+    clip = getattr(args, "clip_checkpoint", None)
+    if clip is not None:
+        readers = roles_of(models, "clip")
+        if not readers:
+            parser.error(f"--clip-checkpoint is for models that read a CLIP file, and none of "
+                         f"{', '.join(models)} does")
+        for model in readers:
+            given.setdefault(model, {})["clip"] = clip
+    from ..registry import get_entry, sharing_roles
+
+    lenders = {other for m in models for role in get_entry(m).files
+               for other, _ in sharing_roles(get_entry(m), role)}
+    for model in given:
+        if model not in models and model not in lenders:
             parser.error(f"--checkpoint is for {model}, which is not among the models run here "
                          f"({', '.join(models)})")
-        paths[model] = path
-    return paths
+    return resolve_files(models, given)
 
 
-def model_label(name: str, checkpoint: Optional[str]) -> str:
-    """How output names a model: its registered name, or the local file it was loaded from."""
-    return name if checkpoint is None else f"{name} ({checkpoint})"
+def model_spec(args: argparse.Namespace, name: str, files: Dict[str, str]) -> Any:
+    """The :class:`~imagereward.spec.ModelSpec` of model ``name`` from the model options."""
+    from ..spec import ModelSpec
+
+    options: Dict[str, Any] = {}
+    for option in ("download_root", "vocab_file", "batch_size", "compile"):
+        value = getattr(args, option, None)
+        if value:
+            options[option] = value
+    dtype = getattr(args, "dtype", "fp32")
+    return ModelSpec(name, files, device=getattr(args, "device", None),
+                     dtype=None if dtype == "fp32" else dtype, options=options)
 
 
 def apply_offline(args: argparse.Namespace) -> None:
@@ -216,32 +255,26 @@ def require_file(path: str, what: str) -> str:
     return path
 
 
-def load_scorer(name: str, args: argparse.Namespace, checkpoints: Dict[str, str]) -> Any:
-    """A ready scorer for model ``name``, from its local files in ``checkpoints`` or downloaded.
-
-    Aesthetic's CLIP image tower comes from ``--clip-checkpoint``, else ``CLIP=PATH``.
-    """
-    import imagereward
-
-    local = {"weights": checkpoints.get(name)}
-    if name == "Aesthetic":
-        local["clip"] = args.clip_checkpoint or checkpoints.get("CLIP")
-    for what, path in (("checkpoint", local["weights"]), ("CLIP checkpoint", local.get("clip")),
-                       ("vocabulary file", args.vocab_file)):
+def check_spec_files(spec: Any) -> None:
+    """Every local file of ``spec`` exists (exit 3 naming it), before anything loads."""
+    vocab = spec.options.get("vocab_file")
+    for role, path in [*spec.files.items(), ("vocabulary", vocab)]:
         if path is not None and not os.path.exists(path):
-            raise CliError(f"{what} not found: {path}", EXIT_INPUT)
-    common = dict(
-        device=args.device,
-        dtype=args.dtype,
-        download_root=args.download_root,
-        batch_size=args.batch_size,
-        compile=args.compile,
-        vocab_file=args.vocab_file,
-    )
-    given = {role: path for role, path in local.items() if path is not None}
+            what = "checkpoint" if role == "weights" else f"{role} file" if role != "vocabulary" else "vocabulary file"
+            raise CliError(f"{spec.name} {what} not found: {path}", EXIT_INPUT)
+
+
+def load_scorer(spec: Any) -> Any:
+    """The ready scorer of ``spec``. The command's process is its own: freed memory stays in it."""
+    import imagereward
+    from ..allocator import keep_freed_memory
+
+    check_spec_files(spec)
     try:
-        return imagereward.load(name, files=given, **common)
+        scorer = spec.load()
     except (imagereward.ImageRewardError, FileNotFoundError):
         raise  # documented errors: main() gives each its exit code
     except (OSError, RuntimeError, ValueError) as error:
-        raise CliError(f"cannot load {name}: {error}") from error
+        raise CliError(f"cannot load {spec.name}: {error}") from error
+    keep_freed_memory()
+    return scorer

@@ -18,9 +18,9 @@ from .common import (
     add_general_options,
     add_model_options,
     apply_offline,
-    checkpoint_paths,
     load_scorer,
-    model_label,
+    model_files,
+    model_spec,
     model_list,
     model_names_help,
 )
@@ -139,7 +139,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..hub import sha256_file
 
     apply_offline(args)
-    checkpoints = checkpoint_paths(args.checkpoint, IMAGEREWARD, _with_encoders(args.models), args.parser)
+    files = model_files(args, args.models, args.parser, default_model=IMAGEREWARD)
+    specs = {m: model_spec(args, m, files[m]) for m in args.models}
     if not 0.0 < args.confidence < 1.0:
         args.parser.error("--confidence must be between 0 and 1")
     _ensure_data(args)
@@ -168,7 +169,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for model in args.models:
         if model in to_score:
             try:
-                rewards[model] = _score(model, items, args, checkpoints)
+                rewards[model] = _score(specs[model], items, args)
             except CliError as error:
                 done = [m for m in to_score if m in rewards]
                 if not done:
@@ -187,13 +188,13 @@ def run_eval(args: argparse.Namespace) -> int:
     official = sha256_file(args.data) == TEST_JSON_SHA256
     written = [paths[m] for m in to_score]
     summary = {"data": args.data, "images": args.images, "official_test_set": official,
-               "checkpoints": {m: checkpoints[m] for m in args.models if m in checkpoints},
+               "checkpoints": {m: specs[m].files["weights"] for m in args.models if "weights" in specs[m].files},
                "models": report.results_dict(results)}
-    shown = {model_label(m, checkpoints.get(m)): results[m] for m in args.models}  # tables and plot
+    shown = {specs[m].label: results[m] for m in args.models}  # tables and plot
     written.append(write_json(os.path.join(args.output_dir, "accuracy.json"), summary, indent=2))
     plot = None
     if not args.no_plot:
-        flat = {model_label(m, checkpoints.get(m)): [v for r in rewards[m] for v in r] for m in args.models}
+        flat = {specs[m].label: [v for r in rewards[m] for v in r] for m in args.models}
         plot = report.plot_accuracy(os.path.join(args.output_dir, "report.png"), shown, flat, paper=official)
         written.append(plot)
     markdown = report.accuracy_report(shown, args.data, official, plot and os.path.basename(plot))
@@ -203,21 +204,14 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_encoders(models: List[str]) -> List[str]:
-    """The models whose files --checkpoint may name: those run, and CLIP as Aesthetic's encoder."""
-    return models + (["CLIP"] if "Aesthetic" in models and "CLIP" not in models else [])
-
-
-def _score(
-    model: str, items: List[Any], args: argparse.Namespace, checkpoints: Dict[str, str]
-) -> List[List[float]]:
+def _score(spec: Any, items: List[Any], args: argparse.Namespace) -> List[List[float]]:
     from ..eval.preference import score_items
     from ..errors import InputError
 
-    scorer = load_scorer(model, args, checkpoints)
+    scorer = load_scorer(spec)
     try:
         return score_items(
-            scorer, items, args.images, chunk_size=4 * args.batch_size, desc=model,
+            scorer, items, args.images, chunk_size=4 * args.batch_size, desc=spec.name,
             progress=not args.no_progress,
         )
     except InputError as error:

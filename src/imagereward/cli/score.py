@@ -21,9 +21,9 @@ from .common import (
     add_general_options,
     add_model_options,
     apply_offline,
-    checkpoint_paths,
     load_scorer,
-    model_label,
+    model_files,
+    model_spec,
     model_name,
     model_names_help,
 )
@@ -129,20 +129,18 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, CHECKPOINT_HELP)
 
 
-def _checkpoints(args: argparse.Namespace) -> Dict[str, str]:
-    """Local weight files by model; for Aesthetic its CLIP encoder may be given as CLIP=PATH."""
-    models = [args.model, "CLIP"] if args.model == "Aesthetic" else [args.model]
-    if args.clip_checkpoint is not None and args.model != "Aesthetic":
-        args.parser.error("--clip-checkpoint is for --model Aesthetic")
-    return checkpoint_paths(args.checkpoint, args.model, models, args.parser)
+def _spec(args: argparse.Namespace) -> Any:
+    """The model run, with its local files from --checkpoint / --clip-checkpoint."""
+    files = model_files(args, [args.model], args.parser)
+    return model_spec(args, args.model, files[args.model])
 
 
 def _load(args: argparse.Namespace) -> Any:
-    return load_scorer(args.model, args, _checkpoints(args))
+    return load_scorer(_spec(args))
 
 
 def _label(args: argparse.Namespace) -> str:
-    return model_label(args.model, _checkpoints(args).get(args.model))
+    return _spec(args).label
 
 
 def _check_single(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List
+from typing import Any, List
 
 from .common import (
     EXIT_CODES_HELP,
@@ -14,8 +14,13 @@ from .common import (
     IMAGEREWARD,
     CliError,
     HelpFormatter,
+    add_download_options,
+    add_dtype_option,
+    add_file_options,
     add_general_options,
     apply_offline,
+    model_files,
+    model_spec,
     model_list,
     positive_int,
     split_list,
@@ -86,62 +91,23 @@ def register(subparsers: Any) -> None:
     cluster.add_argument("--decode-cpus", type=float, default=1.0, metavar="C",
                          help="CPUs per decoding task (default: %(default)s)")
     model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]PATH",
-                       help="local weights of a model (MODEL=PATH; a bare PATH is for the only model "
-                       "in --models); repeat for several models; must exist on every node")
-    model.add_argument("--clip-checkpoint", metavar="PATH",
-                       help="for Aesthetic: a local OpenAI CLIP ViT-L-14.pt for its image encoder")
-    model.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="precision of the encoders; reward heads stay fp32 (default: %(default)s)")
+    add_file_options(model, "local files of the models (a bare PATH is the only model's "
+                     "weights); they must exist on every node")
+    add_dtype_option(model)
     model.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="images per forward pass and per stage call (default: %(default)s)")
-    model.add_argument("--download-root", metavar="DIR",
-                       help="where each node keeps downloaded weights (default: the caches)")
-    model.add_argument("--offline", action="store_true", help="never use the network")
+    add_download_options(model)
     add_general_options(parser)
     parser.set_defaults(func=run_score_dataset, parser=parser)
 
 
-def _checkpoints(args: argparse.Namespace) -> Dict[str, str]:
-    found: Dict[str, str] = {}
-    for value in args.checkpoint:
-        name, sep, path = value.partition("=")
-        if not sep:
-            if len(args.models) != 1:
-                args.parser.error("--checkpoint PATH without MODEL= needs exactly one model in --models")
-            name, path = args.models[0], value
-        else:
-            from .common import model_name
-
-            try:
-                name = model_name(name)
-            except argparse.ArgumentTypeError as error:
-                args.parser.error(f"--checkpoint: {error}")
-        if name not in args.models:
-            args.parser.error(f"--checkpoint is for {name}, which is not in --models")
-        found[name] = path
-    return found
-
-
 def _specs(args: argparse.Namespace) -> List[Any]:
-    from ..scale import ModelSpec
-
-    if args.clip_checkpoint is not None and "Aesthetic" not in args.models:
-        args.parser.error("--clip-checkpoint is for Aesthetic, which is not in --models")
-    checkpoints = _checkpoints(args)
-    specs = []
-    for name in args.models:
-        options: Dict[str, Any] = {}
-        if args.download_root:
-            options["download_root"] = args.download_root
-        if name == "Aesthetic" and args.clip_checkpoint:
-            options["files"] = {"clip": args.clip_checkpoint}
-        specs.append(ModelSpec(name, checkpoints.get(name), options))
-    return specs
+    files = model_files(args, args.models, args.parser)
+    return [model_spec(args, name, files[name]).replace(device=None, dtype=None) for name in args.models]
 
 
 def run_score_dataset(args: argparse.Namespace) -> int:
-    from ..scale import Columns, DatasetInputError, DatasetJob, RayMissingError, require_ray
+    from ..scale import Columns, DatasetInputError, DatasetJob, ExtraMissingError, require_ray
 
     apply_offline(args)
     columns = Columns(id=args.id_column, prompt=args.prompt_column, image=args.image_column,
@@ -159,7 +125,7 @@ def run_score_dataset(args: argparse.Namespace) -> int:
         require_ray()
     except DatasetInputError as error:
         raise CliError(str(error), EXIT_INPUT) from None
-    except RayMissingError as error:
+    except ExtraMissingError as error:
         raise CliError(str(error), EXIT_FAILURE) from None
     summary = job.run()
     print(f"imagereward: {summary.line()}", file=sys.stderr)

@@ -16,7 +16,12 @@ from .common import (
     IMAGEREWARD,
     CliError,
     HelpFormatter,
+    check_spec_files,
+    add_download_options,
+    add_dtype_option,
+    add_file_options,
     add_general_options,
+    model_files,
     model_name,
     model_names_help,
     positive_int,
@@ -47,12 +52,9 @@ def register(subparsers: Any) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", type=model_name, default=IMAGEREWARD,
                        help=f"a registered scorer: {model_names_help()} (default: %(default)s)")
-    model.add_argument("--checkpoint", metavar="PATH", help="local weights instead of downloading")
-    model.add_argument("--clip-checkpoint", metavar="PATH", help="Aesthetic: local CLIP ViT-L/14 weights")
-    model.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="precision of the encoders (default: %(default)s)")
-    model.add_argument("--download-root", metavar="DIR", help="keep downloaded weights in DIR")
-    model.add_argument("--offline", action="store_true", help="never use the network for weights")
+    add_file_options(model, "local files instead of downloading (a bare PATH is the model's weights)")
+    add_dtype_option(model)
+    add_download_options(model)
 
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
@@ -85,14 +87,13 @@ def register(subparsers: Any) -> None:
     limits.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="per-request timeout; slower requests get 504 (default: %(default)s)")
     add_general_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser=parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return dict(
         model=args.model,
-        checkpoint=args.checkpoint,
-        clip_checkpoint=args.clip_checkpoint,
+        files=model_files(args, [args.model], args.parser)[args.model],
         download_root=args.download_root,
         dtype=args.dtype,
         replicas=args.replicas,
@@ -122,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
         settings = ServeSettings(**settings_from_args(args))
     except ValidationError as error:
         raise CliError(str(error), EXIT_USAGE) from None
-    for path in (settings.checkpoint, settings.clip_checkpoint):
-        if path is not None and not os.path.exists(path):
-            raise CliError(f"checkpoint not found: {path}", EXIT_INPUT)
+    check_spec_files(settings.spec())
     if settings.api_key_env and not os.environ.get(settings.api_key_env):
         raise CliError(f"--api-key-env {settings.api_key_env}: that variable is not set or empty", EXIT_USAGE)
     if args.offline:

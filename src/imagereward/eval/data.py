@@ -16,6 +16,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
+from ..errors import DataError, UnsafeArchiveError
+
 # The text-to-image models of the paper's Table 1, in its human-ranking order.
 PAPER_MODELS = ("openjourney", "sd2-1", "dalle2", "sd1-4", "vd", "cogview2")
 
@@ -28,14 +30,6 @@ TEST_JSON_URL = (
 TEST_JSON_SHA256 = "77cff6c2d0522006f52f0b637ef8302db1782b2b761e378c124a012a3c7fc58e"
 TEST_IMAGES_REPO = "THUDM/ImageReward"
 TEST_IMAGES_ZIP = "test_images.zip"
-
-
-class DataError(ValueError):
-    """An evaluation input exists but is not in the expected format."""
-
-
-class UnsafeArchiveError(DataError):
-    """A zip member would land outside the target folder, or is a link."""
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,12 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..errors import ReportError
 from ..registry import published_accuracies
 from .metrics import AccuracyResult
 
 # Preference accuracy (%) on the 466-prompt test set, Table 3 of the paper.
 PAPER_ACCURACY = published_accuracies()
-
-
-class ReportError(RuntimeError):
-    """A report cannot be made (for example, matplotlib is not installed)."""
 
 
 def _pct(value: float, digits: int = 2) -> str:

@@ -7,13 +7,12 @@ Several GPUs: ``accelerate launch -m imagereward.refl ...`` or ``torchrun --npro
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from typing import List, Optional
 
-from ..train.cli import add_arguments
-from .config import ReFLConfig, load_config
+from ..options import add_arguments, options_from_args
+from .config import ReFLConfig
 
 DESCRIPTION = (
     "Fine-tune a diffusers text-to-image pipeline with Reward Feedback Learning (ReFL): the reward "
@@ -24,9 +23,7 @@ DESCRIPTION = (
 
 
 def config_from_args(args: argparse.Namespace) -> ReFLConfig:
-    names = [f.name for f in dataclasses.fields(ReFLConfig)]
-    overrides = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    return load_config(getattr(args, "config", None), overrides)
+    return options_from_args(args, ReFLConfig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..train.config import _option, read_config_file
+from ..options import load_options, option, updated
 
 PRECISIONS = ("no", "fp16", "bf16")
 PRETRAIN_MODES = ("alternate", "joint")
@@ -19,87 +19,80 @@ class ReFLConfig:
     """Reward Feedback Learning of a diffusers text-to-image pipeline."""
 
     # -- data -----------------------------------------------------------------------------
-    prompts: str = _option(
+    prompts: str = option(
         "", "training prompts: a JSON list (strings or objects with a 'text' or 'prompt' key, "
         "as the original refl_data.json), a JSONL file of such objects, or a text file, one per line")
-    pretrain_loss: bool = _option(
+    pretrain_loss: bool = option(
         True, "regularise with the pretraining (denoising) loss on --pretrain-data, as the paper; "
         "--no-pretrain-loss trains on the reward alone, as the original script")
-    pretrain_data: str = _option(
+    pretrain_data: str = option(
         "", "(image, caption) pairs: a folder of images with same-named .txt captions (or a "
         "metadata.jsonl), a JSONL file, a parquet file, or a hub data set name")
-    pretrain_image_column: str = _option("image", "image column/key of the pretraining data")
-    pretrain_caption_column: str = _option("text", "caption column/key of the pretraining data")
-    pretrain_split: str = _option("train", "split of a hub pretraining data set")
-    pretrain_weight: float = _option(
+    pretrain_image_column: str = option("image", "image column/key of the pretraining data")
+    pretrain_caption_column: str = option("text", "caption column/key of the pretraining data")
+    pretrain_split: str = option("train", "split of a hub pretraining data set")
+    pretrain_weight: float = option(
         1.0, "weight of the pretraining loss: in 'alternate' mode it multiplies the learning rate "
         "of the pretraining updates (their AdamW is their own); in 'joint' mode the loss")
-    pretrain_mode: str = _option(
+    pretrain_mode: str = option(
         "alternate", "'alternate': a pretraining-loss update, then a reward-loss update, each step "
         "(the paper's algorithm); 'joint': one update on reward loss + weight * pretraining loss",
         PRETRAIN_MODES)
-    pretrain_every: int = _option(1, "use the pretraining loss on every N-th optimizer step")
-    pretrain_batch_size: int = _option(0, "pairs per process per micro-step (0: --train-batch-size)")
+    pretrain_every: int = option(1, "use the pretraining loss on every N-th optimizer step")
+    pretrain_batch_size: int = option(0, "pairs per process per micro-step (0: --train-batch-size)")
     # -- models -----------------------------------------------------------------------------
-    model: str = _option(
+    model: str = option(
         "CompVis/stable-diffusion-v1-4", "diffusers pipeline folder or hub id (SD 1.x/2.x or SDXL)")
-    revision: str = _option("", "hub revision of --model")
-    reward: str = _option(
+    revision: str = option("", "hub revision of --model")
+    reward: str = option(
         "ImageReward-v1.0", "reward model(s): comma-separated SPEC[=WEIGHT]; SPEC is an ImageReward "
         "name, checkpoint or saved folder, or CLIP / BLIP / Aesthetic, optionally NAME:CHECKPOINT; "
         "several are summed with their weights")
-    lora: bool = _option(False, "train LoRA adapters of the UNet attention (needs peft) instead of all weights")
-    lora_rank: int = _option(4, "LoRA rank")
-    lora_alpha: float = _option(0.0, "LoRA alpha (0: equal to the rank)")
-    lora_targets: str = _option("to_k,to_q,to_v,to_out.0", "UNet modules that get LoRA adapters")
+    lora: bool = option(False, "train LoRA adapters of the UNet attention (needs peft) instead of all weights")
+    lora_rank: int = option(4, "LoRA rank")
+    lora_alpha: float = option(0.0, "LoRA alpha (0: equal to the rank)")
+    lora_targets: str = option("to_k,to_q,to_v,to_out.0", "UNet modules that get LoRA adapters")
     # -- the ReFL step --------------------------------------------------------------------
-    resolution: int = _option(0, "image side in pixels (0: the pipeline's own, e.g. 512 for SD 1.x)")
-    num_inference_steps: int = _option(40, "sampler steps of each generated image")
-    stop_steps: int = _option(10, "the gradient step is drawn uniformly from the last N sampler steps")
-    sampler: str = _option("ddpm", "sampler of the generated images (the original: ddpm)", SAMPLERS)
-    guidance_scale: float = _option(1.0, "classifier-free guidance of the generated images (1: none, as the original)")
-    margin: float = _option(2.0, "reward loss mean(relu(margin - reward)) * grad_scale: the margin")
-    grad_scale: float = _option(1e-3, "reward loss scale")
+    resolution: int = option(0, "image side in pixels (0: the pipeline's own, e.g. 512 for SD 1.x)")
+    num_inference_steps: int = option(40, "sampler steps of each generated image")
+    stop_steps: int = option(10, "the gradient step is drawn uniformly from the last N sampler steps")
+    sampler: str = option("ddpm", "sampler of the generated images (the original: ddpm)", SAMPLERS)
+    guidance_scale: float = option(1.0, "classifier-free guidance of the generated images (1: none, as the original)")
+    margin: float = option(2.0, "reward loss mean(relu(margin - reward)) * grad_scale: the margin")
+    grad_scale: float = option(1e-3, "reward loss scale")
     # -- optimisation ---------------------------------------------------------------------
-    lr: float = _option(1e-5, "AdamW learning rate")
-    adam_betas: Tuple[float, float] = _option((0.9, 0.999), "AdamW betas")
-    adam_eps: float = _option(1e-8, "AdamW epsilon")
-    weight_decay: float = _option(1e-2, "AdamW weight decay")
-    use_8bit_adam: bool = _option(False, "8-bit AdamW from bitsandbytes (GPU only)")
-    max_grad_norm: float = _option(1.0, "clip the gradient norm (0: no clipping)")
-    lr_schedule: str = _option("constant", "learning-rate schedule after warm-up", SCHEDULES)
-    warmup_steps: int = _option(0, "linear warm-up optimizer steps")
-    train_batch_size: int = _option(2, "prompts per process per micro-step")
-    gradient_accumulation_steps: int = _option(4, "micro-steps per optimizer step")
-    max_steps: int = _option(100, "optimizer steps")
-    mixed_precision: str = _option(
+    lr: float = option(1e-5, "AdamW learning rate")
+    adam_betas: Tuple[float, float] = option((0.9, 0.999), "AdamW betas")
+    adam_eps: float = option(1e-8, "AdamW epsilon")
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    use_8bit_adam: bool = option(False, "8-bit AdamW from bitsandbytes (GPU only)")
+    max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)")
+    lr_schedule: str = option("constant", "learning-rate schedule after warm-up", SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up optimizer steps")
+    train_batch_size: int = option(2, "prompts per process per micro-step")
+    gradient_accumulation_steps: int = option(4, "micro-steps per optimizer step")
+    max_steps: int = option(100, "optimizer steps")
+    mixed_precision: str = option(
         "no", "'fp16' or 'bf16' autocast, frozen models in that precision", PRECISIONS)
-    gradient_checkpointing: bool = _option(False, "recompute UNet activations in backward")
-    ema: bool = _option(False, "keep an exponential moving average of the trained weights; it is saved")
-    ema_decay: float = _option(0.9999, "EMA decay")
-    seed: int = _option(0, "seed of latents, stop steps, data order and noise")
+    gradient_checkpointing: bool = option(False, "recompute UNet activations in backward")
+    ema: bool = option(False, "keep an exponential moving average of the trained weights; it is saved")
+    ema_decay: float = option(0.9999, "EMA decay")
+    seed: int = option(0, "seed of latents, stop steps, data order and noise")
     # -- validation and outputs -----------------------------------------------------------
-    output_dir: str = _option("refl-output", "where the pipeline (or LoRA weights), logs and checkpoints go")
-    checkpoint_every: int = _option(100, "write the resume checkpoint every N optimizer steps (0: only at the end)")
-    resume: bool = _option(False, "continue from output_dir/checkpoint.pt")
-    stop_after_steps: int = _option(
+    output_dir: str = option("refl-output", "where the pipeline (or LoRA weights), logs and checkpoints go")
+    checkpoint_every: int = option(100, "write the resume checkpoint every N optimizer steps (0: only at the end)")
+    resume: bool = option(False, "continue from output_dir/checkpoint.pt")
+    stop_after_steps: int = option(
         0, "stop after this many optimizer steps, as if interrupted (continue with --resume)")
-    validation_prompts: str = _option("", "prompts file generated and scored every --validation-every steps")
-    validation_every: int = _option(50, "validation interval in optimizer steps (0: never)")
-    validation_seed: int = _option(1234, "seed of the validation images (the same every time)")
-    log_every: int = _option(10, "print progress every N optimizer steps (the log file gets all)")
+    validation_prompts: str = option("", "prompts file generated and scored every --validation-every steps")
+    validation_every: int = option(50, "validation interval in optimizer steps (0: never)")
+    validation_seed: int = option(1234, "seed of the validation images (the same every time)")
+    log_every: int = option(10, "print progress every N optimizer steps (the log file gets all)")
 
     # ------------------------------------------------------------------------------------
     def updated(self, data: Mapping[str, Any], source: str = "overrides") -> "ReFLConfig":
         """A copy with ``data`` applied; keys may use dashes or underscores."""
-        known = {f.name: f for f in dataclasses.fields(self)}
-        values: Dict[str, Any] = {}
-        for key, value in data.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ValueError(f"{source}: unknown ReFL option {key!r}")
-            values[name] = tuple(value) if isinstance(known[name].default, tuple) else value
-        return dataclasses.replace(self, **values)
+        return updated(self, data, "ReFL", source)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,9 +140,4 @@ class ReFLConfig:
 
 def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> ReFLConfig:
     """Defaults, then the JSON/TOML file at ``path``, then ``overrides``; validated."""
-    config = ReFLConfig()
-    if path:
-        config = config.updated(read_config_file(path), source=path)
-    if overrides:
-        config = config.updated(overrides)
-    return config.validate()
+    return load_options(ReFLConfig, path, overrides)

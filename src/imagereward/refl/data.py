@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..preprocess import center_crop_box, load_image, resized_size
-from ..train.extras import require
+from ..items import open_image
+from ..preprocess import center_crop_box, resized_size
+from ..options import require
 from ..train.sources import ImageColumn, RowImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -78,7 +79,7 @@ class CaptionedImages:
 
     def load(self, index: int) -> Image.Image:
         image = self.images[index]
-        return image.load() if isinstance(image, RowImage) else load_image(image)
+        return image.load() if isinstance(image, RowImage) else open_image(image)
 
 
 def _json_lines(lines: Iterable[str], path: str) -> Iterator[Tuple[int, Any]]:

@@ -7,17 +7,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..train.extras import require
-
-INSTALL_HINT = "pip install imagereward[refl]"
+from ..options import require
 
 
 def require_refl(module: str, purpose: str) -> Any:
-    """Import an optional ReFL dependency or say how to install it."""
-    try:
-        return require(module, purpose)
-    except ImportError as error:
-        raise ImportError(str(error).replace("pip install imagereward[train]", INSTALL_HINT)) from error
+    """Import an optional ReFL dependency or say how to install it (``imagereward[refl]``)."""
+    return require(module, purpose, extra="refl")
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..train.extras import require
+from ..options import require
 
 
 def save_grid(pixels: torch.Tensor, path: str, columns: int = 4) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from ..registry import find_entry
+from ..spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,10 @@ class RewardSpec:
     @property
     def label(self) -> str:
         return self.name if not self.checkpoint else f"{self.name}:{self.checkpoint}"
+
+    def model_spec(self, device: torch.device, dtype: torch.dtype) -> ModelSpec:
+        files = {"weights": self.checkpoint} if self.checkpoint else {}
+        return ModelSpec(self.name, files, device=str(device), dtype=dtype, options={"num_workers": 0})
 
 
 def parse_reward_specs(text: str) -> List[RewardSpec]:
@@ -51,9 +56,7 @@ def parse_reward_specs(text: str) -> List[RewardSpec]:
 
 def load_reward_model(spec: RewardSpec, device: torch.device, dtype: torch.dtype) -> Any:
     """A frozen, eval-mode scorer with a differentiable ``score_tensors``."""
-    import imagereward
-
-    model = imagereward.load(spec.name, device=device, dtype=dtype, checkpoint=spec.checkpoint or None)
+    model = spec.model_spec(device, dtype).load()
     model.requires_grad_(False)
     return model.eval()
 

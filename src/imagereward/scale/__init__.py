@@ -9,8 +9,8 @@ does not import Ray, which is only loaded when a job runs.
 """
 
 from .inputs import Columns, DatasetInputError, Fragment, InputPlan, plan_input
-from .job import DatasetJob, JobSummary, RayMissingError, require_ray, score_dataset
-from .models import ModelSpec
+from .job import DatasetJob, JobSummary, ExtraMissingError, require_ray, score_dataset
+from ..spec import ModelSpec
 
 __all__ = [
     "Columns",
@@ -20,7 +20,7 @@ __all__ = [
     "InputPlan",
     "JobSummary",
     "ModelSpec",
-    "RayMissingError",
+    "ExtraMissingError",
     "plan_input",
     "require_ray",
     "score_dataset",

@@ -24,13 +24,11 @@ from .inputs import (
     plan_input,
 )
 from .ledger import Ledger, Totals
-from .models import ModelSpec, preprocess_configs
+from ..errors import ExtraMissingError
+from ..spec import ModelSpec
+from .models import preprocess_configs
 
 logger = logging.getLogger("imagereward")
-
-
-class RayMissingError(ImportError):
-    """Ray Data is not installed."""
 
 
 def require_ray() -> Any:
@@ -38,7 +36,7 @@ def require_ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError as error:
-        raise RayMissingError(
+        raise ExtraMissingError(
             f"scoring data sets needs Ray Data ({error}); install it with: "
             "pip install 'imagereward[ray]'") from None
     return ray
@@ -110,7 +108,7 @@ class DatasetJob:
         self.models = list(self.models)
         if not self.models:
             raise ValueError("give at least one model")
-        columns = [m.column for m in self.models]
+        columns = [m.name for m in self.models]
         clash = {ID, PROMPT, ERROR, *self.columns.keep} & set(columns)
         if len(set(columns)) != len(columns) or clash:
             raise ValueError(f"model columns must be distinct and not input or output columns: {columns}")
@@ -127,7 +125,7 @@ class DatasetJob:
 
     def open_ledger(self) -> Ledger:
         ledger = Ledger(self.output)
-        ledger.open({"plan": self.plan().signature(), "models": [m.describe() for m in self.models]})
+        ledger.open({"plan": self.plan().signature(), "models": [m.to_dict() for m in self.models]})
         return ledger
 
     # -- running ----------------------------------------------------------------------------
@@ -239,7 +237,7 @@ def worker_env() -> Dict[str, Any]:
 
 def output_schema(models: Sequence[ModelSpec], plan: InputPlan) -> pa.Schema:
     fields = [pa.field(ID, pa.string()), pa.field(PROMPT, pa.string())]
-    fields += [pa.field(m.column, pa.float64()) for m in models]
+    fields += [pa.field(m.name, pa.float64()) for m in models]
     fields.append(pa.field(ERROR, pa.string()))
     fields += [pa.field(name, plan.keep_types[name]) for name in plan.columns.keep]
     return pa.schema(fields)
@@ -297,4 +295,4 @@ def score_dataset(input: str, output: str, models: Sequence[Any] = ("ImageReward
     return DatasetJob(input=input, output=output, models=specs, **options).run()
 
 
-__all__ = ["DatasetInputError", "DatasetJob", "JobSummary", "RayMissingError", "score_dataset"]
+__all__ = ["DatasetInputError", "DatasetJob", "JobSummary", "ExtraMissingError", "score_dataset"]

@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..spec import ModelSpec
 from .inputs import ERROR, IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR, PROMPT, read_image_bytes
-from .models import ModelSpec
+from .models import worker_spec
 
 
 def pixels_column(group: int) -> str:
@@ -23,15 +24,17 @@ def pixels_column(group: int) -> str:
 
 
 def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Table:
-    """Add ``error`` and one pixel column ``[3, S, S]`` per preprocessing (``to_pixels``:
-    ``uint8``, or ``float32`` for padding chains); drop the encoded bytes.
+    """Add ``error`` and one pixel column ``[3, S, S]`` per preprocessing (what
+    :func:`imagereward.items.decode` makes: ``uint8``, or ``float32`` for padding chains);
+    drop the encoded bytes.
 
     A row whose image is missing, unreadable or corrupt gets zero pixels and its
     error text; any other exception fails the task (Ray retries it).
     """
     from ..config import PreprocessConfig
     from ..errors import InputError
-    from ..preprocess import ImagePreprocessor, load_image_bytes
+    from ..items import decode, open_image
+    from ..preprocess import ImagePreprocessor
 
     chains = [ImagePreprocessor(PreprocessConfig.from_dict(c)) for c in preprocess]
     count = table.num_rows
@@ -43,15 +46,14 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
     for row in range(count):
         if errors[row] is not None:
             continue
+        name = paths[row] or f"the image of row {row}"
         try:
             payload = data[row] if data[row] is not None else read_image_bytes(paths[row])
-            image = load_image_bytes(payload, paths[row] or f"image of row {row}")
+            image = open_image(payload, name=name)
             for out, chain in zip(pixels, chains):
-                out[row] = chain.to_pixels(image).numpy()
+                out[row] = decode(chain, image, name=name).numpy()
         except InputError as error:
             errors[row] = str(error) or type(error).__name__
-        except (OSError, ValueError, SyntaxError) as error:  # PIL failing later than on opening
-            errors[row] = f"cannot decode image {paths[row] or f'of row {row}'}: {error}"
     from ray.data.extensions import ArrowTensorArray
 
     table = table.drop_columns([IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR])
@@ -76,13 +78,16 @@ class ScoreActor:
 
         if threads:
             torch.set_num_threads(threads)
+        from ..allocator import keep_freed_memory
+
         self.scorers = []
         for spec, group in zip(specs, groups):
-            scorer = spec.load(device=device, dtype=dtype, batch_size=batch_size)
+            scorer = worker_spec(spec, device, dtype, batch_size).load()
             if scorer.preprocess.config != PreprocessConfig.from_dict(preprocess[group]):
                 raise RuntimeError(f"{spec.name} preprocesses images differently from when the job "
                                    "was planned; were its weights replaced mid-job?")
-            self.scorers.append((spec.column, scorer, pixels_column(group)))
+            self.scorers.append((spec.name, scorer, pixels_column(group)))
+        keep_freed_memory()  # the actor's process is the job's own
         self.batch_size = batch_size
 
     def __call__(self, table: pa.Table) -> pa.Table:

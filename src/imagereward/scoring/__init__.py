@@ -1,6 +1,7 @@
-"""The scoring API: scorers that turn (prompt, image) pairs into rewards."""
+"""The scoring API: one scorer class over the networks of every registered model."""
 
-from .base import RankResult, RewardScorer, Scorer
-from .image_reward import ImageReward
+from .base import RankResult, Scorer
+from .network import RewardNetwork, ScorerParts
+from .scorer import RewardScorer
 
-__all__ = ["ImageReward", "RankResult", "RewardScorer", "Scorer"]
+__all__ = ["RankResult", "RewardNetwork", "RewardScorer", "Scorer", "ScorerParts"]

@@ -1,8 +1,8 @@
-"""``AestheticScore``: the LAION aesthetic MLP on normalised CLIP ViT-L/14 image embeddings."""
+"""The Aesthetic baseline's network (LAION's MLP on CLIP ViT-L/14 image embeddings) and its builder."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,15 +12,14 @@ from ..checkpoints import read_clip_checkpoint, select_prefix
 from ..config import CLIPConfig, HeadConfig
 from ..models.clip import CLIPVisionTransformer, infer_clip_config
 from ..models.head import RewardHead
-from ..preprocess import ImagePreprocessor
-from .base import RewardScorer, TextRows
+from .network import RewardNetwork, ScorerParts, TextRows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..factory import BuildRequest
 
 
-class AestheticScore(nn.Module, RewardScorer):
-    """The Aesthetic baseline: roughly 1-10, higher is prettier; the prompt is ignored.
+class AestheticScore(RewardNetwork):
+    """Roughly 1-10, higher is prettier; the prompt is ignored.
 
     ``visual`` is CLIP's image tower (the ``visual.*`` keys of ``ViT-L-14.pt``), ``mlp``
     the activation-free predictor of ``sac+logos+ava1-l14-linearMSE.pth``, run in float32.
@@ -28,20 +27,11 @@ class AestheticScore(nn.Module, RewardScorer):
 
     FLOAT32_MODULES = ("mlp",)
 
-    def __init__(
-        self,
-        config: Optional[CLIPConfig] = None,
-        head: Optional[HeadConfig] = None,
-        preprocess: Optional[ImagePreprocessor] = None,
-        batch_size: int = 16,
-        num_workers: Optional[int] = None,
-    ) -> None:
+    def __init__(self, config: CLIPConfig, head: Optional[HeadConfig] = None) -> None:
         super().__init__()
-        config = config or CLIPConfig()
         self.config = config
         self.visual = CLIPVisionTransformer(config)
         self.mlp = RewardHead(config.embed_dim, head or HeadConfig())
-        self.init_scoring(preprocess, config.image_size, batch_size, num_workers)
 
     def encoders(self) -> List[nn.Module]:
         return [self.visual]
@@ -50,7 +40,7 @@ class AestheticScore(nn.Module, RewardScorer):
         """Unit-length CLIP image embeddings ``[B, D]`` in float32."""
         return F.normalize(self.visual(pixels).float(), dim=-1)
 
-    def encode_prompts(self, prompts: Sequence[str]) -> TextRows:
+    def encode_text(self, tokens: object) -> TextRows:
         return {}
 
     def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
@@ -63,24 +53,16 @@ class AestheticScore(nn.Module, RewardScorer):
     def score_grid(self, text: TextRows, features: torch.Tensor) -> torch.Tensor:
         return features.unsqueeze(0)
 
-    def score_tensors(
-        self, pixels: torch.Tensor, prompts: Union[str, Sequence[str], None] = None
-    ) -> torch.Tensor:
-        """Differentiable scores ``[N]`` for pixels ``[N, 3, H, W]`` in [0, 1] (prompts ignored)."""
-        image = self.preprocess.tensor_transform(pixels.to(self.device)).to(self.compute_dtype)
-        return self.score_rows({}, image)
 
-
-def build(request: "BuildRequest") -> AestheticScore:
+def build(request: "BuildRequest") -> ScorerParts:
     """Registry builder: CLIP's image tower (role ``"clip"``) and the MLP (role ``"weights"``)."""
+    if request.saved:
+        return request.build_saved(AestheticScore)
     clip_path = request.files["clip"]
     clip_state = read_clip_checkpoint(clip_path)
     config = request.config_of(CLIPConfig) or infer_clip_config(clip_state, clip_path)
-    preprocess = request.preprocessor(config.image_size)
     with torch.device("meta"):
-        model = AestheticScore(
-            config, preprocess=preprocess, batch_size=request.batch_size, num_workers=request.num_workers
-        )
-    request.load_into(model.visual, select_prefix(clip_state, "visual."), role="clip")
-    request.load_into(model.mlp, request.read_weights())
-    return model
+        network = AestheticScore(config)
+    request.load_into(network.visual, select_prefix(clip_state, "visual."), role="clip")
+    request.load_into(network.mlp, request.read_weights())
+    return request.parts(network, None, config.image_size)

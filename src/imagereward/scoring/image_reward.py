@@ -1,17 +1,15 @@
-"""``ImageReward``: the reward network with its tokenizer and preprocessing attached."""
+"""ImageReward's network as the engine runs it, and its registry builder."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List
 
 import torch
 from torch import nn
 
 from ..config import ImageRewardConfig
 from ..models.image_reward import ImageRewardNet
-from ..preprocess import ImagePreprocessor
-from ..tokenizers.bert import BertTokenizer
-from .base import RewardScorer, TextRows, expand_prompts
+from .network import RewardNetwork, ScorerParts, TextRows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..factory import BuildRequest
@@ -20,29 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
 GRID_ROWS = 256
 
 
-class ImageReward(ImageRewardNet, RewardScorer):
-    """Scores how much people will prefer an image for a prompt (higher is better).
+class ImageReward(ImageRewardNet, RewardNetwork):
+    """How much people will prefer an image for a prompt: normalised rewards (higher is better).
 
-    Its ``state_dict`` has the keys of the original ``ImageReward.pt``. Scoring
-    methods (``score``, ``inference_rank``, ``rank``, ``score_batch``) return
-    normalised rewards as Python floats; ``score_tensors`` and ``score_gard``
-    return tensors with gradients.
+    Parameter names are those of the original ``ImageReward.pt`` (``blip.*``, ``mlp.*``).
+    ``score_gard`` is the original's differentiable entry point.
     """
 
     FLOAT32_MODULES = ("mlp",)
-
-    def __init__(
-        self,
-        config: Optional[ImageRewardConfig] = None,
-        tokenizer: Optional[BertTokenizer] = None,
-        preprocess: Optional[ImagePreprocessor] = None,
-        batch_size: int = 16,
-        num_workers: Optional[int] = None,
-    ) -> None:
-        config = config or ImageRewardConfig()
-        super().__init__(config)
-        self.tokenizer = tokenizer or BertTokenizer(max_length=config.max_text_length)
-        self.init_scoring(preprocess, config.vision.image_size, batch_size, num_workers)
 
     def encoders(self) -> List[nn.Module]:
         return [self.blip.visual_encoder, self.blip.text_encoder]
@@ -55,8 +38,8 @@ class ImageReward(ImageRewardNet, RewardScorer):
     def std(self) -> float:
         return self.config.reward_std
 
-    def encode_prompts(self, prompts: Sequence[str]) -> TextRows:
-        return self.tokenizer(prompts)
+    def encode_text(self, tokens: Dict[str, torch.Tensor]) -> TextRows:
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def score_rows(self, text: TextRows, pixels: torch.Tensor) -> torch.Tensor:
         raw = self(text["input_ids"], text["attention_mask"], pixels)
@@ -76,22 +59,6 @@ class ImageReward(ImageRewardNet, RewardScorer):
         )
         return self.standardize(raw.float())
 
-    def score_tensors(
-        self, pixels: torch.Tensor, prompts: Union[str, Sequence[str]]
-    ) -> torch.Tensor:
-        """Differentiable normalised rewards ``[N]`` for pixels ``[N, 3, H, W]`` in [0, 1].
-
-        Resizing (bicubic, antialiased), centre-cropping and normalising happen on
-        tensors, so gradients reach ``pixels``. ``prompts`` is one string for all
-        images or one string per image.
-        """
-        prompts = expand_prompts(prompts, pixels.shape[0])
-        tokens = self.tokenizer(prompts)
-        device = self.device
-        image = self.preprocess.tensor_transform(pixels.to(device)).to(self.compute_dtype)
-        raw = self(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), image)
-        return self.standardize(raw)
-
     def score_gard(
         self, prompt_ids: torch.Tensor, prompt_attention_mask: torch.Tensor, image: torch.Tensor
     ) -> torch.Tensor:
@@ -104,15 +71,10 @@ class ImageReward(ImageRewardNet, RewardScorer):
         return self.standardize(raw).unsqueeze(-1)
 
 
-def build(request: "BuildRequest") -> ImageReward:
-    """Registry builder: the network on ``meta``, then the checkpoint loaded strictly.
-
-    The preprocessing takes the registered chain at the model's own input size.
-    """
+def build(request: "BuildRequest") -> ScorerParts:
+    """Registry builder: the network on ``meta``, then the checkpoint (original or saved) strictly."""
     config = request.config_of(ImageRewardConfig)
-    tokenizer = request.tokenizer(config.max_text_length)
-    preprocess = request.preprocessor(config.vision.image_size)
     with torch.device("meta"):
-        model = ImageReward(config, tokenizer, preprocess, request.batch_size, request.num_workers)
-    request.load_into(model, request.read_weights())
-    return model
+        network = ImageReward(config)
+    request.load_into(network, request.read_weights())
+    return request.parts(network, config.max_text_length, config.vision.image_size)

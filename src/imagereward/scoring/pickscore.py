@@ -12,6 +12,7 @@ from ..checkpoints import CheckpointError, load_state_dict_strict, read_state_di
 from ..config import CLIPConfig, openclip_vit_h_14
 from ..models.clip import clip_config_from_hf, convert_hf_clip_state_dict
 from .clip_score import CLIPScore
+from .network import ScorerParts
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..factory import BuildRequest
@@ -25,7 +26,7 @@ class PickScore(CLIPScore):
     The weights are a Hugging Face ``CLIPModel`` translated to our CLIP names;
     prompts go through Hugging Face's fast CLIP tokenizer rules and images through
     ``CLIPImageProcessor``'s (see ``docs/preference-models.md``). Scores are about
-    100 times a cosine; ``score_tensors`` is differentiable.
+    100 times a cosine.
     """
 
     def similarity_scale(self) -> torch.Tensor:
@@ -52,21 +53,21 @@ def read_hf_config(path: str) -> CLIPConfig:
     return clip_config_from_hf(raw, path)
 
 
-def build(request: "BuildRequest") -> PickScore:
+def build(request: "BuildRequest") -> ScorerParts:
     """Registry builder. Sizes: ``request.config``, else the ``config.json`` beside the
     weights (a local Hugging Face folder), else PickScore's ViT-H-14."""
+    if request.saved:
+        return request.build_saved(PickScore)
     path = request.files["weights"]
     config = request.config_of(CLIPConfig)
     if config is None:
         beside = os.path.join(os.path.dirname(os.path.abspath(path)), HF_CONFIG)
         config = read_hf_config(beside) if os.path.isfile(beside) else openclip_vit_h_14()
-    state = request.filter_keys(strip_prefix(read_state_dict(path)))
-    tokenizer = request.tokenizer(config.context_length)
-    preprocess = request.preprocessor(config.image_size)
+    state = strip_prefix(read_state_dict(path))
     with torch.device("meta"):
-        model = PickScore(config, tokenizer, preprocess, request.batch_size, request.num_workers)
-    converted, names = convert_hf_clip_state_dict(state, model.clip_model.state_dict(), path)
+        network = PickScore(config)
+    converted, names = convert_hf_clip_state_dict(state, network.clip_model.state_dict(), path)
     load_state_dict_strict(
-        model.clip_model, converted, source=path, ignore=request.entry.ignore_keys, key_names=names
+        network.clip_model, converted, source=path, ignore=request.entry.ignore_keys, key_names=names
     )
-    return model
+    return request.parts(network, config.context_length, config.image_size)

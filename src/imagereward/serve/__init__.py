@@ -3,8 +3,8 @@
     serve run imagereward.serve:build_app model=ImageReward-v1.0
     imagereward serve --model ImageReward-v1.0 --replicas 2
 
-Attributes are imported lazily: :mod:`imagereward.serve.codec`, which the
-client uses, needs neither Ray nor FastAPI.
+Attributes are imported lazily, so importing the package needs neither Ray nor
+FastAPI; the wire format the client shares with the server is :mod:`imagereward.wire`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The reward server as a Ray Serve application: FastAPI ingress, dynamic batching, limits.
 
 Each replica holds one scorer. A request is authenticated, size-checked, parsed
-and its images decoded and preprocessed in worker threads *before* it joins the
-batch queue, so a bad image is refused with 400 naming its index and never
+and its images decoded through the scorer's own item pipeline (the same decoding,
+limits and preprocessing as in-process scoring) in worker threads *before* it joins
+the batch queue, so a bad image is refused with 400 naming its index and never
 reaches a batch shared with other requests. Admitted pairs join one
 ``@serve.batch`` queue as single items: pairs of many concurrent requests share
 one forward pass, and each request awaits exactly its own items, in its order.
@@ -16,17 +17,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Type, Union
 
-import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from PIL import Image
 from ray.serve import Application
 
 from .. import __version__
 from ..errors import InputError
-from ..scoring.base import default_decode_workers, ranks_from_rewards
-from .codec import ImageDecodeError, decode_image
+from ..items import decode
+from ..scoring.base import ranks_from_rewards
+from ..scoring.scorer import default_decode_workers
+from ..wire import read_payload
 from .limits import (
     AdmissionGate,
     Refusal,
@@ -71,22 +75,16 @@ api = FastAPI(
 
 
 def load_scorer(settings: ServeSettings) -> Any:
-    """The scorer named by ``settings``, on this replica's GPU if it has one."""
-    import torch
+    """The scorer of ``settings``, on this replica's GPU if it has one, with the server's limits.
 
-    import imagereward
+    Images arrive decoded in the request threads: the scorer keeps no decoding threads.
+    """
+    from ..allocator import keep_freed_memory
 
-    files = {"clip": settings.clip_checkpoint} if settings.clip_checkpoint else None
-    return imagereward.load(
-        settings.model,
-        checkpoint=settings.checkpoint,
-        files=files,
-        device="cuda" if torch.cuda.is_available() else "cpu",
-        dtype=settings.dtype,
-        download_root=settings.download_root,
-        batch_size=settings.max_batch_size,
-        num_workers=0,  # images arrive decoded and resized: nothing left to do ahead
-    )
+    scorer = settings.spec("cuda" if torch.cuda.is_available() else "cpu").load()
+    scorer.limits = settings.limits
+    keep_freed_memory()  # the replica's process is the server's own
+    return scorer
 
 
 def validation_refusal(error: ValidationError) -> Refusal:
@@ -118,7 +116,7 @@ class RewardServer:
         self._batched.set_max_batch_size(self.settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
         size = self.scorer.preprocess.config.image_size
-        self.scorer.score_batch([""], [np.zeros((size, size, 3), dtype=np.uint8)])  # warm up
+        self.scorer.score_batch([""], [Image.new("RGB", (size, size))])  # warm up
 
     # -- endpoints ----------------------------------------------------------------------
     @api.post(
@@ -250,7 +248,7 @@ class RewardServer:
         try:
             loop = asyncio.get_running_loop()
             matrix = await loop.run_in_executor(
-                self.model_thread, self.scorer.score_matrix, parsed.prompts, pixels
+                self.model_thread, self.scorer.score_pixel_matrix, parsed.prompts, torch.stack(pixels)
             )
         finally:
             self.gate.release(len(pixels))
@@ -269,8 +267,8 @@ class RewardServer:
         check_pair_count(len(images), self.settings.max_pairs, "images")
         return parsed
 
-    async def _decode(self, images: Sequence[Union[str, ImageObject]]) -> List[np.ndarray]:
-        """Each image decoded and preprocessed to ``uint8`` ``[S, S, 3]``, or 400 naming it."""
+    async def _decode(self, images: Sequence[Union[str, ImageObject]]) -> List[torch.Tensor]:
+        """Each image as the scorer's pixels ``[3, S, S]``, or 400 naming it."""
         loop = asyncio.get_running_loop()
         jobs = [
             loop.run_in_executor(self.decode_pool, self._decode_one, index, image)
@@ -282,50 +280,33 @@ class RewardServer:
                 raise result
         return results
 
-    def _decode_one(self, index: int, image: Union[str, ImageObject]) -> np.ndarray:
+    def _decode_one(self, index: int, image: Union[str, ImageObject]) -> torch.Tensor:
         payload = image if isinstance(image, str) else {"data": image.data, "shape": image.shape}
+        name = f"images[{index}]"
         try:
-            decoded = decode_image(payload, self.settings.max_image_pixels)
-            pixels = self.scorer.preprocess.to_uint8(decoded)
-        except (ImageDecodeError, InputError) as error:
-            raise Refusal(400, "invalid_image", f"images[{index}]: {error}", index=index) from None
-        return pixels.permute(1, 2, 0).numpy()
+            return decode(self.scorer.preprocess, read_payload(payload), self.scorer.limits, name)
+        except InputError as error:
+            detail = str(error) if str(error).startswith(name) else f"{name}: {error}"
+            raise Refusal(400, "invalid_image", detail, index=index) from None
 
-    async def _score_pairs(self, prompts: List[str], pixels: List[np.ndarray]) -> List[float]:
+    async def _score_pairs(self, prompts: List[str], pixels: List[torch.Tensor]) -> List[float]:
         """Admit the pairs, put each in the batch queue, await all of them in order."""
         self.gate.admit(len(pixels))
         try:
-            results = await asyncio.gather(*(self._batched(p, x) for p, x in zip(prompts, pixels)))
+            return await asyncio.gather(*(self._batched(p, x) for p, x in zip(prompts, pixels)))
         finally:
             self.gate.release(len(pixels))
-        for index, result in enumerate(results):
-            if isinstance(result, InputError):
-                raise Refusal(400, "invalid_input", f"item {index}: {result}", index=index)
-        return results
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _batched(self, prompts: List[str], pixels: List[np.ndarray]) -> List[Union[float, InputError]]:
-        """One forward pass for pairs of any number of requests."""
+    async def _batched(self, prompts: List[str], pixels: List[torch.Tensor]) -> List[float]:
+        """One forward pass for pairs of any number of requests (each decoded and checked alone)."""
         self.metrics.batch_size.observe(len(prompts))
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self.model_thread, self._score_isolated, prompts, pixels)
+        results = await loop.run_in_executor(
+            self.model_thread, self.scorer.score_pixels, prompts, torch.stack(pixels)
+        )
         self.gate.observe_throughput(len(prompts), time.perf_counter() - start)
-        return results
-
-    def _score_isolated(self, prompts: List[str], pixels: List[np.ndarray]) -> List[Union[float, InputError]]:
-        """Scores of a batch; should one pair still fail, the others are scored alone."""
-        try:
-            return self.scorer.score_batch(prompts, pixels)
-        except InputError:
-            if len(prompts) == 1:
-                raise
-        results: List[Union[float, InputError]] = []
-        for prompt, image in zip(prompts, pixels):
-            try:
-                results.append(self.scorer.score_batch([prompt], [image])[0])
-            except InputError as error:
-                results.append(error)
         return results
 
 

@@ -8,16 +8,19 @@ One pydantic model serves as the arguments of the Serve application builder
 from __future__ import annotations
 
 import os
-from typing import Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..items import DEFAULT_MAX_PIXELS, ImageLimits
 
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field("ImageReward-v1.0", description="a registered scorer: ImageReward-v1.0, CLIP, BLIP, Aesthetic, ...")
-    checkpoint: Optional[str] = Field(None, description="local weights instead of downloading")
-    clip_checkpoint: Optional[str] = Field(None, description="Aesthetic only: local CLIP ViT-L/14 weights")
+    model: str = Field("ImageReward-v1.0", description="a registered scorer (imagereward models)")
+    files: Dict[str, str] = Field(
+        default_factory=dict, description="local files by role ('weights', 'clip', ...) instead of downloading"
+    )
     download_root: Optional[str] = None
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
 
@@ -36,10 +39,27 @@ class ServeSettings(BaseModel):
         1024, ge=1, description="pairs admitted and not yet scored per replica; more get 429"
     )
     request_timeout_s: float = Field(60.0, gt=0, description="slower requests get 504")
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images get 400")
+    image_formats: Optional[List[str]] = Field(
+        None, description="Pillow format names accepted (default: every format Pillow reads)"
+    )
     api_key_env: Optional[str] = Field(
         None, description="name of the environment variable holding the API key (never the key)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_aliases(cls, data: Any) -> Any:
+        """``checkpoint`` is ``files["weights"]``, ``clip_checkpoint`` ``files["clip"]`` (older names)."""
+        if isinstance(data, dict):
+            data = dict(data)
+            files = dict(data.get("files") or {})
+            for alias, role in (("checkpoint", "weights"), ("clip_checkpoint", "clip")):
+                value = data.pop(alias, None)
+                if value is not None:
+                    files[role] = value
+            data["files"] = files
+        return data
 
     @field_validator("model")
     @classmethod
@@ -58,8 +78,27 @@ class ServeSettings(BaseModel):
             )
 
     @property
+    def checkpoint(self) -> Optional[str]:
+        return self.files.get("weights")
+
+    @property
     def label(self) -> str:
         """The model's name as responses report it (a checkpoint by its file name, not its path)."""
         if self.checkpoint is None:
             return self.model
         return f"{self.model} ({os.path.basename(os.path.normpath(self.checkpoint))})"
+
+    @property
+    def limits(self) -> ImageLimits:
+        formats = tuple(self.image_formats) if self.image_formats else None
+        return ImageLimits(self.max_image_pixels, formats)
+
+    def spec(self, device: Optional[str] = None) -> Any:
+        """The :class:`~imagereward.spec.ModelSpec` a replica loads."""
+        from ..spec import ModelSpec
+
+        options = {"batch_size": self.max_batch_size, "num_workers": 0}
+        if self.download_root:
+            options["download_root"] = self.download_root
+        dtype = None if self.dtype == "fp32" else self.dtype
+        return ModelSpec(self.model, self.files, device=device, dtype=dtype, options=options)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional
+
+from ..options import load_options, option, updated
 
 INITS = ("blip", "imagereward", "scratch")
 HEAD_INITS = ("lecun", "original")  # as imagereward.models.head (not imported: keeps --help light)
@@ -14,80 +14,76 @@ PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("cosine", "constant")
 
 
-def _option(default: Any, help: str, choices: Optional[Tuple[str, ...]] = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
 @dataclass
 class TrainConfig:
     """Every training setting. Defaults reproduce ImageReward's recipe (paper and released code)."""
 
     # -- data ---------------------------------------------------------------------------
-    train_data: str = _option(
+    train_data: str = option(
         "", "training rankings: a JSON file in the test.json format, or a parquet file or "
         "folder in the ImageRewardDB layout (one row per image)")
-    valid_data: str = _option(
+    valid_data: str = option(
         "", "validation rankings in the same formats; empty: hold out --valid-fraction of the prompts")
-    image_root: str = _option(
+    image_root: str = option(
         "", "folder that relative image paths start from (default: the data file's folder)")
-    hub_dataset: str = _option(
+    hub_dataset: str = option(
         "", "read the data from this hub data set instead (e.g. THUDM/ImageRewardDB; needs `datasets`)")
-    hub_config: str = _option("8k", "configuration of the hub data set (1k, 2k, 4k or 8k)")
-    train_split: str = _option("train", "hub split used for training")
-    valid_split: str = _option("validation", "hub split used for validation")
-    valid_fraction: float = _option(
+    hub_config: str = option("8k", "configuration of the hub data set (1k, 2k, 4k or 8k)")
+    train_split: str = option("train", "hub split used for training")
+    valid_split: str = option("validation", "hub split used for validation")
+    valid_fraction: float = option(
         0.05, "fraction of the training prompts held out when no validation data is given")
-    reference_data: str = _option(
+    reference_data: str = option(
         "", "rankings whose images set the reward normalisation (default: the validation set)")
-    num_workers: int = _option(4, "data loader worker processes per training process")
-    augment: bool = _option(False, "random horizontal flips of training images")
+    num_workers: int = option(4, "data loader worker processes per training process")
+    augment: bool = option(False, "random horizontal flips of training images")
     # -- model --------------------------------------------------------------------------
-    init: str = _option(
+    init: str = option(
         "blip", "starting point: 'blip' (BLIP-large pretraining weights, fresh head), "
         "'imagereward' (an ImageReward checkpoint, to fine-tune) or 'scratch' (random)", INITS)
-    init_checkpoint: str = _option(
+    init_checkpoint: str = option(
         "", "weights to start from: model_large.pth for 'blip'; a checkpoint file, saved "
         "folder or registered name (ImageReward-v1.0) for 'imagereward'")
-    head_init: str = _option(
+    head_init: str = option(
         "lecun", "initialisation of a fresh reward head: 'lecun' (each layer N(0, 1/fan_in), "
         "variance-preserving) or 'original' (the original code's N(0, 1/(d+1)) for every layer, "
         "which starts the reward near 1e-6 and can stall training at loss ln 2)", HEAD_INITS)
-    model_config: str = _option(
+    model_config: str = option(
         "", "JSON with the model configuration (ImageRewardConfig fields, or a saved config.json); "
         "default: the ImageReward-v1.0 architecture")
-    vocab_file: str = _option(
+    vocab_file: str = option(
         "", "BERT vocab.txt (default: $IMAGEREWARD_BERT_VOCAB or the one shipped with the package)")
-    freeze_rate: float = _option(
+    freeze_rate: float = option(
         0.7, "freeze the embeddings and the first floor(rate * layers) text layers and ViT blocks")
-    freeze_backbone: bool = _option(False, "freeze all of BLIP and train the head only")
-    gradient_checkpointing: bool = _option(False, "recompute activations in backward to save memory")
-    precision: str = _option("fp32", "fp32, or bf16 autocast", PRECISIONS)
+    freeze_backbone: bool = option(False, "freeze all of BLIP and train the head only")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    precision: str = option("fp32", "fp32, or bf16 autocast", PRECISIONS)
     # -- optimisation -------------------------------------------------------------------
-    lr: float = _option(1e-5, "Adam learning rate")
-    adam_betas: Tuple[float, float] = _option((0.9, 0.999), "Adam betas")
-    adam_eps: float = _option(1e-8, "Adam epsilon")
-    weight_decay: float = _option(0.0, "Adam (L2) weight decay")
-    lr_schedule: str = _option("cosine", "cosine (decay to zero over all steps) or constant", SCHEDULES)
-    warmup_steps: int = _option(0, "linear warm-up steps before the schedule")
-    pairs_per_step: int = _option(64, "comparison pairs per optimizer step, over all processes")
-    batch_size: int = _option(
+    lr: float = option(1e-5, "Adam learning rate")
+    adam_betas: Tuple[float, float] = option((0.9, 0.999), "Adam betas")
+    adam_eps: float = option(1e-8, "Adam epsilon")
+    weight_decay: float = option(0.0, "Adam (L2) weight decay")
+    lr_schedule: str = option("cosine", "cosine (decay to zero over all steps) or constant", SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up steps before the schedule")
+    pairs_per_step: int = option(64, "comparison pairs per optimizer step, over all processes")
+    batch_size: int = option(
         4, "pairs per process per forward pass; accumulation = pairs_per_step / (batch_size * processes)")
-    epochs: int = _option(10, "passes over the training pairs")
-    seed: int = _option(1234, "random seed (each process adds its rank for dropout)")
+    epochs: int = option(10, "passes over the training pairs")
+    seed: int = option(1234, "random seed (each process adds its rank for dropout)")
     # -- validation and outputs ---------------------------------------------------------
-    validations_per_epoch: int = _option(4, "validation passes per epoch")
-    validate_at_start: bool = _option(True, "validate once before the first step")
-    eval_batch_size: int = _option(16, "pairs or images per process per evaluation batch")
-    output_dir: str = _option("imagereward-training", "where best/, last/, logs and checkpoints go")
-    checkpoint_every: int = _option(
+    validations_per_epoch: int = option(4, "validation passes per epoch")
+    validate_at_start: bool = option(True, "validate once before the first step")
+    eval_batch_size: int = option(16, "pairs or images per process per evaluation batch")
+    output_dir: str = option("imagereward-training", "where best/, last/, logs and checkpoints go")
+    checkpoint_every: int = option(
         200, "write the resume checkpoint every N optimizer steps (0: only at the end)")
-    resume: bool = _option(False, "continue from output_dir/checkpoint.pt")
-    stop_after_steps: int = _option(
+    resume: bool = option(False, "continue from output_dir/checkpoint.pt")
+    stop_after_steps: int = option(
         0, "stop after this many optimizer steps, as if interrupted, keeping the schedule "
         "of the full run (0: run to the end); continue with --resume")
-    log_every: int = _option(10, "print progress every N optimizer steps (the log file gets all)")
-    plot: bool = _option(True, "write training_curves.png (needs matplotlib)")
-    device: str = _option("", "cuda, cpu, ... (default: the local GPU when there is one)")
+    log_every: int = option(10, "print progress every N optimizer steps (the log file gets all)")
+    plot: bool = option(True, "write training_curves.png (needs matplotlib)")
+    device: str = option("", "cuda, cpu, ... (default: the local GPU when there is one)")
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -97,16 +93,7 @@ class TrainConfig:
 
     def updated(self, data: Mapping[str, Any], source: str = "overrides") -> "TrainConfig":
         """A copy with ``data`` applied; keys may use dashes or underscores."""
-        known = {f.name: f for f in dataclasses.fields(self)}
-        values: Dict[str, Any] = {}
-        for key, value in data.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ValueError(f"{source}: unknown training option {key!r}")
-            if isinstance(known[name].default, tuple):
-                value = tuple(value)
-            values[name] = value
-        return dataclasses.replace(self, **values)
+        return updated(self, data, "training", source)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,35 +143,6 @@ class TrainConfig:
         return self.pairs_per_step // per_pass
 
 
-def read_config_file(path: str) -> Dict[str, Any]:
-    """Options from a ``.json`` or ``.toml`` file (TOML needs Python 3.11+ or ``tomli``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(2, "Training config file not found", path)
-    if path.endswith(".toml"):
-        try:
-            import tomllib as toml
-        except ImportError:  # Python < 3.11
-            try:
-                import tomli as toml  # type: ignore[no-redef]
-            except ImportError as error:
-                raise ImportError(
-                    f"reading {path} needs Python 3.11+ or `pip install tomli`; or use JSON"
-                ) from error
-        with open(path, "rb") as handle:
-            data = toml.load(handle)
-    else:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a training config must be a table of options")
-    return data
-
-
 def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> TrainConfig:
     """Defaults, then the file at ``path``, then ``overrides``; validated."""
-    config = TrainConfig()
-    if path:
-        config = config.updated(read_config_file(path), source=path)
-    if overrides:
-        config = config.updated(overrides)
-    return config.validate()
+    return load_options(TrainConfig, path, overrides)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
-from .extras import require
+from ..options import require
 
 
 def _smooth(values: Sequence[float], window: int) -> List[float]:

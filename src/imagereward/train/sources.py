@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..preprocess import ImageLoadError
 from .config import TrainConfig
-from .extras import require
+from ..options import require
 
 _MAX_LISTED = 5
 

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import Batch, EpochSampler, ImageDataset, PairDataset, ShardSampler, collate, random_hflip
 from ..distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import autocast, evaluate_pairs, pair_rewards, pairwise_loss, reward_statistics
-from .extras import require
+from ..options import require
 from .freeze import apply_freeze
 from .initialize import build_model
 from .logs import LOG_FILE, TrainLog, read_log

@@ -1,4 +1,8 @@
-"""The wire form of images: what the client sends and the server accepts (no server needed)."""
+"""The wire form of images: what the client sends and the server reads (no server needed).
+
+The server decodes what it reads through the same item pipeline as in-process scoring,
+within the same limits, so the round trip here is ``read_payload`` then ``open_image``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,15 @@ import pytest
 from PIL import Image
 
 from imagereward.client import encode_image, encode_images
-from imagereward.errors import ImageNotFoundError, ImageTypeError, InputError
-from imagereward.serve.codec import ImageDecodeError, decode_image
+from imagereward.errors import ImageLoadError, ImageNotFoundError, ImageTypeError, InputError
+from imagereward.items import ImageLimits, open_image
+from imagereward.wire import read_payload
+
+
+def decode_image(payload, max_pixels=None):
+    limits = ImageLimits() if max_pixels is None else ImageLimits(max_pixels)
+    item = read_payload(payload)
+    return item if isinstance(item, np.ndarray) and max_pixels is None else open_image(item, limits)
 
 
 def _roundtrip(image):
@@ -43,27 +54,35 @@ def test_client_refuses_what_it_cannot_send_naming_the_item(tmp_path):
         encode_images([str(tmp_path / "missing.png")])
 
 
-def test_files_keep_their_bytes_and_other_formats_are_decoded_by_the_client(tmp_path):
+def test_files_keep_their_bytes_in_every_format(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 256, (9, 8, 3), dtype=np.uint8)
-    png, bmp = tmp_path / "a.png", tmp_path / "a.bmp"
-    Image.fromarray(pixels).save(png)
-    Image.fromarray(pixels).save(bmp)
-    assert encode_image(str(png)).data == png.read_bytes()
-    np.testing.assert_array_equal(_roundtrip(str(bmp)), pixels)  # BMP goes as raw pixels
+    for name in ("a.png", "a.bmp", "a.gif", "a.tiff"):
+        Image.fromarray(pixels).save(tmp_path / name)
+        assert encode_image(str(tmp_path / name)).data == (tmp_path / name).read_bytes()
+    np.testing.assert_array_equal(np.asarray(_roundtrip(str(tmp_path / "a.bmp"))), pixels)
+
+
+def test_pil_images_in_other_modes_travel_in_their_own_mode():
+    rgb = np.random.default_rng(2).integers(0, 256, (9, 8, 3), dtype=np.uint8)
+    for mode in ("CMYK", "P", "LA", "YCbCr"):
+        image = Image.fromarray(rgb).convert(mode)
+        back = _roundtrip(image)
+        assert back.mode == image.mode
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(image))
 
 
 @pytest.mark.parametrize(
     "payload, reason",
     [
         ("###", "base64"),
-        (base64.b64encode(b"BM not really").decode(), "PNG, JPEG or WebP"),
+        (base64.b64encode(b"BM not really").decode(), "cannot read image file"),
         ({"data": base64.b64encode(b"\0" * 11).decode(), "shape": [2, 2, 3]}, "needs 12"),
         ({"data": "", "shape": [0, 2, 3]}, "empty side"),
         ({"data": "", "shape": [2, 2, 2]}, r"C in \(1, 3, 4\)"),
     ],
 )
 def test_server_refuses_bad_payloads(payload, reason):
-    with pytest.raises(ImageDecodeError, match=reason):
+    with pytest.raises(ImageLoadError, match=reason):
         decode_image(payload)
 
 
@@ -71,9 +90,9 @@ def test_pixel_limit_is_checked_before_decoding():
     buffer = io.BytesIO()
     Image.new("RGB", (300, 200)).save(buffer, format="PNG")
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    with pytest.raises(ImageDecodeError, match="over the limit"):
+    with pytest.raises(ImageLoadError, match="over the limit"):
         decode_image(encoded, max_pixels=300 * 200 - 1)
     assert decode_image(encoded, max_pixels=300 * 200).size == (300, 200)
     raw = {"data": base64.b64encode(b"\0" * 12).decode(), "shape": [2, 2, 3]}
-    with pytest.raises(ImageDecodeError, match="over the limit"):
+    with pytest.raises(ImageLoadError, match="over the limit"):
         decode_image(raw, max_pixels=3)

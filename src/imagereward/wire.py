@@ -1,0 +1,114 @@
+"""Images on the wire: what clients send and what the server reads back, before decoding.
+
+An image is a JSON object ``{"data": BASE64}`` holding the bytes of an image file
+(PNG, JPEG, WebP, ... any format the server accepts), or ``{"data": BASE64, "shape":
+[H, W] | [H, W, C]}`` holding raw ``uint8`` pixels in row-major HWC order (C = 1, 3
+or 4). A bare base64 string means file bytes.
+
+Raw pixels are what a trainer has: encoding a 512x512 PNG costs tens of
+milliseconds of CPU per image on the trainer, raw bytes cost a copy, and the
+pixels scored are exactly the pixels generated (JPEG and lossy WebP change them).
+Files are for images that already exist as files: their bytes go as they are.
+Either way the server decodes through the same item pipeline as in-process
+scoring (:mod:`imagereward.items`), so both see the same pixels.
+
+This module is shared by the client and the server; it needs only numpy and
+Pillow, and never fetches URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from .errors import ImageLoadError
+
+RAW_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# Modes whose conversion to RGB the scoring chains do after resizing: sent as lossless
+# files in their own mode (PNG where it holds the mode, else TIFF), so the server resizes
+# the same pixels in the same mode as in-process scoring.
+PNG_MODES = ("P", "LA", "I", "I;16")
+
+
+@dataclass(frozen=True)
+class WireImage:
+    """One image as it travels: file bytes, or raw pixels with their shape."""
+
+    data: bytes
+    shape: Optional[Sequence[int]] = None
+
+    def to_json(self) -> Any:
+        encoded = base64.b64encode(self.data).decode("ascii")
+        if self.shape is None:
+            return {"data": encoded}
+        return {"data": encoded, "shape": list(self.shape)}
+
+
+# -- client side -------------------------------------------------------------------------
+def raw_image(pixels: np.ndarray) -> WireImage:
+    """``uint8`` pixels ``[H, W]`` or ``[H, W, C]`` (C = 1, 3, 4) as raw bytes."""
+    if pixels.dtype != np.uint8:
+        raise ImageLoadError(f"raw pixels must be uint8, got {pixels.dtype}")
+    check_raw_shape(pixels.shape)
+    return WireImage(np.ascontiguousarray(pixels).tobytes(), tuple(int(s) for s in pixels.shape))
+
+
+def file_image(data: bytes) -> WireImage:
+    return WireImage(bytes(data))
+
+
+def pil_image(image: Image.Image) -> WireImage:
+    """A PIL image, so that the server sees what ``score`` would see in-process.
+
+    L, RGB and RGBA images go raw (exact); every other mode goes as a lossless file in
+    its own mode (PNG, or TIFF for CMYK, YCbCr, float ...), since the scoring chains
+    resize before they convert to RGB.
+    """
+    if image.mode in RAW_MODES.values():
+        return raw_image(np.asarray(image))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG" if image.mode in PNG_MODES else "TIFF")
+    return file_image(buffer.getvalue())
+
+
+# -- server side -------------------------------------------------------------------------
+def check_raw_shape(shape: Sequence[int]) -> None:
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in RAW_MODES):
+        raise ImageLoadError(f"raw shape must be [H, W] or [H, W, C] with C in (1, 3, 4), got {list(shape)}")
+    if any(int(side) < 1 for side in shape):
+        raise ImageLoadError(f"raw shape has an empty side: {list(shape)}")
+
+
+def decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ImageLoadError(f"data is not valid base64: {error}") from None
+
+
+def read_payload(payload: Union[str, Mapping[str, Any]]) -> Union[bytes, np.ndarray]:
+    """The item a payload carries: file bytes, or raw pixels as a ``uint8`` array.
+
+    Refuses, with :class:`~imagereward.errors.ImageLoadError`: invalid base64, empty
+    data, a bad raw shape, and raw data whose length does not match its shape. The
+    item pipeline then decodes it within the server's limits.
+    """
+    if isinstance(payload, str):
+        data, shape = decode_base64(payload), None
+    else:
+        data, shape = decode_base64(payload["data"]), payload.get("shape")
+    if shape is None:
+        if not data:
+            raise ImageLoadError("image data is empty")
+        return data
+    check_raw_shape(shape)
+    expected = int(np.prod([int(s) for s in shape]))
+    if len(data) != expected:
+        raise ImageLoadError(f"raw data has {len(data)} bytes, shape {list(shape)} needs {expected}")
+    return np.frombuffer(data, dtype=np.uint8).reshape([int(s) for s in shape])

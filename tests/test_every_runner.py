@@ -1,0 +1,274 @@
+"""Every registered scorer through every runner: the same numbers through every door.
+
+Each scorer is written as a tiny random checkpoint in its original file format, loaded
+in-process, saved with ``save_pretrained`` (and loaded back: persistence for every
+scorer), then scored on awkward images through: ``score``, ``score_batch``, ``rank``,
+``score_matrix``, ``imagereward score`` (positional and ``--input``), ``score-dataset``
+on Ray Data, the Ray Serve server over HTTP (file bytes, and ``RewardClient`` with
+arrays and PIL images), and ReFL's reward on pixels at the scorer's resolution. Each
+runner must equal the in-process call of the same shape within 1e-6, single ``score()``
+calls within 1e-5 (batch composition moves float rounding), both relative to the
+score's scale.
+
+One private Ray (2 CPUs, no dashboard) serves the module; HTTP stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imagereward
+from helpers import BERT_VOCAB, CLIP_BPE, run_cli
+from imagereward.items import decode
+from imagereward.refl.reward import Reward
+from imagereward.tokenizers.clip_bpe import BPE_ENV
+from scorer_files import write_all
+
+pytest.importorskip("ray.serve")
+pytest.importorskip("ray.data")
+httpx = pytest.importorskip("httpx")
+
+PROMPTS = ["a red bicycle on a hill", "", "un café à Zürich, 東京の夜景 🌊"]
+SAME_SHAPE = 1e-6
+ENV = {"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), BPE_ENV: str(CLIP_BPE),
+       "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _pattern(width: int, height: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(3 * x + y) % 256, (x * y // 7) % 256, ((x // 5 + y // 5) % 2) * 200], -1)
+    return np.clip(base + rng.integers(-30, 31, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def write_awkward_images(folder: Path) -> List[Path]:
+    """Non-square both ways, RGBA with transparency, palette, CMYK, tiny, EXIF-rotated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+
+    def save(name: str, image: Image.Image, **options) -> None:
+        image.save(folder / name, **options)
+        images.append(folder / name)
+
+    save("wide.png", Image.fromarray(_pattern(1024, 256, 1)))
+    save("tall.png", Image.fromarray(_pattern(50, 130, 2)))
+    rgba = np.dstack([_pattern(400, 300, 3), (np.arange(400)[None, :] % 256 * np.ones((300, 1))).astype(np.uint8)])
+    save("rgba.png", Image.fromarray(rgba, "RGBA"))
+    save("palette.png", Image.fromarray(_pattern(90, 70, 4)).convert("P", palette=Image.ADAPTIVE, colors=17))
+    save("cmyk.tiff", Image.fromarray(_pattern(120, 80, 5)).convert("CMYK"))
+    save("tiny.png", Image.fromarray(_pattern(5, 3, 6)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotated
+    save("rotated.jpg", Image.fromarray(_pattern(80, 60, 7)), exif=exif, quality=95)
+    return images
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Saved tiny scorers, the images, and a private Ray running one server per scorer."""
+    import os
+
+    import ray
+    from ray import serve
+
+    from imagereward.serve import build_app
+
+    saved_env = {key: os.environ.get(key) for key in ENV}
+    os.environ.update(ENV)
+    root = tmp_path_factory.mktemp("every-runner")
+    originals = write_all(root / "originals")
+    assert sorted(originals) == sorted(imagereward.available_models()), "a scorer has no tiny checkpoint"
+    folders, direct = {}, {}
+    for name, (files, options) in originals.items():
+        model = imagereward.load(name, files=files, device="cpu", num_workers=0, **options)
+        folders[name] = imagereward.save_pretrained(model, str(root / "saved" / name))
+        direct[name] = model
+    images = write_awkward_images(root / "images")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20,
+             runtime_env={"env_vars": ENV}, log_to_driver=False)
+    port = _free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for index, (name, folder) in enumerate(folders.items()):
+            app = build_app(dict(model=name, checkpoint=folder, cpus_per_replica=0, gpus_per_replica=0,
+                                 max_batch_size=32, batch_wait_ms=300))
+            serve.run(app, name=f"s{index}", route_prefix=f"/s{index}")
+        urls = {name: f"http://127.0.0.1:{port}/s{i}" for i, name in enumerate(folders)}
+        yield {"root": root, "folders": folders, "direct": direct, "images": images, "urls": urls,
+               "originals": originals}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+NAMES = imagereward.available_models()
+
+
+@pytest.fixture(scope="module")
+def scorers(world):
+    """Each scorer as every runner loads it: from its saved folder."""
+    return {name: imagereward.load(name, checkpoint=folder, device="cpu")
+            for name, folder in world["folders"].items()}
+
+
+def _pairs(images: List[Path]):
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(images))]
+    return prompts, [str(p) for p in images]
+
+
+def _close(got, expected, tolerance: float, what: str) -> None:
+    """Within ``tolerance`` of the scores' scale (max |score|, at least 1): PickScore's
+    scores are about 100 x a cosine, where float32 itself resolves only about 1e-5."""
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert got.shape == expected.shape, what
+    worst, bound = float(np.abs(got - expected).max()), tolerance * _scale(expected)
+    assert worst <= bound, f"{what}: max |difference| {worst:.3g} > {bound:.3g}"
+
+
+def _scale(values) -> float:
+    return max(1.0, float(np.abs(np.asarray(values)).max()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_folder_scores_as_the_original_files(world, scorers, name):
+    prompts, paths = _pairs(world["images"])
+    _close(scorers[name].score_batch(prompts, paths), world["direct"][name].score_batch(prompts, paths),
+           SAME_SHAPE, f"{name}: saved folder against the original files")
+    assert scorers[name].preprocess.config == world["direct"][name].preprocess.config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_convert_any_scorer_and_load_it_back(world, name, capsys, tmp_path):
+    files, options = world["originals"][name]
+    others = {role: path for role, path in files.items() if role != "weights"}
+    prompts, paths = _pairs(world["images"])
+    expected = world["direct"][name].score_batch(prompts, paths)
+    out = imagereward.convert_checkpoint(files["weights"], str(tmp_path / "api"), name=name, files=others,
+                                         dtype="fp32", **options)
+    _close(imagereward.load(out, device="cpu").score_batch(prompts, paths), expected, SAME_SHAPE,
+           f"{name}: convert_checkpoint, loaded back")
+    if options:  # a tiny ImageReward or BLIP needs its config, which the command line does not take
+        return
+    extra = [a for role, path in others.items() for a in ("--checkpoint", f"{name}:{role}={path}")]
+    code, _, err = run_cli(capsys, "convert", files["weights"], tmp_path / "cli", "--model", name, *extra)
+    assert code == 0, err
+    loaded = imagereward.load(str(tmp_path / "cli"), device="cpu")
+    assert loaded.name == name
+    _close(loaded.score_batch(prompts, paths), expected, SAME_SHAPE, f"{name}: imagereward convert, loaded back")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_in_process_calls_agree(world, scorers, name):
+    scorer = scorers[name]
+    prompts, paths = _pairs(world["images"])
+    pairs = scorer.score_batch(prompts, paths)
+    singles = [scorer.score(p, i) for p, i in zip(prompts, paths)]
+    _close(singles, pairs, 1e-5, f"{name}: score() against score_batch")
+    ranked = scorer.rank(PROMPTS[0], paths)
+    _close(ranked.rewards, scorer.score_batch([PROMPTS[0]] * len(paths), paths), SAME_SHAPE, f"{name}: rank")
+    matrix = scorer.score_matrix(PROMPTS, paths)
+    grid = scorer.score_batch([p for p in PROMPTS for _ in paths], paths * len(PROMPTS))
+    _close(matrix.flatten().tolist(), grid, 1e-5, f"{name}: score_matrix against pairs")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cli_positional_and_batch_job(world, scorers, name, capsys, tmp_path):
+    scorer = scorers[name]
+    prompts, paths = _pairs(world["images"])
+    folder = world["folders"][name]
+    code, out, _ = run_cli(capsys, "score", "--model", name, "--checkpoint", folder, "--device", "cpu",
+                           *[a for p in PROMPTS for a in ("-p", p)], "--json", *paths)
+    assert code == 0
+    records = json.loads(out)
+    expected = scorer.score_matrix(PROMPTS, paths)
+    got = [[r["reward"] for r in records if r["prompt"] == p] for p in PROMPTS]
+    _close(got, expected.tolist(), SAME_SHAPE, f"{name}: imagereward score IMG... against score_matrix")
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "image": i}) + "\n" for p, i in zip(prompts, paths)))
+    output = tmp_path / "scores.jsonl"
+    code, _, _ = run_cli(capsys, "score", "--model", name, "--checkpoint", folder, "--device", "cpu",
+                         "--input", pairs, "--output", output, "--no-progress")
+    assert code == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    _close([r["reward"] for r in rows], scorer.score_batch(prompts, paths), SAME_SHAPE,
+           f"{name}: imagereward score --input against score_batch")
+
+
+def test_score_dataset_every_scorer_in_one_job(world, scorers, capsys, tmp_path):
+    import pyarrow.parquet as pq
+
+    prompts, paths = _pairs(world["images"])
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps({"id": str(i), "prompt": p, "image": img}) + "\n"
+                                for i, (p, img) in enumerate(zip(prompts, paths))))
+    files = [a for name, folder in world["folders"].items() for a in ("--checkpoint", f"{name}={folder}")]
+    code, _, err = run_cli(capsys, "score-dataset", manifest, "--output", tmp_path / "out",
+                           "--models", ",".join(NAMES), *files, "--no-progress")
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "out").to_pandas().sort_values("id", key=lambda c: c.astype(int))
+    for name, scorer in scorers.items():
+        _close(table[name].tolist(), scorer.score_batch(prompts, paths), SAME_SHAPE,
+               f"{name}: score-dataset against score_batch")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_server_with_file_bytes_and_client_arrays(world, scorers, name):
+    from imagereward.client import RewardClient
+
+    scorer = scorers[name]
+    prompts, paths = _pairs(world["images"])
+    url = world["urls"][name]
+    body = {"prompts": prompts,
+            "images": [base64.b64encode(Path(p).read_bytes()).decode() for p in paths]}
+    reply = httpx.post(url + "/score", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    expected = scorer.score_batch(prompts, paths)
+    _close(reply.json()["scores"], expected, SAME_SHAPE, f"{name}: server, file bytes")
+
+    with RewardClient(url) as client:
+        pil = [Image.open(p) for p in paths]  # every mode as the files hold it: RGBA, P, CMYK, ...
+        _close(client.score(prompts, pil), scorer.score_batch(prompts, pil), SAME_SHAPE,
+               f"{name}: RewardClient, PIL images")
+        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        _close(client.score(prompts, arrays), scorer.score_batch(prompts, arrays), SAME_SHAPE,
+               f"{name}: RewardClient, arrays")
+        ranked = client.rank(PROMPTS[0], paths)
+        _close(ranked.rewards, scorer.rank(PROMPTS[0], paths).rewards, SAME_SHAPE, f"{name}: /rank")
+        _close(client.score_matrix(PROMPTS, paths), scorer.score_matrix(PROMPTS, paths).numpy(),
+               SAME_SHAPE, f"{name}: /score_matrix")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_refl_reward_on_pixels_at_the_scorers_resolution(world, scorers, name):
+    scorer = scorers[name]
+    prompts, paths = _pairs(world["images"])
+    decoded = torch.stack([decode(scorer.preprocess, p) for p in paths])
+    pixels = decoded.float() / 255 if decoded.dtype == torch.uint8 else decoded
+    reward = Reward([(name, scorer, 1.0)])
+    pixels.requires_grad_(True)
+    values = reward(pixels, prompts)
+    _close(values.detach().tolist(), scorer.score_pixels(prompts, decoded), SAME_SHAPE,
+           f"{name}: ReFL reward against score_pixels")
+    values.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
