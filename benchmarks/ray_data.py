@@ -93,7 +93,7 @@ def on_ray(model: Path, source: Path, output: Path, batch_size: int, threads: in
     import pyarrow.parquet as pq
     import ray
 
-    from imagereward.scale import DatasetJob, ModelSpec
+    from imagereward.runners.dataset import DatasetJob, ModelSpec
 
     shutil.rmtree(output, ignore_errors=True)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")

@@ -149,7 +149,7 @@ def start_server(folder: str, args: argparse.Namespace) -> str:
     import ray
     from ray import serve
 
-    from imagereward.serve import build_app
+    from imagereward.runners.serve import build_app
 
     env = {"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"}
     ray.init(address="local", num_cpus=args.threads, include_dashboard=False,

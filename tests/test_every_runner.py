@@ -86,7 +86,7 @@ def world(tmp_path_factory):
     import ray
     from ray import serve
 
-    from imagereward.serve import build_app
+    from imagereward.runners.serve import build_app
 
     saved_env = {key: os.environ.get(key) for key in ENV}
     os.environ.update(ENV)

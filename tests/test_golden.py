@@ -1,8 +1,10 @@
-"""Every scorer against outputs that image-reward 1.5's own code computed.
+"""Every scorer against outputs that its original code computed.
 
-``tests/data/golden/<scorer>.json`` holds what the original package returned for
-seeded tiny checkpoints (``tests/golden/make_golden.py``, run in the reference
-environment, never here). Each test regenerates the checkpoint, checks that its
+``tests/data/golden/<scorer>.json`` holds what the original returned for seeded tiny
+checkpoints, made in reference environments, never here: image-reward 1.5 for
+ImageReward, BLIP, CLIP and Aesthetic (``tests/golden/make_golden.py``); transformers'
+``CLIPModel`` with PickScore's scoring code, and the ``hpsv2`` package, for PickScore,
+HPSv2 and HPSv2.1 (``tests/golden/make_golden_prefmodels.py``). Each test regenerates the checkpoint, checks that its
 tensors are the ones the golden outputs came from, loads it through the public API
 and compares ``inference_rank``, ``score``, ``score_batch`` and ``score_matrix``:
 values within 1e-5, rankings identical.
@@ -24,9 +26,15 @@ from helpers import BERT_VOCAB, CLIP_BPE, REFERENCE_DATA
 from imagereward.config import BLIPScoreConfig, ImageRewardConfig, TextConfig, VisionConfig
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
-SCORERS = ["ImageReward", "BLIP", "CLIP", "Aesthetic"]
-TOLERANCE = 1e-5
-REGENERATE = "~/.cache/imagereward-bench/refvenv/bin/python tests/golden/make_golden.py"
+SCORERS = ["ImageReward", "BLIP", "CLIP", "Aesthetic", "PickScore", "HPSv2", "HPSv2.1"]
+PREFERENCE_MODELS = ("PickScore", "HPSv2", "HPSv2.1")
+TOLERANCE = 1e-5  # relative to the scores' scale (PickScore's are about 100 x a cosine)
+
+
+def regenerate(scorer: str) -> str:
+    if scorer in PREFERENCE_MODELS:
+        return "~/.cache/imagereward-bench/prefvenv/bin/python tests/golden/make_golden_prefmodels.py"
+    return "~/.cache/imagereward-bench/refvenv/bin/python tests/golden/make_golden.py"
 
 
 @dataclass
@@ -63,6 +71,9 @@ def load_ours(scorer: str, config: Dict, files: Dict[str, Path]) -> torch.nn.Mod
             "BLIP", device="cpu", checkpoint=str(files["checkpoint"]), vocab_file=str(BERT_VOCAB),
             config=BLIPScoreConfig(vision=vision, text=text),
         )
+    if scorer in PREFERENCE_MODELS:  # sizes from config.json (PickScore) or the weights (HPS)
+        return imagereward.load(scorer, device="cpu", checkpoint=str(files["checkpoint"]),
+                                bpe_file=str(CLIP_BPE))
     # CLIP sizes come from the weights, as with OpenAI's builder.
     return imagereward.load_score(
         scorer, device="cpu", checkpoint=str(files["checkpoint"]), bpe_file=str(CLIP_BPE),
@@ -84,25 +95,38 @@ def golden(request, tmp_path_factory) -> Golden:
                 f"{scorer} {role}: the seeded checkpoint is not the one the golden outputs were "
                 f"made with (tensor sha256 {digest}, golden {expected['tensors_sha256']}): "
                 "tests/golden/weights.py or torch's random numbers changed. Nothing was compared; "
-                f"regenerate the golden files with `{REGENERATE}`."
+                f"regenerate the golden files with `{regenerate(scorer)}`."
             )
-        files[role] = root / expected["format"]
-        torch.save(checkpoint, files[role])
+        files[role] = write_checkpoint(scorer, checkpoint, root, expected["format"], data["config"])
     images = inputs.write_images(root / "images", REFERENCE_DATA / "assets")
     for path, described in zip(images, data["images"]):
         if inputs.pixel_digest(path) != described["pixels_sha256"]:
             pytest.fail(
                 f"{scorer}: input image {path.name} decodes to other pixels than the golden run "
-                f"saw (numpy, PIL or the shared assets changed); regenerate with `{REGENERATE}`."
+                f"saw (numpy, PIL or the shared assets changed); regenerate with `{regenerate(scorer)}`."
             )
     model = load_ours(scorer, data["config"], files)
     return Golden(scorer, data, model, [str(p) for p in images])
 
 
+def write_checkpoint(scorer: str, checkpoint, root: Path, name: str, config: Dict) -> Path:
+    """The file in the original's format: PickScore's with its Hugging Face config.json."""
+    path = root / name
+    if scorer == "PickScore":
+        from safetensors.torch import save_file
+
+        (root / "config.json").write_text(json.dumps(weights.hf_clip_config(config["clip"])))
+        save_file(checkpoint, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(checkpoint, path)
+    return path
+
+
 def assert_close(ours: List[float], golden: List[float], what: str) -> None:
     assert len(ours) == len(golden), what
     worst = max(abs(a - b) for a, b in zip(ours, golden))
-    assert worst <= TOLERANCE, f"{what}: max |ours - image-reward 1.5| = {worst:.3e}"
+    bound = TOLERANCE * max(1.0, max(abs(v) for v in golden))
+    assert worst <= bound, f"{what}: max |ours - original| = {worst:.3e} > {bound:.1e}"
 
 
 def test_inference_rank_matches_the_original(golden):
@@ -141,5 +165,11 @@ def test_golden_files_cover_the_odd_inputs(golden):
     data = golden.data
     assert data["prompts"] == inputs.PROMPTS
     assert {"RGBA", "P", "L", "RGB"} <= {image["mode"] for image in data["images"]}
-    assert data["reference_versions"]["image-reward"] == "1.5"
+    versions = data["reference_versions"]
+    if golden.scorer == "PickScore":
+        assert versions["transformers"] != "absent"
+    elif golden.scorer in PREFERENCE_MODELS:
+        assert versions["hpsv2"] != "absent"
+    else:
+        assert versions["image-reward"] == "1.5"
     assert len(data["inference_rank"]) == len(inputs.PROMPTS)

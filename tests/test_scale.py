@@ -32,7 +32,7 @@ from helpers import ASSETS, BERT_VOCAB, CLIP_BPE, save_tiny_model  # noqa: E402
 from imagereward.cli import main  # noqa: E402
 from imagereward.config import CLIPConfig, HeadConfig  # noqa: E402
 from imagereward.models.head import RewardHead  # noqa: E402
-from imagereward.scale import Columns, DatasetInputError, DatasetJob, ModelSpec, plan_input  # noqa: E402
+from imagereward.runners.dataset import Columns, DatasetInputError, DatasetJob, ModelSpec, plan_input  # noqa: E402
 from imagereward.tokenizers.clip_bpe import BPE_ENV  # noqa: E402
 from test_baselines import write_clip_archive  # noqa: E402
 
@@ -284,7 +284,7 @@ def test_a_different_job_is_refused_in_the_same_output(tmp_path, models):
 
 
 def test_importing_the_package_does_not_import_ray():
-    code = "import imagereward, imagereward.scale, sys; print('ray' in sys.modules)"
+    code = "import imagereward, imagereward.runners.dataset, sys; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -294,7 +294,7 @@ def test_importing_the_package_does_not_import_ray():
 DRIVER = textwrap.dedent("""
     import json, sys, time
     import ray
-    from imagereward.scale import DatasetJob, ModelSpec
+    from imagereward.runners.dataset import DatasetJob, ModelSpec
     args = json.loads(sys.argv[1])
     ray.init(address=args["address"], logging_level="WARNING")
     job = DatasetJob(args["input"], args["output"], [ModelSpec.from_dict(m) for m in args["models"]],

@@ -166,6 +166,20 @@ def test_score_tensors_any_size_and_prompt_list(model):
         model.score_tensors(pixels, ["a", "b"])
 
 
+def test_score_tensors_refuses_pixels_outside_0_1_and_swapped_arguments(model):
+    from imagereward.errors import InputError
+
+    with pytest.raises(InputError, match=r"\[0, 1\].*divide 0-255 pixels by 255"):
+        model.score_tensors(torch.rand(2, 3, 32, 32) * 255, "a cat")
+    with pytest.raises(InputError, match="map \\[-1, 1\\] pixels"):
+        model.score_tensors(torch.rand(2, 3, 32, 32, requires_grad=True) * 2 - 1, "a cat")
+    with pytest.raises(InputError, match="pixels first, then prompts"):
+        model.score_tensors("a cat", torch.rand(2, 3, 32, 32))
+    with pytest.raises(InputError, match=r"\[N, 3, H, W\]"):
+        model.score_tensors(torch.rand(3, 32, 32), "a cat")
+    model.score_tensors(torch.rand(2, 3, 32, 32) * 1.02 - 0.01, "a cat")  # resampling overshoot is fine
+
+
 def test_score_gard_compatibility(model):
     tokens = model.tokenizer([PROMPT, PROMPT])
     image = torch.stack([model.preprocess(PATHS[0]), model.preprocess(PATHS[1])]).requires_grad_(True)

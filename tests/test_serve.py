@@ -31,7 +31,7 @@ from ray import serve  # noqa: E402
 import imagereward  # noqa: E402
 from helpers import BERT_VOCAB, save_tiny_model  # noqa: E402
 from imagereward.client import RewardClient, RewardServerError  # noqa: E402
-from imagereward.serve import build_app  # noqa: E402
+from imagereward.runners.serve import build_app  # noqa: E402
 
 API_KEY = "test-key-not-secret"
 KEY_ENV = "IMAGEREWARD_TEST_SERVE_KEY"

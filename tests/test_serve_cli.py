@@ -21,7 +21,7 @@ from imagereward.cli import main  # noqa: E402
 
 def test_import_pulls_in_no_server_or_http_stack():
     code = (
-        "import sys, imagereward, imagereward.serve, imagereward.wire, imagereward.client\n"
+        "import sys, imagereward, imagereward.runners.serve, imagereward.wire, imagereward.client\n"
         "heavy = [m for m in ('ray', 'fastapi', 'starlette', 'pydantic', 'httpx', 'torch') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -88,12 +88,12 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
 
 
 def test_serve_run_import_path_builds_the_application():
-    """What ``serve run imagereward.serve:build_app key=value ...`` does with its arguments."""
+    """What ``serve run imagereward.runners.serve:build_app key=value ...`` does with its arguments."""
     from ray.serve import Application
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray._common.utils import import_attr
 
-    builder = import_attr("imagereward.serve:build_app")
+    builder = import_attr("imagereward.runners.serve:build_app")
     app = call_user_app_builder_with_args_if_necessary(
         builder, {"model": "clip", "replicas": "3", "max_batch_size": "64", "gpus_per_replica": "0.5"}
     )

@@ -107,7 +107,7 @@ def test_hub_dataset_goes_through_datasets(tmp_path, monkeypatch):
 
 def test_missing_datasets_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(ImportError, match=r"pip install imagereward\[train\]"):
+    with pytest.raises(ImportError, match=r"pip install 'imagereward\[train\]'"):
         read_hub_dataset("THUDM/ImageRewardDB", "8k", "train")
 
 

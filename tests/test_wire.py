@@ -96,3 +96,21 @@ def test_pixel_limit_is_checked_before_decoding():
     raw = {"data": base64.b64encode(b"\0" * 12).decode(), "shape": [2, 2, 3]}
     with pytest.raises(ImageLoadError, match="over the limit"):
         decode_image(raw, max_pixels=3)
+
+
+def test_client_takes_one_prompt_for_many_images_and_refuses_a_bare_string_list():
+    from imagereward.client import RewardClient
+    from imagereward.errors import PromptError
+
+    sent = []
+    client = RewardClient.__new__(RewardClient)  # no connection: the request body is what is checked
+    client._post = lambda path, body: sent.append((path, body)) or {"scores": [0.0] * len(body["images"])}
+    image = np.zeros((4, 4, 3), np.uint8)
+    client.score("ab", [image, image])
+    assert sent[-1][1]["prompts"] == ["ab", "ab"]  # one prompt for every image, not "a" and "b"
+    client.score("a cat", [image])
+    assert sent[-1][1]["prompts"] == ["a cat"]
+    with pytest.raises(PromptError, match="list or tuple of str"):
+        client.score_matrix("ab", [image, image])
+    with pytest.raises(PromptError, match=r"prompts\[1\]"):
+        client.score(["a", 3], [image, image])

@@ -11,7 +11,11 @@ same tensors bit for bit from a small configuration and a seed:
   pretraining extras (momentum encoders, text decoder, ITM head, queues);
 - ``clip_checkpoint``: an OpenAI CLIP ViT state dict in float16, as OpenAI ships
   it, with the archive's ``input_resolution``/``context_length``/``vocab_size``;
-- ``aesthetic_checkpoint``: the LAION aesthetic MLP state dict.
+- ``aesthetic_checkpoint``: the LAION aesthetic MLP state dict;
+- ``hf_clip_checkpoint``: a Hugging Face ``CLIPModel`` state dict (PickScore's layout),
+  written with its ``config.json`` (:func:`hf_clip_config`);
+- ``openclip_checkpoint``: ``{"state_dict": ...}`` of an OpenCLIP ViT-H-14-like model,
+  as hpsv2 saves HPSv2 and HPSv2.1.
 
 Every tensor has its own ``torch.Generator``, seeded from the base seed and its
 key, so a value never depends on the other keys. Values are integer draws
@@ -47,6 +51,12 @@ TINY_BLIP = {
     "text": {"vocab_size": 30524, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
              "intermediate_size": 64, "max_position_embeddings": 512},
 }
+# OpenCLIP ViT-H-14's peculiarities at tiny sizes: 80-wide image heads, 64-wide text heads.
+TINY_VIT_H = {
+    "embed_dim": 64, "image_size": 224, "patch_size": 32, "vision_width": 160,
+    "vision_layers": 2, "vision_head_width": 80, "context_length": 77, "vocab_size": 49408,
+    "text_width": 128, "text_layers": 2, "text_heads": 2,
+}
 TINY_CLIP = {
     "embed_dim": 768, "image_size": 224, "patch_size": 16, "vision_width": 128,
     "vision_layers": 2, "context_length": 77, "vocab_size": 49408, "text_width": 128,
@@ -67,14 +77,17 @@ def uniform(key: str, shape: Shape, std: float, seed: int) -> torch.Tensor:
     return steps.to(torch.float32) * (std * math.sqrt(3.0) / 2**15)
 
 
+HF_NORMS = ("LayerNorm", "final_layer_norm", "pre_layrnorm", "post_layernorm")
+
+
 def _is_norm(key: str) -> bool:
     module = key.rsplit(".", 1)[0].rsplit(".", 1)[-1]
-    return module.startswith(("norm", "ln_")) or module == "LayerNorm"
+    return module.startswith(("norm", "ln_", "layer_norm")) or module in HF_NORMS
 
 
 EMBEDDINGS = (
     "word_embeddings.weight", "position_embeddings.weight", "token_embedding.weight",
-    "positional_embedding", "pos_embed", "cls_token", "class_embedding",
+    "positional_embedding", "pos_embed", "cls_token", "class_embedding", "position_embedding.weight",
 )
 # Used as ``x @ W`` (input features first), unlike ``nn.Linear`` weights.
 RIGHT_MULTIPLIED = ("visual.proj", "text_projection")
@@ -230,6 +243,66 @@ def clip_shapes(clip: Mapping[str, int]) -> Dict[str, Shape]:
     return shapes
 
 
+def hf_clip_shapes(clip: Mapping[str, int]) -> Dict[str, Shape]:
+    """A Hugging Face ``CLIPModel`` (``transformers`` names; PickScore's files)."""
+    vision, text = clip["vision_width"], clip["text_width"]
+    patch, embed = clip["patch_size"], clip["embed_dim"]
+    tokens = (clip["image_size"] // patch) ** 2 + 1
+    shapes: Dict[str, Shape] = {
+        "text_model.embeddings.token_embedding.weight": (clip["vocab_size"], text),
+        "text_model.embeddings.position_embedding.weight": (clip["context_length"], text),
+        **_norm("text_model.final_layer_norm", text),
+        "vision_model.embeddings.class_embedding": (vision,),
+        "vision_model.embeddings.patch_embedding.weight": (vision, 3, patch, patch),
+        "vision_model.embeddings.position_embedding.weight": (tokens, vision),
+        **_norm("vision_model.pre_layrnorm", vision),
+        **_norm("vision_model.post_layernorm", vision),
+        "visual_projection.weight": (embed, vision),
+        "text_projection.weight": (embed, text),
+    }
+    for tower, width, layers in (
+        ("text_model", text, clip["text_layers"]), ("vision_model", vision, clip["vision_layers"]),
+    ):
+        for i in range(layers):
+            block = f"{tower}.encoder.layers.{i}"
+            for projection in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                shapes.update(_linear(f"{block}.self_attn.{projection}", width, width))
+            shapes.update(_norm(f"{block}.layer_norm1", width))
+            shapes.update(_linear(f"{block}.mlp.fc1", 4 * width, width))
+            shapes.update(_linear(f"{block}.mlp.fc2", width, 4 * width))
+            shapes.update(_norm(f"{block}.layer_norm2", width))
+    return shapes
+
+
+def hf_clip_config(clip: Mapping[str, int]) -> Dict[str, object]:
+    """The ``config.json`` of :func:`hf_clip_checkpoint` (exact GELU, as ViT-H-14)."""
+    vision, text = clip["vision_width"], clip["text_width"]
+    return {
+        "model_type": "clip", "projection_dim": clip["embed_dim"],
+        "text_config": {"hidden_size": text, "intermediate_size": 4 * text,
+                        "num_hidden_layers": clip["text_layers"], "num_attention_heads": clip["text_heads"],
+                        "max_position_embeddings": clip["context_length"], "vocab_size": clip["vocab_size"],
+                        "hidden_act": "gelu"},
+        "vision_config": {"hidden_size": vision, "intermediate_size": 4 * vision,
+                          "num_hidden_layers": clip["vision_layers"],
+                          "num_attention_heads": vision // clip["vision_head_width"],
+                          "image_size": clip["image_size"], "patch_size": clip["patch_size"],
+                          "hidden_act": "gelu"},
+    }
+
+
+def openclip_config(clip: Mapping[str, int]) -> Dict[str, object]:
+    """The OpenCLIP model config (``open_clip``'s JSON layout) of :func:`openclip_checkpoint`."""
+    return {
+        "embed_dim": clip["embed_dim"],
+        "vision_cfg": {"image_size": clip["image_size"], "layers": clip["vision_layers"],
+                       "width": clip["vision_width"], "head_width": clip["vision_head_width"],
+                       "patch_size": clip["patch_size"]},
+        "text_cfg": {"context_length": clip["context_length"], "vocab_size": clip["vocab_size"],
+                     "width": clip["text_width"], "heads": clip["text_heads"], "layers": clip["text_layers"]},
+    }
+
+
 # -- checkpoints ----------------------------------------------------------------------
 def imagereward_checkpoint(blip: Mapping, seed: int, head_gain: float) -> StateDict:
     """The content of ``ImageReward.pt`` (all 625 key patterns, tiny sizes)."""
@@ -297,9 +370,26 @@ def aesthetic_checkpoint(embed_dim: int, seed: int, head_gain: float) -> StateDi
     return fill(shapes, seed, {_last_head_weight(""): head_gain})
 
 
+def hf_clip_checkpoint(clip: Mapping, seed: int) -> StateDict:
+    """PickScore's ``model.safetensors``: float32, the temperature at ln 100 (PickScore's clamp)."""
+    state = fill(hf_clip_shapes(clip), seed)
+    state["logit_scale"] = torch.tensor(math.log(100.0))
+    return state
+
+
+def openclip_checkpoint(clip: Mapping, seed: int) -> Dict[str, StateDict]:
+    """``{"state_dict": ...}`` of an OpenCLIP model with OpenAI CLIP's names, float32."""
+    state = fill(clip_shapes(clip), seed)
+    state["logit_scale"] = torch.tensor(math.log(1 / 0.07))
+    return {"state_dict": state}
+
+
 def file_state(checkpoint: Mapping) -> Mapping[str, torch.Tensor]:
-    """The tensors a digest covers: the ``"model"`` entry of a wrapped checkpoint."""
-    return checkpoint["model"] if "model" in checkpoint else checkpoint
+    """The tensors a digest covers: the ``"model"`` or ``"state_dict"`` entry of a wrapped checkpoint."""
+    for entry in ("model", "state_dict"):
+        if entry in checkpoint:
+            return checkpoint[entry]
+    return checkpoint
 
 
 def build(scorer: str, config: Mapping) -> Dict[str, Mapping]:
@@ -319,5 +409,9 @@ def build(scorer: str, config: Mapping) -> Dict[str, Mapping]:
             "checkpoint": aesthetic_checkpoint(config["clip"]["embed_dim"], seed, config["head_gain"]),
             "clip_checkpoint": clip_checkpoint(config["clip"], seed + 1),
         }
+    if scorer == "PickScore":
+        return {"checkpoint": hf_clip_checkpoint(config["clip"], seed)}
+    if scorer in ("HPSv2", "HPSv2.1"):
+        return {"checkpoint": openclip_checkpoint(config["clip"], seed)}
     raise ValueError(f"no golden checkpoints for {scorer!r}")
 

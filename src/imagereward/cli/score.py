@@ -268,7 +268,7 @@ def format_table(
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from ..batch import BatchJob
+    from ..runners.batch import BatchJob
     from ..errors import JobFileError
 
     if args.prompt is not None or args.images:

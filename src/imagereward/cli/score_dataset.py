@@ -107,7 +107,7 @@ def _specs(args: argparse.Namespace) -> List[Any]:
 
 
 def run_score_dataset(args: argparse.Namespace) -> int:
-    from ..scale import Columns, DatasetInputError, DatasetJob, ExtraMissingError, require_ray
+    from ..runners.dataset import Columns, DatasetInputError, DatasetJob, ExtraMissingError, require_ray
 
     apply_offline(args)
     columns = Columns(id=args.id_column, prompt=args.prompt_column, image=args.image_column,

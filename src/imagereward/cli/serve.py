@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         import ray
         from ray import serve
 
-        from ..serve import ServeSettings, build_app
+        from ..runners.serve import ServeSettings, build_app
     except ImportError as error:
         raise CliError(f"{error}; install the server with: pip install 'imagereward[serve]'") from error
     from pydantic import ValidationError

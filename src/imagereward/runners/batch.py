@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Set
 
-from .errors import InputError, JobFileError
-from .items import score_items
+from ..errors import InputError, JobFileError
+from ..items import score_items
 
 logger = logging.getLogger(__name__)
 

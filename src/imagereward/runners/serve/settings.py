@@ -1,8 +1,8 @@
 """Settings of a reward server: the model, the batching, the limits, the placement.
 
 One pydantic model serves as the arguments of the Serve application builder
-(``serve run imagereward.serve:build_app model=CLIP ...`` or a config file's
-``args:``), of :func:`~imagereward.serve.app.build_app`, and of ``imagereward serve``.
+(``serve run imagereward.runners.serve:build_app model=CLIP ...`` or a config file's
+``args:``), of :func:`~imagereward.runners.serve.app.build_app`, and of ``imagereward serve``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..items import DEFAULT_MAX_PIXELS, ImageLimits
+from ...items import DEFAULT_MAX_PIXELS, ImageLimits
 
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -64,7 +64,7 @@ class ServeSettings(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from ..registry import available_models, find_entry
+        from ...registry import available_models, find_entry
 
         entry = find_entry(value)
         if entry is None:
@@ -95,7 +95,7 @@ class ServeSettings(BaseModel):
 
     def spec(self, device: Optional[str] = None) -> Any:
         """The :class:`~imagereward.spec.ModelSpec` a replica loads."""
-        from ..spec import ModelSpec
+        from ...spec import ModelSpec
 
         options = {"batch_size": self.max_batch_size, "num_workers": 0}
         if self.download_root:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
-from ..spec import ModelSpec
+from ...spec import ModelSpec
 
 
 def worker_spec(spec: ModelSpec, device: str, dtype: Any, batch_size: int) -> ModelSpec:

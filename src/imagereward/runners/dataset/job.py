@@ -24,8 +24,8 @@ from .inputs import (
     plan_input,
 )
 from .ledger import Ledger, Totals
-from ..errors import ExtraMissingError
-from ..spec import ModelSpec
+from ...errors import ExtraMissingError
+from ...spec import ModelSpec
 from .models import preprocess_configs
 
 logger = logging.getLogger("imagereward")

@@ -8,7 +8,7 @@ reaches a batch shared with other requests. Admitted pairs join one
 ``@serve.batch`` queue as single items: pairs of many concurrent requests share
 one forward pass, and each request awaits exactly its own items, in its order.
 
-    serve run imagereward.serve:build_app model=CLIP max_batch_size=64
+    serve run imagereward.runners.serve:build_app model=CLIP max_batch_size=64
 """
 
 import asyncio
@@ -25,12 +25,12 @@ from ray import serve
 from PIL import Image
 from ray.serve import Application
 
-from .. import __version__
-from ..errors import InputError
-from ..items import decode
-from ..scoring.base import ranks_from_rewards
-from ..scoring.scorer import default_decode_workers
-from ..wire import read_payload
+from ... import __version__
+from ...errors import InputError
+from ...items import decode
+from ...scoring.base import ranks_from_rewards
+from ...scoring.scorer import default_decode_workers
+from ...wire import read_payload
 from .limits import (
     AdmissionGate,
     Refusal,
@@ -79,7 +79,7 @@ def load_scorer(settings: ServeSettings) -> Any:
 
     Images arrive decoded in the request threads: the scorer keeps no decoding threads.
     """
-    from ..allocator import keep_freed_memory
+    from ...allocator import keep_freed_memory
 
     scorer = settings.spec("cuda" if torch.cuda.is_available() else "cpu").load()
     scorer.limits = settings.limits
@@ -319,7 +319,7 @@ def _cluster_has_gpus() -> bool:
 def build_app(args: Union[ServeSettings, Dict[str, Any]]) -> Application:
     """The Serve application for ``args`` (a :class:`ServeSettings` or a dict of its fields).
 
-    This is the application builder for ``serve run imagereward.serve:build_app key=value ...``
+    This is the application builder for ``serve run imagereward.runners.serve:build_app key=value ...``
     and for ``import_path`` in a Serve config file.
     """
     settings = ServeSettings.model_validate(args)

@@ -1,6 +1,6 @@
 """A reward server for RL trainers on Ray Serve (the ``imagereward[serve]`` extra).
 
-    serve run imagereward.serve:build_app model=ImageReward-v1.0
+    serve run imagereward.runners.serve:build_app model=ImageReward-v1.0
     imagereward serve --model ImageReward-v1.0 --replicas 2
 
 Attributes are imported lazily, so importing the package needs neither Ray nor
@@ -9,12 +9,12 @@ FastAPI; the wire format the client shares with the server is :mod:`imagereward.
 
 from __future__ import annotations
 
-from ..lazy import lazy_exports
+from ...lazy import lazy_exports
 
 _LAZY = {
-    "build_app": "imagereward.serve.app",
-    "RewardServer": "imagereward.serve.app",
-    "ServeSettings": "imagereward.serve.settings",
+    "build_app": "imagereward.runners.serve.app",
+    "RewardServer": "imagereward.runners.serve.app",
+    "ServeSettings": "imagereward.runners.serve.settings",
 }
 
 __all__ = sorted(_LAZY)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..spec import ModelSpec
+from ...spec import ModelSpec
 from .inputs import ERROR, IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR, PROMPT, read_image_bytes
 from .models import worker_spec
 
@@ -31,10 +31,10 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
     A row whose image is missing, unreadable or corrupt gets zero pixels and its
     error text; any other exception fails the task (Ray retries it).
     """
-    from ..config import PreprocessConfig
-    from ..errors import InputError
-    from ..items import decode, open_image
-    from ..preprocess import ImagePreprocessor
+    from ...config import PreprocessConfig
+    from ...errors import InputError
+    from ...items import decode, open_image
+    from ...preprocess import ImagePreprocessor
 
     chains = [ImagePreprocessor(PreprocessConfig.from_dict(c)) for c in preprocess]
     count = table.num_rows
@@ -74,11 +74,11 @@ class ScoreActor:
                  device: str, dtype: Optional[str], batch_size: int, threads: Optional[int] = None) -> None:
         import torch
 
-        from ..config import PreprocessConfig
+        from ...config import PreprocessConfig
 
         if threads:
             torch.set_num_threads(threads)
-        from ..allocator import keep_freed_memory
+        from ...allocator import keep_freed_memory
 
         self.scorers = []
         for spec, group in zip(specs, groups):

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
-from ..errors import ImageRewardError
+from ...errors import ImageRewardError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
@@ -428,7 +428,7 @@ def _tar_prompt(sample: Dict[str, Any], columns: Columns) -> Tuple[Optional[str]
 
 def read_image_bytes(path: str) -> bytes:
     """The bytes of an image file: a local path, or any URI pyarrow has a filesystem for."""
-    from ..errors import ImageNotFoundError
+    from ...errors import ImageNotFoundError
 
     if "://" not in path:
         if not os.path.isfile(path):

@@ -1,6 +1,6 @@
 """Score whole data sets on Ray Data: on a laptop or a cluster, restartable, nothing lost.
 
->>> from imagereward.scale import score_dataset
+>>> from imagereward.runners.dataset import score_dataset
 >>> summary = score_dataset("prompts.jsonl", "scores/", models=["ImageReward-v1.0", "Aesthetic"])
 >>> print(summary.line())
 
@@ -10,7 +10,7 @@ does not import Ray, which is only loaded when a job runs.
 
 from .inputs import Columns, DatasetInputError, Fragment, InputPlan, plan_input
 from .job import DatasetJob, JobSummary, ExtraMissingError, require_ray, score_dataset
-from ..spec import ModelSpec
+from ...spec import ModelSpec
 
 __all__ = [
     "Columns",
