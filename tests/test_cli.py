@@ -306,3 +306,24 @@ def test_batch_job_input_errors(capsys, tiny_model, tmp_path):
     code, _, err = run(capsys, "score", "--input", bad, "--prompt", "x")
     assert code == EXIT_USAGE
     assert not os.path.exists(output)
+
+
+def test_skip_errors_scores_the_readable_images_and_names_the_others(capsys, tiny_model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    missing = tmp_path / "missing.png"
+    images = [str(ASSETS[0]), str(bad), str(ASSETS[1]), str(missing)]
+    code, _, err = run(capsys, "score", "--checkpoint", tiny_model, "-p", "a cat", *images)
+    assert code == EXIT_INPUT and str(missing) in one_line_error(err)
+    code, out, err = run(capsys, "score", "--checkpoint", tiny_model, "-p", "a cat", "--json",
+                         "--skip-errors", *images)
+    assert code == EXIT_PARTIAL
+    records = json.loads(out)
+    assert [r["image"] for r in records] == [str(ASSETS[0]), str(ASSETS[1])]
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and str(bad) in lines[0] and str(missing) in lines[1]
+    model = imagereward.load(tiny_model, device="cpu")
+    assert [r["reward"] for r in records] == pytest.approx(model.score("a cat", [str(ASSETS[0]), str(ASSETS[1])]),
+                                                          abs=1e-5)
+    code, out, _ = run(capsys, "rank", "--checkpoint", tiny_model, "-p", "a cat", "--json", "--skip-errors", *images)
+    assert code == EXIT_PARTIAL and sorted(r["rank"] for r in json.loads(out)) == [1, 2]

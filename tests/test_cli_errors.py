@@ -166,3 +166,27 @@ def test_convert_refuses_to_overwrite(capsys, tmp_path, tiny_model):
     code, _, err = run(capsys, "convert", tiny_model, out, "--overwrite")
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["model_type"] == "ImageReward"
+
+
+def test_offline_hints_name_the_flag_that_works(capsys, tmp_path):
+    """Each missing file's hint names the option for that file, and that option is accepted."""
+    image = str(ASSETS[0])
+    code, _, err = run(capsys, "score", "-m", "Aesthetic", "-p", "x", image, "--download-root", tmp_path)
+    assert code == 1
+    assert "--checkpoint Aesthetic=PATH" in err and "--checkpoint Aesthetic:clip=PATH" in err
+    head = tmp_path / "sac.pth"
+    head.write_bytes(b"x")
+    code, _, err = run(capsys, "score", "-m", "Aesthetic", "-p", "x", image, "--download-root", tmp_path,
+                       "--checkpoint", f"Aesthetic={head}", "--checkpoint", f"Aesthetic:clip={head}")
+    assert "given twice" not in err and "Could not get" not in err  # both files taken; they are junk
+    assert code == 3 and "not a CLIP checkpoint" in err
+
+
+def test_unknown_device_is_a_usage_error_before_loading(capsys, monkeypatch):
+    import imagereward
+
+    monkeypatch.setattr(imagereward, "load", None)  # never reached
+    code, _, err = run(capsys, "score", "--device", "tpu", "-p", "x", str(ASSETS[0]))
+    assert code == EXIT_USAGE and "unknown device 'tpu'" in err
+    code, _, err = run(capsys, "rank", "--device", "cuda:x", "-p", "x", str(ASSETS[0]))
+    assert code == EXIT_USAGE and "unknown device 'cuda:x'" in err

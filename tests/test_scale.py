@@ -279,8 +279,15 @@ def test_bad_inputs_fail_before_any_work_naming_them(tmp_path):
 def test_a_different_job_is_refused_in_the_same_output(tmp_path, models):
     (tmp_path / "m.jsonl").write_text('{"prompt": "a", "image": "x.png"}\n')
     DatasetJob(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), models[:1]).open_ledger()
-    with pytest.raises(DatasetInputError, match="different job"):
+    with pytest.raises(DatasetInputError, match="different job .models ImageReward-v1.0 then, "
+                       "ImageReward-v1.0, CLIP now"):
         DatasetJob(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), models[:2]).open_ledger()
+    (tmp_path / "n.jsonl").write_text('{"prompt": "a", "image": "x.png"}\n' * 3)
+    with pytest.raises(DatasetInputError, match=r"other input files \(new: n.jsonl; gone: m.jsonl\)"):
+        DatasetJob(str(tmp_path / "n.jsonl"), str(tmp_path / "out"), models[:1]).open_ledger()
+    other = models[0].replace(options={"batch_size": 3})
+    with pytest.raises(DatasetInputError, match="ImageReward-v1.0: other options"):
+        DatasetJob(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), [other]).open_ledger()
 
 
 def test_importing_the_package_does_not_import_ray():
@@ -403,3 +410,34 @@ def test_cli_runs_a_manifest_and_reports(cluster, models, rows, tmp_path, capsys
     assert "complete: 4 rows in, 4 rows out, 1 errors" in err and "images/s" in err
     assert main(args) == 4  # nothing left to do: the same summary
     assert "this run scored 0 rows" in capsys.readouterr().err
+
+
+def test_cli_beside_a_running_cluster_starts_a_private_ray(cluster, models, rows, tmp_path):
+    """This module's cluster runs on this machine: the command must not join it (its actors
+    would run in another environment), and says where it runs in its first line."""
+    import ray._private.state
+
+    drivers = len(ray._private.state.jobs())
+    manifest = _manifest(tmp_path / "in", rows[:2], copies=1)
+    env = dict(os.environ, **ENV, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "imagereward", "score-dataset", str(manifest), "-o", str(tmp_path / "out"),
+         "--no-progress", "--checkpoint", f"ImageReward-v1.0={models[0].files['weights']}"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("imagereward:")]
+    assert "a private Ray on this machine" in lines[0]
+    assert "complete: 2 rows in, 2 rows out, 0 errors" in lines[-1]
+    assert len(ray._private.state.jobs()) == drivers  # no driver joined this module's cluster
+
+
+def test_cli_without_the_ray_extra_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    for module in [m for m in sys.modules if m == "pyarrow" or m.startswith(("pyarrow.", "imagereward.runners.dataset"))]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    (tmp_path / "m.jsonl").write_text('{"prompt": "a", "image": "x.png"}\n')
+    assert main(["score-dataset", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'imagereward[ray]'" in err and len(err.strip().splitlines()) == 1

@@ -35,6 +35,26 @@ def test_usage_errors_exit_before_starting_anything(tmp_path, capsys, monkeypatc
     assert main(["serve", "--checkpoint", str(tmp_path / "missing.pt")]) == 3
     assert main(["serve", "--model", "nope"]) == 2
     assert main(["serve", "--max-pairs", "2000", "--max-queue", "10"]) == 2
+    assert "--max-pairs (2000) must not exceed --max-queue (10)" in capsys.readouterr().err
+
+
+def test_bad_port_and_bad_model_files_fail_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "init", None)  # never reached
+    assert main(["serve", "--port", "99999"]) == 2
+    assert "port 99999 is out of range" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 3
+        assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+    junk = tmp_path / "ImageReward.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["serve", "--checkpoint", str(junk), "--port", str(_free_port())]) == 3
+    err = capsys.readouterr().err
+    assert f"{junk} is not a checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
 def _free_port() -> int:

@@ -139,12 +139,13 @@ def _fetch_all(
                 raise FileNotFoundError(2, f"{entry.name} {role} file not found", local)
             paths[role] = local
             continue
+        hint = _local_file_hint(entry, role)
         try:
             if failures:  # one download failed already: only look for local copies of the rest
                 with offline_mode():
-                    paths[role] = fetch_weights(spec, download_root)
+                    paths[role] = fetch_weights(spec, download_root, hint)
             else:
-                paths[role] = fetch_weights(spec, download_root)
+                paths[role] = fetch_weights(spec, download_root, hint)
         except DownloadError as error:
             failures.append(error)
     if len(failures) == 1:
@@ -155,6 +156,16 @@ def _fetch_all(
             + "\n".join(f"  - {error}" for error in failures)
         )
     return paths
+
+
+def _local_file_hint(entry: ScorerEntry, role: str) -> str:
+    """How to give this file locally, in the API's and the command line's words."""
+    filename = entry.files[role].filename
+    if role == "weights":
+        return (f"pass the path of a local {filename} (load({entry.name!r}, checkpoint=PATH), "
+                f"or --checkpoint {entry.name}=PATH)")
+    return (f"pass the path of a local {filename} (load({entry.name!r}, files={{{role!r}: PATH}}), "
+            f"or --checkpoint {entry.name}:{role}=PATH)")
 
 
 def _from_saved(weights: str, saved: SavedModel) -> _Resolved:

@@ -168,14 +168,15 @@ def _cached(spec: "WeightsFile", root: str) -> Optional[str]:
     return None
 
 
-def fetch_weights(spec: "WeightsFile", download_root: Optional[str] = None) -> str:
+def fetch_weights(spec: "WeightsFile", download_root: Optional[str] = None, hint: Optional[str] = None) -> str:
     """Local path of a registered weights file, downloading it when needed.
 
     Without ``download_root``, a copy in the original package's cache
     (``~/.cache/ImageReward``) is reused; otherwise hub files go to the Hugging Face
-    cache and URL files to ``~/.cache/imagereward`` (``IMAGEREWARD_CACHE``).
+    cache and URL files to ``~/.cache/imagereward`` (``IMAGEREWARD_CACHE``). ``hint`` says
+    how to give a local copy instead (the flag or argument that works for this file).
     """
-    hint = f"pass the path of a local {spec.filename} (checkpoint=PATH, or --checkpoint PATH)"
+    hint = hint or f"pass the path of a local {spec.filename} (checkpoint=PATH, or --checkpoint PATH)"
     root = download_root
     if root is None and _cached(spec, legacy_cache_dir()):
         root = legacy_cache_dir()

@@ -108,6 +108,19 @@ def split_list(value: str) -> List[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def device_name(value: str) -> str:
+    """argparse type: a torch device this package scores on (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    kind, _, index = value.strip().partition(":")
+    if kind not in DEVICE_TYPES or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"unknown device {value!r}; use one of {', '.join(DEVICE_TYPES)}, optionally with :INDEX"
+        )
+    return value.strip()
+
+
 def positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -140,7 +153,8 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
         "the vocabulary shipped with the package)",
     )
     group.add_argument(
-        "--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)"
+        "--device", type=device_name,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
     )
     add_dtype_option(group)
     group.add_argument(

@@ -8,7 +8,7 @@ import io
 import json
 import os
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from .common import (
     EXIT_CODES_HELP,
@@ -120,6 +120,11 @@ def _add_single_options(parser: argparse.ArgumentParser) -> None:
         "--model", "-m", type=model_name, default=IMAGEREWARD,
         help=f"the scorer: {model_names_help()} (case-insensitive; default: %(default)s)",
     )
+    parser.add_argument(
+        "--skip-errors", action="store_true",
+        help="score the images that can be read; an error line on stderr for each that cannot "
+        "(exit 4 when any was skipped)",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print a JSON list of records")
     output.add_argument("--csv", action="store_true", help="print CSV with a header row")
@@ -149,7 +154,7 @@ def _check_single(args: argparse.Namespace) -> None:
     if not args.images:
         args.parser.error("give at least one IMAGE")
     missing = [path for path in args.images if not os.path.isfile(path)]
-    if missing:
+    if missing and not args.skip_errors:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         what = "image path is a folder, not a file" if os.path.isdir(missing[0]) else "image not found"
         raise CliError(f"{what}: {missing[0]}{more}", EXIT_INPUT)
@@ -161,12 +166,13 @@ def run_score(args: argparse.Namespace) -> int:
         return _run_batch(args)
     if args.output is not None or args.resume:
         args.parser.error("--output and --resume need --input")
+    images, rows = _reward_rows(args)
     groups = [
-        [{"prompt": prompt, "image": image, "reward": reward} for image, reward in zip(args.images, rewards)]
-        for prompt, rewards in zip(args.prompt, _reward_rows(args))
+        [{"prompt": prompt, "image": image, "reward": reward} for image, reward in zip(images, rewards)]
+        for prompt, rewards in zip(args.prompt, rows)
     ]
     _emit(groups, ["reward", "image"], args)
-    return 0
+    return EXIT_PARTIAL if len(images) < len(args.images) else 0
 
 
 def run_rank(args: argparse.Namespace) -> int:
@@ -174,8 +180,9 @@ def run_rank(args: argparse.Namespace) -> int:
 
     apply_offline(args)
     groups: List[List[Dict[str, Any]]] = []
-    for prompt, rewards in zip(args.prompt, _reward_rows(args)):
-        ranked = zip(args.images, ranks_from_rewards(rewards), rewards)
+    images, rows = _reward_rows(args)
+    for prompt, rewards in zip(args.prompt, rows):
+        ranked = zip(images, ranks_from_rewards(rewards), rewards)
         groups.append(sorted(
             (
                 {"rank": rank, "prompt": prompt, "image": image, "reward": reward}
@@ -184,35 +191,49 @@ def run_rank(args: argparse.Namespace) -> int:
             key=lambda r: r["rank"],
         ))
     _emit(groups, ["rank", "reward", "image"], args)
-    return 0
+    return EXIT_PARTIAL if len(images) < len(args.images) else 0
 
 
-def _reward_rows(args: argparse.Namespace) -> List[List[float]]:
-    """Rewards of every image for each ``--prompt`` as given, one list per prompt.
+def _reward_rows(args: argparse.Namespace) -> Tuple[List[str], List[List[float]]]:
+    """The images scored and, for each ``--prompt`` as given, their rewards.
 
-    A prompt given several times is scored once (``score_matrix`` encodes each distinct
-    prompt once) and reported each time it was given.
+    Each image is decoded once (the item pipeline) and encoded once for every prompt; a
+    prompt given several times is scored once and reported each time. A bad image stops
+    the command (exit 3), or with ``--skip-errors`` gets an error line on stderr and is
+    left out (exit 4).
     """
     _check_single(args)
-    from ..errors import InputError
-
-    scorer = _load(args)
-    images = list(args.images)
-    chunk = 4 * args.batch_size  # images per call: keeps decoding a few batches ahead
-    progress = _progress_bar(args, len(images))
-    columns = []
-    try:
-        for start in range(0, len(images), chunk):
-            part = images[start : start + chunk]
-            columns.append(scorer.score_matrix(args.prompt, part))
-            progress.update(len(part))
-    except InputError as error:
-        raise CliError(str(error), EXIT_INPUT) from error
-    finally:
-        progress.close()
     import torch
 
-    return torch.cat(columns, dim=1).tolist()
+    from ..errors import InputError
+    from ..items import decode_all
+
+    scorer = _load(args)
+    chunk = 4 * args.batch_size  # images per step: keeps decoding a few batches ahead
+    progress = _progress_bar(args, len(args.images))
+    kept: List[str] = []
+    columns = []
+    try:
+        for start in range(0, len(args.images), chunk):
+            part = list(args.images[start : start + chunk])
+            decoded = decode_all(scorer.preprocess, part, scorer.limits, scorer.num_workers)
+            good = []
+            for image, pixels in zip(part, decoded):
+                if isinstance(pixels, InputError):
+                    if not args.skip_errors:
+                        raise CliError(str(pixels), EXIT_INPUT)
+                    print(f"imagereward: error: {pixels}", file=sys.stderr)
+                else:
+                    kept.append(image)
+                    good.append(pixels)
+            if good:
+                columns.append(scorer.score_pixel_matrix(args.prompt, torch.stack(good)))
+            progress.update(len(part))
+    finally:
+        progress.close()
+    if not columns:
+        raise CliError("no image could be scored", EXIT_INPUT)
+    return kept, torch.cat(columns, dim=1).tolist()
 
 
 def _progress_bar(args: argparse.Namespace, total: int) -> Any:

@@ -79,7 +79,8 @@ def register(subparsers: Any) -> None:
     cluster = parser.add_argument_group("Ray")
     cluster.add_argument("--address", metavar="ADDR",
                          help="Ray cluster to run on: 'auto' (the one this machine belongs to) or "
-                         "ray://HEAD:10001 (default: start Ray on this machine)")
+                         "ray://HEAD:10001 (default: RAY_ADDRESS, else a private Ray on this machine "
+                         "for this job only, never a cluster that happens to run here)")
     cluster.add_argument("--actors", type=positive_int, default=1, metavar="N",
                          help="scoring actors, each loading the models once (default: %(default)s)")
     cluster.add_argument("--gpus-per-actor", type=float, metavar="G",
@@ -107,7 +108,11 @@ def _specs(args: argparse.Namespace) -> List[Any]:
 
 
 def run_score_dataset(args: argparse.Namespace) -> int:
-    from ..runners.dataset import Columns, DatasetInputError, DatasetJob, ExtraMissingError, require_ray
+    try:
+        from ..runners.dataset import Columns, DatasetInputError, DatasetJob, ExtraMissingError, require_ray
+    except ImportError as error:
+        raise CliError(f"scoring data sets needs Ray Data and pyarrow ({error}); install them with: "
+                       "pip install 'imagereward[ray]'", EXIT_FAILURE) from None
 
     apply_offline(args)
     columns = Columns(id=args.id_column, prompt=args.prompt_column, image=args.image_column,
@@ -127,6 +132,7 @@ def run_score_dataset(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_INPUT) from None
     except ExtraMissingError as error:
         raise CliError(str(error), EXIT_FAILURE) from None
+    print(f"imagereward: scoring {args.input} on {job.describe_ray()}", file=sys.stderr, flush=True)
     summary = job.run()
     print(f"imagereward: {summary.line()}", file=sys.stderr)
     if not summary.complete:

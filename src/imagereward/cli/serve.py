@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import threading
 from typing import Any, Dict
 
@@ -17,6 +19,7 @@ from .common import (
     CliError,
     HelpFormatter,
     check_spec_files,
+    load_scorer,
     add_download_options,
     add_dtype_option,
     add_file_options,
@@ -58,7 +61,7 @@ def register(subparsers: Any) -> None:
 
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    http.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    http.add_argument("--port", type=port_number, default=8000, help="1 to 65535 (default: %(default)s)")
     http.add_argument("--api-key-env", metavar="NAME",
                       help="require the API key held by environment variable NAME "
                       "(Authorization: Bearer KEY or X-API-Key: KEY)")
@@ -90,6 +93,40 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run, parser=parser)
 
 
+def port_number(value: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (1 to 65535)")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Exit 3 before Ray starts when the port cannot be bound (in use, or a bad host)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            reason = "is in use" if error.errno == errno.EADDRINUSE else f"cannot be bound: {error.strerror}"
+            raise CliError(f"port {port} on {host} {reason}", EXIT_INPUT) from None
+
+
+def check_model(settings: Any) -> None:
+    """Load the model once on the CPU before Ray starts, so that missing, junk or mis-shaped
+    files give the same one-line message and exit code (3) as ``score``, in seconds."""
+    import gc
+
+    check_spec_files(settings.spec())
+    scorer = load_scorer(settings.spec("cpu"))
+    del scorer
+    gc.collect()
+
+
 def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return dict(
         model=args.model,
@@ -119,15 +156,18 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{error}; install the server with: pip install 'imagereward[serve]'") from error
     from pydantic import ValidationError
 
+    if args.max_pairs > args.max_queue:
+        args.parser.error(f"--max-pairs ({args.max_pairs}) must not exceed --max-queue ({args.max_queue})")
     try:
         settings = ServeSettings(**settings_from_args(args))
     except ValidationError as error:
         raise CliError(str(error), EXIT_USAGE) from None
-    check_spec_files(settings.spec())
     if settings.api_key_env and not os.environ.get(settings.api_key_env):
         raise CliError(f"--api-key-env {settings.api_key_env}: that variable is not set or empty", EXIT_USAGE)
     if args.offline:
         os.environ["IMAGEREWARD_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    check_port_free(args.host, args.port)
+    check_model(settings)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key_env:
         print(f"imagereward: warning: serving on {args.host} without --api-key-env: "
               "anyone who can reach this port can use the server")

@@ -77,8 +77,9 @@ class JobSummary:
 class DatasetJob:
     """Score every row of ``input`` with ``models`` into parquet part files in ``output``.
 
-    Ray is started on this machine unless it runs already or ``address`` (``"auto"``,
-    ``"ray://head:10001"``) names a cluster; it is not started when nothing is left to do.
+    A private Ray is started on this machine unless this process is connected to one
+    already, or ``address`` (``"auto"``, ``"ray://head:10001"``) or ``RAY_ADDRESS`` names a
+    cluster; it is not started when nothing is left to do.
     ``actors`` scoring actors run at once, each with ``gpus_per_actor`` GPUs (0: on CPUs;
     default: 1 when the cluster has GPUs) and ``cpus_per_actor`` logical CPUs; ``threads_per_actor`` sets torch's threads in
     each (default: Ray's, i.e. ``cpus_per_actor``). ``batch_size`` rows go through a
@@ -167,11 +168,23 @@ class DatasetJob:
             logger.warning("rows missing from fragments %s; run again to score them",
                            ", ".join(collector.partial()))
 
+    def ray_address(self) -> str:
+        """Where the job runs: ``address``, else ``RAY_ADDRESS``, else ``"local"``: a private
+        Ray of its own on this machine, never a cluster that happens to run here."""
+        return self.address or os.environ.get("RAY_ADDRESS") or "local"
+
+    def describe_ray(self) -> str:
+        address = self.ray_address()
+        if address == "local":
+            return "a private Ray on this machine, for this job only"
+        return f"the Ray cluster at {address}"
+
     def _connect(self) -> Any:
         ray = require_ray()
         if not ray.is_initialized():
-            local = self.address is None
-            ray.init(address=self.address, include_dashboard=False if local else None,
+            address = self.ray_address()
+            local = address == "local"
+            ray.init(address=address, include_dashboard=False if local else None,
                      logging_level=logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
         return ray

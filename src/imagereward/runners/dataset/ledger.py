@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 import pyarrow as pa
 
@@ -52,12 +52,11 @@ class Ledger:
             self.job = dict(job)
             self._write_job()
         else:
-            for key in ("plan", "models"):
-                if saved.get(key) != job[key]:
-                    raise DatasetInputError(
-                        f"{self.directory} holds the output of a different job (its {key} differ: "
-                        "other input files, columns, fragment size or models); give a new --output "
-                        "folder, or rerun with the same options to continue it")
+            differences = job_differences(saved, job)
+            if differences:
+                raise DatasetInputError(
+                    f"{self.directory} holds the output of a different job ({'; '.join(differences)}); "
+                    "give a new --output folder, or rerun with the same options to continue it")
             self.job = saved
         for name in os.listdir(self.directory):
             if name.startswith(TEMP_PREFIX):  # left by a run that died while writing
@@ -132,3 +131,42 @@ def _fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fragment_files(plan: Dict[str, Any]) -> List[str]:
+    return sorted({key.split("@")[0] for key, _ in plan.get("fragments", [])})
+
+
+def _listed(items: List[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def job_differences(saved: Dict[str, Any], job: Dict[str, Any]) -> List[str]:
+    """What makes ``job`` another job than the ``saved`` one, in words (empty: the same job)."""
+    found: List[str] = []
+    before, now = saved.get("plan", {}), job["plan"]
+    if before.get("layout") != now.get("layout"):
+        found.append(f"input layout {before.get('layout')} then, {now.get('layout')} now")
+    if before.get("columns") != now.get("columns"):
+        changed = [k for k in now.get("columns", {}) if before.get("columns", {}).get(k) != now["columns"][k]]
+        found.append("input columns differ: " + ", ".join(
+            f"{k} {before.get('columns', {}).get(k)!r} then, {now['columns'][k]!r} now" for k in changed))
+    files_before, files_now = _fragment_files(before), _fragment_files(now)
+    if files_before != files_now:
+        added = sorted(set(files_now) - set(files_before))
+        gone = sorted(set(files_before) - set(files_now))
+        parts = ([f"new: {_listed(added)}"] if added else []) + ([f"gone: {_listed(gone)}"] if gone else [])
+        found.append("other input files (" + "; ".join(parts) + ")")
+    elif before.get("fragments") != now.get("fragments"):
+        found.append("the input splits into other fragments (another --fragment-rows, or the files changed)")
+    models_before = [m.get("name") for m in saved.get("models", [])]
+    models_now = [m.get("name") for m in job["models"]]
+    if models_before != models_now:
+        found.append(f"models {', '.join(models_before)} then, {', '.join(models_now)} now")
+    else:
+        for old, new in zip(saved.get("models", []), job["models"]):
+            for field in ("files", "options", "dtype"):
+                if old.get(field) != new.get(field):
+                    found.append(f"{new['name']}: other {field} ({old.get(field)} then, {new.get(field)} now)")
+    return found
