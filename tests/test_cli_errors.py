@@ -190,3 +190,24 @@ def test_unknown_device_is_a_usage_error_before_loading(capsys, monkeypatch):
     assert code == EXIT_USAGE and "unknown device 'tpu'" in err
     code, _, err = run(capsys, "rank", "--device", "cuda:x", "-p", "x", str(ASSETS[0]))
     assert code == EXIT_USAGE and "unknown device 'cuda:x'" in err
+
+
+def test_torchscript_clip_archive_as_an_imagereward_checkpoint_says_what_it_is(capsys, tmp_path):
+    from test_baselines import write_clip_archive
+
+    archive = write_clip_archive(tmp_path / "ViT-L-14.pt")
+    code, _, err = run(capsys, "score", "--checkpoint", archive, "-p", "x", str(ASSETS[0]))
+    assert code == 3
+    assert "TorchScript archive" in err and "--model CLIP" in err
+    assert len(err.strip().splitlines()) == 1 and "Warning" not in err
+
+
+def test_train_data_in_an_unknown_format_is_an_input_error(capsys, tmp_path):
+    from test_train_synthetic import write_model_config
+
+    text = tmp_path / "text.png"
+    text.write_text("not rankings")
+    code, _, err = run(capsys, "train", "--train-data", text, "--init", "scratch", "--no-plot",
+                       "--model-config", write_model_config(tmp_path / "model.json"),
+                       "--output-dir", tmp_path / "out")
+    assert code == EXIT_INPUT and str(text) in last_line(err) and "ValueError" not in err

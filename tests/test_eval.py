@@ -302,6 +302,13 @@ def test_benchmark_end_to_end(capsys, tiny_model, fake_baselines, tmp_path):
     code, _, err = run(capsys, *argv[:5], "--models", "openjourney,dalle2", *argv[7:])
     assert code == EXIT_INPUT and "dalle2" in err
 
+    reused, _, _ = run(capsys, *argv, "--reuse")  # the table again, from the result files
+    assert reused == 0
+    empty = tmp_path / "empty"
+    code, _, err = run(capsys, *argv[:-3], "--output-dir", empty, "--no-progress", "--reuse")
+    assert code == EXIT_INPUT and "missing" in err and "sd1-4" in err  # lists, never loads or downloads
+    assert not empty.exists() or not any(empty.rglob("*.json"))
+
 
 def test_eval_without_bootstrap_has_no_interval(capsys, subset, tmp_path, fake_baselines):
     root, _ = subset

@@ -273,3 +273,18 @@ def test_two_processes_compute_what_one_process_with_twice_the_accumulation_does
     log_one = read_log(str(tmp_path / "one" / "refl_log.jsonl"))
     log_two = read_log(str(tmp_path / "two" / "refl_log.jsonl"))
     assert [r["reward_loss"] for r in log_two] == pytest.approx([r["reward_loss"] for r in log_one], rel=1e-5)
+
+
+def test_bad_model_folders_and_unknown_rewards_are_one_line_errors(capsys, tmp_path, monkeypatch):
+    from helpers import run_cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text('["a cat"]')
+    common = ["refl", "--prompts", prompts, "--no-pretrain-loss", "--output-dir", tmp_path / "out"]
+    code, _, err = run_cli(capsys, *common, "--model", tmp_path, "--reward", "NoSuchReward")
+    assert code == 2 and "names NoSuchReward" in err  # found before any pipeline loads
+    code, _, err = run_cli(capsys, *common, "--model", tmp_path, "--reward", "ImageReward-v1.0")
+    assert code == 3 and "not a diffusers pipeline folder" in err
+    code, _, err = run_cli(capsys, *common, "--model", "nobody/no-such-model", "--reward", "ImageReward-v1.0")
+    assert code == 3 and err.count("\n") == 1 and "Warning" not in err and "nobody/no-such-model" in err

@@ -137,6 +137,7 @@ def check_output(output: Path, expected, bad: Dict[str, str] = {}, id_of=lambda 
     assert worst <= 1e-5, worst
     for key, message in bad.items():
         assert message in (records[key]["error"] or ""), records[key]
+        assert "object at 0x" not in records[key]["error"], records[key]  # the item is named, not repr'd
         assert all(records[key][m] is None for m in next(iter(expected.values())))
     return table
 

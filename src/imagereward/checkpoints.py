@@ -57,6 +57,14 @@ def _torch_load(path: str) -> object:
     would let the file run code.
     """
     mmap = zipfile.is_zipfile(path)  # mmap needs the zip format of torch >= 1.6
+    if mmap:
+        with zipfile.ZipFile(path) as archive:
+            if _is_torchscript(archive):
+                raise CheckpointError(
+                    f"{path} is a TorchScript archive, the format OpenAI ships CLIP's weights in, "
+                    "not a state dict; a CLIP file is read as such by the scorers that use CLIP "
+                    "(did you mean --model CLIP, or the CLIP file of a scorer that reads one?)"
+                )
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:

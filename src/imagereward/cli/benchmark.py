@@ -139,6 +139,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
         if not args.no_plot and not report.can_plot():  # the PNG is optional: the rest comes out
             print(report.PLOT_SKIPPED_NOTE, file=sys.stderr)
             args.no_plot = True
+        if args.reuse:  # every result file must be there: --reuse never loads a model
+            missing = [bench.result_path(args.output_dir, metric, model) for metric in args.metrics
+                       for model in models if not os.path.isfile(bench.result_path(args.output_dir, metric, model))]
+            if missing:
+                raise CliError(
+                    f"--reuse needs the results of every metric for every model; missing: {', '.join(missing)} "
+                    "(run without --reuse to score them)", EXIT_INPUT)
         per_prompt: Dict[str, Dict[str, List[float]]] = {}
         for metric in args.metrics:
             per_prompt[metric] = _run_metric(specs[metric], models, prompts, args)
@@ -183,7 +190,7 @@ def _run_metric(spec: Any, models: List[str], prompts: List[Any], args: argparse
     try:
         for model in models:
             path = bench.result_path(args.output_dir, metric, model)
-            if args.reuse and os.path.isfile(path):
+            if args.reuse:
                 records = bench.read_records(path)
             else:
                 generations = bench.find_generations(os.path.join(args.images, model), prompts)

@@ -46,15 +46,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def exit_code_for(error: BaseException) -> int:
     """The documented exit code of an error that reached the command line."""
     from ..errors import (
-        CheckpointError, DeviceError, InputError, TokenizerFileError, UnknownModelError,
+        CheckpointError, DataError, DeviceError, InputError, JobFileError, TokenizerFileError,
+        UnknownModelError,
     )
 
     if isinstance(error, CliError):
         return error.code
     if isinstance(error, UnknownModelError):
         return EXIT_USAGE
-    if isinstance(error, (InputError, CheckpointError, TokenizerFileError, DeviceError, FileNotFoundError,
-                          IsADirectoryError)):
+    if isinstance(error, (InputError, CheckpointError, TokenizerFileError, DeviceError, DataError,
+                          JobFileError, FileNotFoundError, IsADirectoryError)):
         return EXIT_INPUT
     return EXIT_FAILURE
 

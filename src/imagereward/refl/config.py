@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import List, Any, Dict, Mapping, Optional, Tuple
 
 from ..options import load_options, option, updated
 
@@ -135,7 +135,23 @@ class ReFLConfig:
         for name, ok, problem in checks:
             if not ok:
                 raise ValueError(f"ReFL option {name} = {getattr(self, name)!r} {problem}")
+        unknown = unknown_rewards(self.reward)
+        if unknown:
+            raise ValueError(f"ReFL option reward = {self.reward!r} names {', '.join(unknown)}: neither a "
+                             "registered model (imagereward models) nor a checkpoint file or folder")
         return self
+
+
+def unknown_rewards(text: str) -> List[str]:
+    """The reward models of ``--reward`` that are neither registered nor local files, found
+    before any pipeline or model loads."""
+    import os
+
+    from ..registry import find_entry
+    from .reward import parse_reward_specs
+
+    return [spec.name for spec in parse_reward_specs(text)
+            if find_entry(spec.name) is None and not os.path.exists(os.path.expanduser(spec.name))]
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None) -> ReFLConfig:

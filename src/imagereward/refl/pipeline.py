@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..errors import CheckpointError
 from ..options import require
 
 
@@ -77,10 +80,27 @@ class TextConditioner:
 
 
 def load_pipeline(model: str, revision: str = "") -> Any:
-    """``DiffusionPipeline.from_pretrained`` without a safety checker (not needed to train)."""
+    """``DiffusionPipeline.from_pretrained`` without a safety checker (not needed to train).
+
+    A local folder must hold a diffusers pipeline (``model_index.json``); a hub name that
+    cannot be had (offline and not cached, or no such repository) is one clear
+    :class:`~imagereward.errors.CheckpointError`, without the hub library's warnings.
+    """
     diffusers = require_refl("diffusers", "ReFL")
     extra: Dict[str, Any] = {}
-    index = diffusers.DiffusionPipeline.load_config(model, revision=revision or None)
+    local = os.path.expanduser(model)
+    if os.path.exists(local) and not os.path.isfile(os.path.join(local, "model_index.json")):
+        raise CheckpointError(f"--model {model}: not a diffusers pipeline folder (it has no model_index.json)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the hub library's deprecation notices
+            index = diffusers.DiffusionPipeline.load_config(model, revision=revision or None)
+    except OSError as error:
+        where = "no such folder, and" if not os.path.exists(local) else ""
+        raise CheckpointError(
+            f"--model {model}: no diffusers pipeline: {where} it cannot be had from the hub "
+            f"({str(error).splitlines()[0]})"
+        ) from None
     if "safety_checker" in index:
         extra = {"safety_checker": None, "requires_safety_checker": False}
     return diffusers.DiffusionPipeline.from_pretrained(model, revision=revision or None, **extra)

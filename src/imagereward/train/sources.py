@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..preprocess import ImageLoadError
 from .config import TrainConfig
+from ..errors import DataError
 from ..options import require
 
 _MAX_LISTED = 5
@@ -109,7 +110,7 @@ def groups_from_table(table: Any, source: str, image_root: str = "") -> List[Pre
     image_name = "image" if "image" in names else "image_path"
     needed = {"prompt", "rank", image_name}
     if not needed <= names:
-        raise ValueError(
+        raise DataError(
             f"{source}: columns {sorted(needed - names)} are missing "
             f"(ImageRewardDB rows need prompt, rank and image or image_path; found {sorted(names)})"
         )
@@ -121,7 +122,7 @@ def groups_from_table(table: Any, source: str, image_root: str = "") -> List[Pre
     grouped: Dict[Any, PreferenceGroup] = {}
     for row, (key, prompt, rank) in enumerate(zip(keys, prompts, ranks)):
         if not isinstance(prompt, str) or rank is None:
-            raise ValueError(f"{source}: row {row} needs a prompt and a rank")
+            raise DataError(f"{source}: row {row} needs a prompt and a rank")
         group = grouped.setdefault(key, PreferenceGroup(prompt, [], []))
         group.images.append(RowImage(column, row))
         group.ranks.append(float(rank))
@@ -165,7 +166,7 @@ def read_groups(path: str, image_root: str = "") -> List[PreferenceGroup]:
         if not os.path.exists(path):
             raise FileNotFoundError(2, "Parquet data not found", path)
         return read_imagerewarddb_parquet(path, image_root)
-    raise ValueError(f"{path}: give a .json file (test.json format), a .parquet file or a folder of them")
+    raise DataError(f"{path}: give a .json file (test.json format), a .parquet file or a folder of them")
 
 
 # -- splits ------------------------------------------------------------------------------
