@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -71,7 +72,8 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "imagereward", "serve", "--checkpoint", folder, "--port", str(port),
-         "--cpus-per-replica", "0", "--api-key-env", "CLI_TEST_KEY"],
+         "--cpus-per-replica", "0", "--api-key-env", "CLI_TEST_KEY", "--max-batch-size", "256",
+         "--batch-wait-ms", "2500"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -96,13 +98,30 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
             listing = ""
         bound = {line.split()[3] for line in listing.splitlines() if line.strip()}
         assert bound <= {f"127.0.0.1:{port}"}, bound  # loopback only, never 0.0.0.0
+
+        # A burst that waits in the batch queue (2.5 s), SIGTERM during it: every accepted
+        # request is answered, a new one is refused with 503, and the process exits 0 soon.
+        burst = {"prompts": ["a cat"] * 40, "images": [{"data": "A" * 16, "shape": [2, 2, 3]}] * 40}
+        with ThreadPoolExecutor(6) as pool:
+            replies = [pool.submit(httpx.post, url, json=burst, headers={"X-API-Key": "k3y"}, timeout=60)
+                       for _ in range(6)]
+            time.sleep(1.0)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            late = httpx.post(url, json=body, headers={"X-API-Key": "k3y"}, timeout=10)
+            assert late.status_code == 503 and late.headers["retry-after"] == "1"
+            assert all(r.result().status_code == 200 and len(r.result().json()["scores"]) == 40 for r in replies)
+        output, _ = process.communicate(timeout=60)
+        assert time.monotonic() - signalled < 15, "stop-to-exit took too long"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            output, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                output, _ = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                output, _ = process.communicate()
     assert process.returncode == 0, output
     assert "serving" in output and "stopping" in output
 
@@ -124,3 +143,24 @@ def test_serve_run_import_path_builds_the_application():
     assert deployment.init_args[0]["model"] == "CLIP" and deployment.init_args[0]["max_batch_size"] == 64
     with pytest.raises(Exception, match="unknown model"):
         builder({"model": "nope"})
+
+
+def test_replicas_that_cannot_be_placed_are_refused_and_a_stop_is_obeyed_while_deploying():
+    import threading
+
+    from imagereward.cli.common import CliError
+    from imagereward.cli.serve import _deploy, check_placement
+    from imagereward.runners.serve import ServeSettings
+
+    settings = ServeSettings(replicas=3, cpus_per_replica=1)
+    with pytest.raises(CliError, match="--replicas 3 x --cpus-per-replica needs 3 CPUs and this Ray has 2"):
+        check_placement(settings, {"CPU": 2.0}, private=True)
+    check_placement(settings, {"CPU": 3.0}, private=True)
+    check_placement(settings, {"CPU": 2.0}, private=False)  # a cluster may grow: a warning only
+    with pytest.raises(CliError, match="GPU"):
+        check_placement(ServeSettings(gpus_per_replica=1), {"CPU": 2.0}, private=True)
+
+    stop, started = threading.Event(), time.monotonic()
+    threading.Timer(0.3, stop.set).start()
+    assert _deploy(lambda: time.sleep(30), stop) is False  # replicas that never come up
+    assert time.monotonic() - started < 5

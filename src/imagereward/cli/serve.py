@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from .common import (
     EXIT_CODES_HELP,
@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     http.add_argument("--port", type=port_number, default=8000, help="1 to 65535 (default: %(default)s)")
+    http.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                      help="on Ctrl-C or SIGTERM, how long accepted requests may take to be answered "
+                      "before the server exits (default: %(default)s)")
     http.add_argument("--api-key-env", metavar="NAME",
                       help="require the API key held by environment variable NAME "
                       "(Authorization: Bearer KEY or X-API-Key: KEY)")
@@ -178,20 +181,67 @@ def run(args: argparse.Namespace) -> int:
              log_to_driver=args.verbose)
     stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
     try:
+        check_placement(settings, ray.cluster_resources(), private=address == "local")
+        from ..runners.serve.drain import drain, start_coordinator
+
+        name = f"imagereward-drain-{os.getpid()}"
+        coordinator = start_coordinator(name)
+        settings = settings.model_copy(update={"drain_coordinator": name})
         serve.start(http_options={"host": args.host, "port": args.port})
-        try:
-            serve.run(build_app(settings), name="imagereward", route_prefix="/")
-        except RuntimeError as error:
-            raise CliError(f"the server did not start: {error}", EXIT_FAILURE) from None
+        if not _deploy(lambda: serve.run(build_app(settings), name="imagereward", route_prefix="/"), stop):
+            print("imagereward: stopped before the server was ready", flush=True)
+            return 0
         print(f"imagereward: serving {settings.label} on http://{args.host}:{args.port} "
               f"({settings.replicas} replica(s)); Ctrl-C to stop", flush=True)
-        while not stop.wait(1.0):
-            pass
-        print("imagereward: stopping: finishing accepted requests", flush=True)
+        stop.wait()
+        print(f"imagereward: stopping: answering the requests already accepted (at most "
+              f"{args.drain_timeout:g} s), refusing new ones with 503", flush=True)
+        left = drain(coordinator, args.drain_timeout)
+        if left:
+            print(f"imagereward: {left} request(s) still unanswered after {args.drain_timeout:g} s",
+                  flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def check_placement(settings: Any, resources: Dict[str, float], private: bool) -> None:
+    """Refuse, before deploying, replicas that this Ray cannot place (a cluster that may
+    grow only gets a warning)."""
+    needs = {"CPU": settings.replicas * settings.cpus_per_replica,
+             "GPU": settings.replicas * (settings.gpus_per_replica or 0.0)}
+    for kind, flag in (("CPU", "--cpus-per-replica"), ("GPU", "--gpus-per-replica")):
+        have = resources.get(kind, 0.0)
+        if needs[kind] > have:
+            message = (f"--replicas {settings.replicas} x {flag} needs {needs[kind]:g} {kind}s and this "
+                       f"Ray has {have:g}: lower --replicas or {flag}")
+            if private:
+                raise CliError(message, EXIT_USAGE)
+            print(f"imagereward: warning: {message}, or add nodes; replicas wait until they fit",
+                  flush=True)
+
+
+def _deploy(run: Any, stop: threading.Event) -> bool:
+    """Deploy in a thread, so that a stop signal is obeyed while replicas start; True once ready."""
+    done = threading.Event()
+    failure: List[BaseException] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as error:  # noqa: BLE001 - reported below, in the main thread
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="imagereward-deploy", daemon=True).start()
+    while not done.wait(0.2):
+        if stop.is_set():
+            return False
+    if failure:
+        raise CliError(f"the server did not start: {failure[0]}", EXIT_FAILURE)
+    return True
 
 
 def _stop_on_signals() -> threading.Event:

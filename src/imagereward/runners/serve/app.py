@@ -39,6 +39,7 @@ from .limits import (
     check_content_length,
     check_pair_count,
 )
+from .drain import DrainWatch
 from .metrics import ServerMetrics
 from .schemas import (
     ErrorResponse,
@@ -63,6 +64,7 @@ ERRORS = {
         (401, "API key missing or wrong"),
         (413, "request body or number of pairs over the limit"),
         (429, "queue full: retry after Retry-After seconds"),
+        (503, "the server is stopping: retry after Retry-After seconds"),
         (504, "not finished within the request timeout"),
     )
 }
@@ -113,6 +115,7 @@ class RewardServer:
         self.gate = AdmissionGate(self.settings.max_queue_pairs)
         replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = ServerMetrics(str(replica), self.settings.label)
+        self.drain = DrainWatch(self.settings.drain_coordinator, str(replica))
         self._batched.set_max_batch_size(self.settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
         size = self.scorer.preprocess.config.image_size
@@ -148,14 +151,17 @@ class RewardServer:
         """The replica is alive."""
         return {"status": "ok"}
 
-    @api.get("/readyz", response_model=ReadyResponse)
-    async def readyz(self) -> ReadyResponse:
-        """The model is loaded and warmed up.
+    @api.get("/readyz", response_model=ReadyResponse, responses={503: ERRORS[503]})
+    async def readyz(self) -> Any:
+        """The model is loaded and warmed up, and the server is not stopping (else 503).
 
         Serve routes requests to a replica only once its constructor (loading and
         warm-up) has finished; until one is ready, the proxy holds requests, so a
         probe's own timeout reads as "not ready".
         """
+        if self.drain.draining:
+            return self._refuse("readyz", Refusal(503, "stopping", "the server is stopping",
+                                                  headers={"Retry-After": "1"}))
         return ReadyResponse(
             ready=True,
             model=self.settings.label,
@@ -179,7 +185,11 @@ class RewardServer:
     ) -> Response:
         """Authorise, read the body within limits, run within the timeout, count it all."""
         start = time.perf_counter()
+        self.drain.enter()
         try:
+            if self.drain.draining:
+                raise Refusal(503, "stopping", "the server is stopping; retry on another replica or later",
+                              headers={"Retry-After": "1"})
             self._authorize(request)
             check_content_length(request.headers.get("content-length"), self.settings.max_body_bytes)
             body = await self._read_body(request)
@@ -197,6 +207,8 @@ class RewardServer:
         except Exception:
             logger.exception("imagereward: %s failed", endpoint)
             return self._refuse(endpoint, Refusal(500, "internal", "internal server error"), start)
+        finally:
+            self.drain.leave()
         self.metrics.requests.labels(endpoint=endpoint, status="200").inc()
         self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
         return JSONResponse(result.model_dump())

@@ -46,6 +46,9 @@ class ServeSettings(BaseModel):
     api_key_env: Optional[str] = Field(
         None, description="name of the environment variable holding the API key (never the key)"
     )
+    drain_coordinator: Optional[str] = Field(
+        None, description="set by imagereward serve: the actor through which a stop drains the replicas"
+    )
 
     @model_validator(mode="before")
     @classmethod
