@@ -68,7 +68,13 @@ def fake_baselines(monkeypatch):
         calls.append((name, kwargs))
         return BrightnessScorer()
 
+    real_locate = imagereward.factory.locate
+
+    def locate(name, files=None, download_root=None):
+        return {} if name in ("CLIP", "BLIP", "Aesthetic") else real_locate(name, files, download_root)
+
     monkeypatch.setattr(imagereward, "load", load)
+    monkeypatch.setattr(imagereward.factory, "locate", locate)
     return calls
 
 
@@ -331,6 +337,15 @@ def test_eval_reuse_lists_missing_predictions(capsys, subset, tmp_path, monkeypa
     line = err.strip().splitlines()[-1]
     assert str(tmp_path / "test_BLIP.json") in line and str(tmp_path / "test_Aesthetic.json") in line
     assert "test_CLIP.json" not in line
+
+
+def test_eval_finds_every_models_files_before_scoring_the_first(capsys, subset, tiny_model, tmp_path):
+    root, _ = subset
+    out = tmp_path / "results"
+    code, _, err = run(capsys, *eval_argv(root, out, "--models", "ImageReward-v1.0,CLIP", "--checkpoint",
+                                           tiny_model, "--download-root", tmp_path / "empty"))
+    assert code == EXIT_FAILURE and "ViT-L-14.pt" in err and "--checkpoint CLIP=PATH" in err
+    assert not (out / "test_ImageReward-v1.0.json").exists()  # nothing was scored first
 
 
 def test_eval_checkpoint_by_model_name(capsys, subset, tmp_path, fake_baselines):

@@ -332,6 +332,14 @@ def load(
     return scorer
 
 
+def locate(
+    name: str, files: Optional[Mapping[str, str]] = None, download_root: Optional[str] = None
+) -> Dict[str, str]:
+    """The local files ``load(name, files=files)`` would read, by role, found or downloaded,
+    without building anything: a job that runs several models checks them all first."""
+    return dict(_resolve(name, download_root, dict(files or {})).files)
+
+
 def _with_med_config(resolved: _Resolved, med_config: str) -> ImageRewardConfig:
     config = resolved.config
     if not isinstance(config, ImageRewardConfig):

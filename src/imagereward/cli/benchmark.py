@@ -19,6 +19,7 @@ from .common import (
     add_model_options,
     apply_offline,
     load_scorer,
+    locate_files,
     model_files,
     model_spec,
     model_list,
@@ -146,6 +147,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 raise CliError(
                     f"--reuse needs the results of every metric for every model; missing: {', '.join(missing)} "
                     "(run without --reuse to score them)", EXIT_INPUT)
+        else:
+            locate_files(list(specs.values()))
         per_prompt: Dict[str, Dict[str, List[float]]] = {}
         for metric in args.metrics:
             per_prompt[metric] = _run_metric(specs[metric], models, prompts, args)

@@ -279,6 +279,16 @@ def check_spec_files(spec: Any) -> None:
             raise CliError(f"{spec.name} {what} not found: {path}", EXIT_INPUT)
 
 
+def locate_files(specs: List[Any]) -> None:
+    """Find (or download) every model's files before the first one is loaded and scored,
+    so that a missing file is reported at once, not after minutes of work."""
+    from ..factory import locate
+
+    for spec in specs:
+        check_spec_files(spec)
+        locate(spec.name, spec.files, spec.options.get("download_root"))
+
+
 def load_scorer(spec: Any) -> Any:
     """The ready scorer of ``spec``. The command's process is its own: freed memory stays in it."""
     import imagereward

@@ -19,6 +19,7 @@ from .common import (
     add_model_options,
     apply_offline,
     load_scorer,
+    locate_files,
     model_files,
     model_spec,
     model_list,
@@ -164,6 +165,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.no_plot = True
     if to_score:
         _ensure_images(args, items)
+        locate_files([specs[m] for m in to_score])
 
     rewards: Dict[str, List[List[float]]] = {}
     for model in args.models:
