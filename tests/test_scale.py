@@ -442,3 +442,46 @@ def test_cli_without_the_ray_extra_says_how_to_install_it(tmp_path, capsys, monk
     assert main(["score-dataset", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "pip install 'imagereward[ray]'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_killed_command_leaves_no_process_of_its_private_ray(models, rows, tmp_path):
+    from imagereward.runners.private_ray import descendants
+
+    manifest = _manifest(tmp_path / "in", rows[:2] * 400, copies=1)  # long enough to be killed mid-job
+    env = dict(os.environ, **ENV, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "imagereward", "score-dataset", str(manifest), "-o", str(tmp_path / "out"),
+         "--no-progress", "--fragment-rows", "2", "--batch-size", "2",
+         "--checkpoint", f"ImageReward-v1.0={models[0].files['weights']}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        tree: Dict[int, int] = {}
+        while time.monotonic() < deadline and not list((tmp_path / "out").glob("part-*")):
+            tree.update(descendants(driver.pid))
+            time.sleep(0.2)
+        assert driver.poll() is None, "the job ended before it could be killed"
+        tree.update(descendants(driver.pid))
+        assert len(tree) >= 3  # Ray's own processes and the job's workers
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 20
+    alive = tree
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = {pid: start for pid, start in tree.items() if _still_running(pid, start)}
+    assert not alive, f"left behind: {sorted(alive)}"
+
+
+def _still_running(pid: int, start: int) -> bool:
+    """That very process (the same start time, not a recycled id) is alive."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False
+    return int(fields[19]) == start

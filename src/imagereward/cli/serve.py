@@ -177,8 +177,13 @@ def run(args: argparse.Namespace) -> int:
 
     # Without --address (or RAY_ADDRESS), start a Ray of our own rather than join one found here.
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, configure_logging=args.verbose,
-             log_to_driver=args.verbose)
+    if address == "local":
+        from ..runners import private_ray
+
+        private_ray.start(configure_logging=args.verbose, log_to_driver=args.verbose)
+    else:
+        ray.init(address=address, include_dashboard=False, configure_logging=args.verbose,
+                 log_to_driver=args.verbose)
     stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
     try:
         check_placement(settings, ray.cluster_resources(), private=address == "local")

@@ -183,9 +183,13 @@ class DatasetJob:
         ray = require_ray()
         if not ray.is_initialized():
             address = self.ray_address()
-            local = address == "local"
-            ray.init(address=address, include_dashboard=False if local else None,
-                     logging_level=logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING)
+            level = logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING
+            if address == "local":
+                from .. import private_ray
+
+                private_ray.start(logging_level=level)
+            else:
+                ray.init(address=address, logging_level=level)
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
         return ray
 
