@@ -211,3 +211,15 @@ def test_train_data_in_an_unknown_format_is_an_input_error(capsys, tmp_path):
                        "--model-config", write_model_config(tmp_path / "model.json"),
                        "--output-dir", tmp_path / "out")
     assert code == EXIT_INPUT and str(text) in last_line(err) and "ValueError" not in err
+
+
+def test_download_finds_every_file_of_the_models_named(capsys, tmp_path):
+    root = tmp_path / "weights"
+    root.mkdir()
+    code, _, err = run(capsys, "download", "Aesthetic", "BLIP", "--download-root", root)
+    assert code == 1 and "sac+logos+ava1-l14-linearMSE.pth" in err and "ViT-L-14.pt" in err  # offline here
+    (root / "model_large.pth").write_bytes(b"weights")  # no sha256 is registered for it
+    code, out, _ = run(capsys, "download", "BLIP", "--download-root", root)
+    assert code == 0 and out.strip() == f"BLIP\tweights\t{root / 'model_large.pth'}"
+    code, out, _ = run(capsys, "download", "nope")
+    assert code == 2

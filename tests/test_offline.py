@@ -95,3 +95,32 @@ def test_after_one_failed_download_the_rest_are_only_looked_up(monkeypatch, tmp_
     assert [offline for _, offline in attempts] == [False, True]
     assert all(f"for {name}" in str(error.value) for name, _ in attempts)
     assert not is_offline()  # the setting is restored
+
+
+def test_no_name_resolution_means_no_retries_and_says_what_to_do(monkeypatch, tmp_path):
+    """Without a network the hub client would retry for half a minute: the host's name is
+    checked first (a resolver answers at once), and the cache is only looked in."""
+    import socket
+
+    import huggingface_hub
+
+    from imagereward.errors import DownloadError
+    from imagereward.hub import fetch_hub_file
+
+    monkeypatch.delenv("IMAGEREWARD_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["local_files_only"])
+        raise FileNotFoundError("not in the cache")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", spy)
+    with pytest.raises(DownloadError, match="no network .cannot resolve .*use --offline or --checkpoint PATH"):
+        fetch_hub_file("THUDM/ImageReward", "ImageReward.pt", what="the weights", local_hint="give a file")
+    assert calls == [True]  # the cache only: no network attempt, no retries

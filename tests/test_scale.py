@@ -411,6 +411,10 @@ def test_cli_runs_a_manifest_and_reports(cluster, models, rows, tmp_path, capsys
     assert "complete: 4 rows in, 4 rows out, 1 errors" in err and "images/s" in err
     assert main(args) == 4  # nothing left to do: the same summary
     assert "this run scored 0 rows" in capsys.readouterr().err
+    assert main([*args, "--json", "--quiet"]) == 4
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert err == "" and summary["rows_in"] == 4 and summary["errors"] == 1 and summary["complete"]
 
 
 def test_cli_beside_a_running_cluster_starts_a_private_ray(cluster, models, rows, tmp_path):

@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Iterator, Optional
 
@@ -69,6 +71,22 @@ def sha256_file(path: str, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def unresolvable(url: str) -> Optional[str]:
+    """Why ``url``'s host cannot be reached at all (its name does not resolve), else None.
+
+    Checked before a hub download, whose client would retry for half a minute without
+    a network; a resolver answers at once either way.
+    """
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror as error:
+        return f"cannot resolve {host}: {error.strerror or error}"
+    return None
+
+
 def fetch_hub_file(
     repo_id: str,
     filename: str,
@@ -86,18 +104,24 @@ def fetch_hub_file(
         existing = os.path.join(os.path.expanduser(local_dir), filename)
         if os.path.isfile(existing):
             return existing
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
+    unreachable = None if is_offline() else unresolvable(constants.ENDPOINT)
     try:
         return hf_hub_download(
             repo_id,
             filename,
             revision=revision,
             local_dir=os.path.expanduser(local_dir) if local_dir else None,
-            local_files_only=is_offline(),
+            local_files_only=is_offline() or unreachable is not None,
         )
     except Exception as error:  # network, offline cache miss, auth: all end here
-        mode = "offline mode is on and it is not cached" if is_offline() else str(error).rstrip(". ")
+        if is_offline():
+            mode = "offline mode is on and it is not cached"
+        elif unreachable is not None:
+            mode = f"no network ({unreachable}) and it is not cached; use --offline or --checkpoint PATH"
+        else:
+            mode = str(error).rstrip(". ")
         raise DownloadError(
             f"Could not get {what} ({filename} from the Hugging Face repo {repo_id}): {mode}. "
             f"To work without a network, {local_hint}."

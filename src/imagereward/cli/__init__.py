@@ -42,6 +42,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("refl", "imagereward.refl.cli", "fine-tune a diffusion model with the reward (ReFL)"),
     ("convert", "imagereward.cli.convert", "write a checkpoint as safetensors for instant loading"),
     ("models", "imagereward.cli.models", "list the registered scorers"),
+    ("download", "imagereward.cli.download", "fetch models' files ahead of time, for offline use"),
     ("score-dataset", "imagereward.cli.score_dataset", "score a whole data set on Ray Data (local or a cluster), restartable"),
     ("serve", "imagereward.cli.serve", "reward server for RL trainers (Ray Serve, dynamic batching)"),
 )
@@ -101,7 +102,15 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
+def _log_level(args: argparse.Namespace) -> int:
+    """``--log-level``, else info with ``--verbose``, error with ``--quiet``, else warning."""
+    name = getattr(args, "log_level", None)
+    if name is None:
+        name = "info" if getattr(args, "verbose", False) else "error" if getattr(args, "quiet", False) else "warning"
+    return getattr(logging, name.upper())
+
+
+def _configure_logging(level: int) -> None:
     """Our own messages on stderr; other libraries' loggers are left as they are."""
     logger = logging.getLogger("imagereward")
     if not logger.handlers:
@@ -109,7 +118,7 @@ def _configure_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("imagereward: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.setLevel(level)
 
 
 def _fail(message: str, code: int) -> int:
@@ -128,7 +137,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         verbose = bool(getattr(args, "verbose", False))
-        _configure_logging(verbose)
+        _configure_logging(_log_level(args))
+        if getattr(args, "quiet", False):
+            args.no_progress = True
         try:
             return int(func(args) or 0)
         except KeyboardInterrupt:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 from typing import Any, Dict, List
 
 from ..eval.data import PAPER_MODELS
 from .common import (
+    note,
     EXIT_CODES_HELP,
     EXIT_INPUT,
     IMAGEREWARD,
@@ -138,7 +138,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         models = _models(args)
         human = split_list(args.human_ranking)
         if not args.no_plot and not report.can_plot():  # the PNG is optional: the rest comes out
-            print(report.PLOT_SKIPPED_NOTE, file=sys.stderr)
+            note(args, report.PLOT_SKIPPED_NOTE)
             args.no_plot = True
         if args.reuse:  # every result file must be there: --reuse never loads a model
             missing = [bench.result_path(args.output_dir, metric, model) for metric in args.metrics
@@ -177,7 +177,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     markdown = report.benchmark_report(table, args.prompts, args.images, plot and os.path.basename(plot))
     written.append(report.write_text(os.path.join(args.output_dir, "report.md"), markdown))
     print(table)
-    print(f"imagereward: wrote {', '.join(written)}", file=sys.stderr)
+    note(args, f"imagereward: wrote {', '.join(written)}")
     return 0
 
 

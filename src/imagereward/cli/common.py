@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
 from ..errors import ImageRewardError
@@ -29,6 +30,7 @@ exit codes:
   130  interrupted (Ctrl-C); results written so far are kept"""
 
 IMAGEREWARD = "ImageReward-v1.0"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class CliError(ImageRewardError):
@@ -132,11 +134,25 @@ def positive_int(value: str) -> int:
     return number
 
 
+def note(args: argparse.Namespace, message: str) -> None:
+    """A line for people on stderr (what was written, where a job runs), unless ``--quiet``."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
 def add_general_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("general")
     group.add_argument(
         "-v", "--verbose", action="store_true",
         help="log what is loaded and show the full traceback on errors",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="print only results and errors: no progress, no notes (same as --log-level error --no-progress)",
+    )
+    group.add_argument(
+        "--log-level", choices=LOG_LEVELS, type=str.lower,
+        help="how much to log on stderr (default: warning; info with --verbose, error with --quiet)",
     )
     group.add_argument(
         "--no-progress", action="store_true", help="do not draw progress bars on stderr"

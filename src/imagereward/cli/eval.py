@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 from typing import Any, Dict, List
 
 from ..registry import PAPER_SCORERS
 from .common import (
+    note,
     EXIT_CODES_HELP,
     EXIT_INPUT,
     IMAGEREWARD,
@@ -161,7 +161,7 @@ def run_eval(args: argparse.Namespace) -> int:
             EXIT_INPUT,
         )
     if not args.no_plot and not report.can_plot():  # the PNG is optional: the rest comes out
-        print(report.PLOT_SKIPPED_NOTE, file=sys.stderr)
+        note(args, report.PLOT_SKIPPED_NOTE)
         args.no_plot = True
     if to_score:
         _ensure_images(args, items)
@@ -202,7 +202,7 @@ def run_eval(args: argparse.Namespace) -> int:
     markdown = report.accuracy_report(shown, args.data, official, plot and os.path.basename(plot))
     written.append(report.write_text(os.path.join(args.output_dir, "report.md"), markdown))
     print(report.accuracy_table(shown, paper=official))
-    print(f"imagereward: wrote {', '.join(written)}", file=sys.stderr)
+    note(args, f"imagereward: wrote {', '.join(written)}")
     return 0
 
 

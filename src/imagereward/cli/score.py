@@ -11,6 +11,7 @@ import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .common import (
+    note,
     EXIT_CODES_HELP,
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -329,5 +330,5 @@ def _run_batch(args: argparse.Namespace) -> int:
     )
     if stats.errors:
         summary += f"; it holds {stats.errors} error record(s)"
-    print(summary, file=sys.stderr)
+    note(args, summary)
     return EXIT_PARTIAL if stats.errors else 0

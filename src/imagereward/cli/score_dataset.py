@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from typing import Any, List
 
 from .common import (
+    note,
     EXIT_CODES_HELP,
     EXIT_FAILURE,
     EXIT_INPUT,
@@ -98,6 +99,8 @@ def register(subparsers: Any) -> None:
     model.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="images per forward pass and per stage call (default: %(default)s)")
     add_download_options(model)
+    parser.add_argument("--json", action="store_true",
+                        help="also print the summary as one JSON object on stdout (for scripts)")
     add_general_options(parser)
     parser.set_defaults(func=run_score_dataset, parser=parser)
 
@@ -132,9 +135,11 @@ def run_score_dataset(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_INPUT) from None
     except ExtraMissingError as error:
         raise CliError(str(error), EXIT_FAILURE) from None
-    print(f"imagereward: scoring {args.input} on {job.describe_ray()}", file=sys.stderr, flush=True)
+    note(args, f"imagereward: scoring {args.input} on {job.describe_ray()}")
     summary = job.run()
-    print(f"imagereward: {summary.line()}", file=sys.stderr)
+    note(args, f"imagereward: {summary.line()}")
+    if args.json:
+        print(json.dumps(summary.to_dict()), flush=True)
     if not summary.complete:
         return EXIT_FAILURE
     return EXIT_PARTIAL if summary.errors else 0

@@ -10,6 +10,7 @@ loses only the fragments in flight, which the next run scores again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -63,6 +64,11 @@ class JobSummary:
     @property
     def images_per_second(self) -> float:
         return self.rows_scored / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The summary as plain data (what ``--json`` prints), with ``complete`` and the rate."""
+        return {**dataclasses.asdict(self), "complete": self.complete,
+                "images_per_second": round(self.images_per_second, 3)}
 
     def line(self) -> str:
         state = "complete" if self.complete else \
