@@ -223,3 +223,17 @@ def test_download_finds_every_file_of_the_models_named(capsys, tmp_path):
     assert code == 0 and out.strip() == f"BLIP\tweights\t{root / 'model_large.pth'}"
     code, out, _ = run(capsys, "download", "nope")
     assert code == 2
+
+
+def test_quiet_and_log_level(capsys, tiny_model):
+    code, out, err = run(capsys, "score", "--checkpoint", tiny_model, "-p", "x", str(ASSETS[0]), "--log-level", "info")
+    assert code == 0 and "load checkpoint" in err
+    code, out, err = run(capsys, "score", "--checkpoint", tiny_model, "-p", "x", str(ASSETS[0]), "--quiet")
+    assert code == 0 and err == "" and "reward" in out
+
+
+def test_options_that_do_not_fit_an_earlier_run_are_usage_errors():
+    from imagereward.cli.common import exit_code_for
+    from imagereward.errors import OptionsError
+
+    assert exit_code_for(OptionsError("out/checkpoint.pt exists: pass --resume")) == EXIT_USAGE

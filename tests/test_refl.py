@@ -7,6 +7,8 @@ The runs use 8 sampler steps with the gradient step among the last 3 (the defaul
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from refl_helpers import build_tiny_pipeline, write_pairs, write_prompts  # noqa
 from imagereward.refl import ReFLConfig, generate_images, heldout_denoising_loss, read_pairs, train_refl  # noqa: E402
 from imagereward.refl.algorithm import draw_stop_index  # noqa: E402
 from imagereward.refl.reward import Reward  # noqa: E402
+from imagereward.errors import OptionsError  # noqa: E402
 from imagereward.refl.trainer import CHECKPOINT_FILE, ReFLTrainer  # noqa: E402
 from imagereward.train.logs import read_log  # noqa: E402
 from imagereward.train.state import load_checkpoint  # noqa: E402
@@ -161,11 +164,14 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(setup, tmp_path):
     with pytest.raises(Crash):
         train_refl(config(setup, tmp_path / "b", **options), on_record=crash_at(5))
     assert load_checkpoint(str(tmp_path / "b" / CHECKPOINT_FILE))["step"] == 4
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(OptionsError, match="pass --resume"):
         train_refl(config(setup, tmp_path / "b", **options))
-    with pytest.raises(ValueError, match="other values of lr"):
+    with pytest.raises(OptionsError, match="other values of lr"):
         train_refl(config(setup, tmp_path / "b", **{**options, "lr": 5e-4}, resume=True))
-    resumed = train_refl(config(setup, tmp_path / "b", **options, resume=True))
+    prompts = Path(setup["prompts"])  # the same files, spelled differently, are the same run
+    respelled = dict(prompts=os.path.relpath(prompts), pretrain_data=str(Path(setup["pairs"]).parent / "." /
+                                                                         Path(setup["pairs"]).name))
+    resumed = train_refl(config(setup, tmp_path / "b", **options, **respelled, resume=True))
     assert resumed.finished and resumed.steps == 6
 
     a = load_file(str(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -180,6 +186,15 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(setup, tmp_path):
     pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "b"))
     images = pipe("a red cat", num_inference_steps=4, guidance_scale=1.0, output_type="np").images
     assert images.shape == (1, RESOLUTION, RESOLUTION, 3)
+
+
+def test_lora_adapters_start_from_the_runs_seed(setup, tmp_path):
+    first = dict(ReFLTrainer(config(setup, tmp_path / "a", lora=True, seed=3)).trainable)
+    torch.rand(100)  # whatever else drew from the global generator in between
+    second = dict(ReFLTrainer(config(setup, tmp_path / "b", lora=True, seed=3)).trainable)
+    other = dict(ReFLTrainer(config(setup, tmp_path / "c", lora=True, seed=4)).trainable)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
 def test_cli_lora_run_writes_weights_the_base_pipeline_loads(setup, tmp_path, capsys):

@@ -489,3 +489,21 @@ def _still_running(pid: int, start: int) -> bool:
     except OSError:
         return False
     return int(fields[19]) == start
+
+
+def test_repeated_manifest_ids_are_warned_about_once_with_the_count(tmp_path):
+    import logging
+
+    from imagereward.runners.dataset import inputs
+
+    rows = [{"id": i % 3, "prompt": "p", "image": f"{i}.png"} for i in range(5)]  # ids 0 1 2 0 1
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    inputs.logger.addHandler(handler)
+    try:
+        plan_input(str(tmp_path / "m.jsonl"), fragment_rows=2)
+    finally:
+        inputs.logger.removeHandler(handler)
+    assert len(seen) == 1 and seen[0].startswith("2 manifest rows repeat the id")

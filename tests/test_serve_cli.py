@@ -124,6 +124,7 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
                 output, _ = process.communicate()
     assert process.returncode == 0, output
     assert "serving" in output and "stopping" in output
+    assert "Token authentication" not in output and "Connecting to existing Serve app" not in output
 
 
 def test_serve_run_import_path_builds_the_application():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import math
@@ -76,3 +77,11 @@ def test_importing_the_training_package_loads_no_torch():
     code = ("import sys, imagereward, imagereward.train; from imagereward.train import TrainConfig; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_data_loader_workers_default_to_the_cpus_this_process_may_use():
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert TrainConfig().loader_workers() == min(4, cpus)
+    assert dataclasses.replace(TrainConfig(), num_workers=0).loader_workers() == 0

@@ -46,6 +46,10 @@ class JobFileError(ImageRewardError, ValueError):
     """A batch job's input or output file is missing or malformed (the job stops before any work)."""
 
 
+class OptionsError(ImageRewardError, ValueError):
+    """Options that do not fit together, or not with the run already in the output folder."""
+
+
 class DataError(ImageRewardError, ValueError):
     """An evaluation input (test set, prompts, predictions) exists but is not in the expected format."""
 
@@ -104,6 +108,7 @@ __all__ = [
     "InputError",
     "JobFileError",
     "ModelError",
+    "OptionsError",
     "PromptError",
     "TokenizerFileError",
     "UnknownModelError",

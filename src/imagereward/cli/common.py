@@ -48,13 +48,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def exit_code_for(error: BaseException) -> int:
     """The documented exit code of an error that reached the command line."""
     from ..errors import (
-        CheckpointError, DataError, DeviceError, InputError, JobFileError, TokenizerFileError,
-        UnknownModelError,
+        CheckpointError, DataError, DeviceError, InputError, JobFileError, OptionsError,
+        TokenizerFileError, UnknownModelError,
     )
 
     if isinstance(error, CliError):
         return error.code
-    if isinstance(error, UnknownModelError):
+    if isinstance(error, (UnknownModelError, OptionsError)):
         return EXIT_USAGE
     if isinstance(error, (InputError, CheckpointError, TokenizerFileError, DeviceError, DataError,
                           JobFileError, FileNotFoundError, IsADirectoryError)):

@@ -238,12 +238,11 @@ def _reward_rows(args: argparse.Namespace) -> Tuple[List[str], List[List[float]]
 
 
 def _progress_bar(args: argparse.Namespace, total: int) -> Any:
-    """A bar on stderr when there is more than one batch, stderr is a terminal and not --no-progress."""
-    from tqdm.auto import tqdm
+    """Progress on stderr when there is more than one batch and not --no-progress: a bar on a
+    terminal, periodic lines otherwise."""
+    from ..progress import progress
 
-    shown = total > args.batch_size and not args.no_progress and sys.stderr.isatty()
-    return tqdm(total=total, unit="image", desc="scoring", file=sys.stderr, disable=not shown,
-                leave=False, dynamic_ncols=True)
+    return progress(total, "image", "scoring", total > args.batch_size and not args.no_progress)
 
 
 def _emit(groups: List[List[Dict[str, Any]]], columns: Sequence[str], args: argparse.Namespace) -> None:

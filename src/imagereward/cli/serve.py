@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import signal
 import socket
@@ -180,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
     if address == "local":
         from ..runners import private_ray
 
-        private_ray.start(configure_logging=args.verbose, log_to_driver=args.verbose)
+        private_ray.start(args.verbose, configure_logging=args.verbose, log_to_driver=args.verbose)
+    if not args.verbose:  # Serve's start-up notices; the command says what is served, and where
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     else:
         ray.init(address=address, include_dashboard=False, configure_logging=args.verbose,
                  log_to_driver=args.verbose)

@@ -72,15 +72,17 @@ def score_model(
     progress: bool = True,
 ) -> List[Dict[str, Any]]:
     """Per-prompt records ``{"id", "prompt", "mean_score", "rewards"}`` (the original's format)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_of
 
     records = []
-    for item in tqdm(prompts, unit="prompt", desc=desc, disable=not progress, dynamic_ncols=True):
-        paths = generations[item.id]
-        rewards = [float(r) for r in scorer.score_batch([item.prompt] * len(paths), paths)]
-        records.append(
-            {"id": item.id, "prompt": item.prompt, "mean_score": sum(rewards) / len(rewards), "rewards": rewards}
-        )
+    with progress_of(len(prompts), "prompt", desc, progress) as bar:
+        for item in prompts:
+            paths = generations[item.id]
+            rewards = [float(r) for r in scorer.score_batch([item.prompt] * len(paths), paths)]
+            records.append(
+                {"id": item.id, "prompt": item.prompt, "mean_score": sum(rewards) / len(rewards), "rewards": rewards}
+            )
+            bar.update(1)
     return records
 
 

@@ -28,11 +28,11 @@ def score_items(
     progress: bool = True,
 ) -> List[List[float]]:
     """Rewards per item, in image order; prompts are grouped into chunks for ``score_batch``."""
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_of
 
     results: List[List[float]] = []
     total = sum(len(item.generations) for item in items)
-    with tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+    with progress_of(total, "image", desc, progress) as bar:
         start = 0
         while start < len(items):
             stop, count = start, 0

@@ -30,6 +30,7 @@ from .algorithm import (
 from .config import ReFLConfig
 from .data import IndexStream, batch_of_pairs, read_pairs, read_prompts
 from .evaluate import generate_images, mean_reward
+from ..errors import OptionsError
 from .pipeline import TextConditioner, default_resolution, load_pipeline, require_refl, vae_scale_factor
 from .report import plot_progress, save_grid
 from .reward import Reward
@@ -87,8 +88,8 @@ class ReFLTrainer:
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.checkpoint_path = os.path.join(config.output_dir, CHECKPOINT_FILE)
         if not config.resume and os.path.isfile(self.checkpoint_path):
-            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
-                                  "or choose another --output-dir")
+            raise OptionsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, "
+                               "or choose another --output-dir")
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision,
                                                                                 torch.float32)
         self.prompts = read_prompts(config.prompts)
@@ -117,6 +118,7 @@ class ReFLTrainer:
         if config.lora:
             peft = require_refl("peft", "LoRA training")
             _place(unet.requires_grad_(False), self.device, dtype)
+            torch.manual_seed(config.seed)  # the adapters' initial weights: the run's own seed
             unet.add_adapter(peft.LoraConfig(
                 r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank, init_lora_weights="gaussian",
                 target_modules=[t.strip() for t in config.lora_targets.split(",") if t.strip()]))
@@ -270,10 +272,10 @@ class ReFLTrainer:
         state = load_checkpoint(self.checkpoint_path)
         saved = {**self.config.to_dict(), **state["config"]}
         changed = [k for k, v in self.config.to_dict().items()
-                   if k not in RESUME_FREE and _plain(saved[k]) != _plain(v)]
+                   if k not in RESUME_FREE and not _same_option(saved[k], v)]
         if changed:
-            raise ValueError(f"{self.checkpoint_path} was written with other values of {', '.join(changed)}; "
-                             "resume with the same options or start a new --output-dir")
+            raise OptionsError(f"{self.checkpoint_path} was written with other values of {', '.join(changed)}; "
+                               "resume with the same options or start a new --output-dir")
         weights = state["trainable"]
         names = [name for name, _ in self.trainable]
         if sorted(weights) != sorted(names):
@@ -409,6 +411,16 @@ class ReFLTrainer:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _same_option(saved: Any, given: Any) -> bool:
+    """Equal values; paths to the same file count as equal however they are spelled."""
+    if _plain(saved) == _plain(given):
+        return True
+    if isinstance(saved, str) and isinstance(given, str) and saved and given:
+        paths = [os.path.realpath(os.path.expanduser(v)) for v in (saved, given)]
+        return os.path.exists(paths[0]) and paths[0] == paths[1]
+    return False
 
 
 def _state_or_none(stateful: Any) -> Optional[Dict[str, Any]]:

@@ -136,13 +136,10 @@ class BatchJob:
         return stats
 
     def _score_all(self, scorer: Any, todo: List[Record], stats: JobStats, total: int) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import progress
 
         os.makedirs(os.path.dirname(os.path.abspath(self.output_path)), exist_ok=True)
-        bar = tqdm(
-            total=total, initial=total - len(todo), unit="pair", desc="scoring",
-            disable=not self.progress, dynamic_ncols=True, smoothing=0.1,
-        )
+        bar = progress(total, "pair", "scoring", self.progress, initial=total - len(todo))
         try:
             with open(self.output_path, "a", encoding="utf-8") as output:
                 for batch in chunks(todo, self.batch_size):

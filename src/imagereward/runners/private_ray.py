@@ -25,10 +25,19 @@ POLL_S = 0.5
 GRACE_S = 3.0
 
 
-def start(**options: Any) -> Any:
+# Ray's notices that a user of a private, loopback-only Ray cannot act on.
+QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+
+
+def start(verbose: bool = False, **options: Any) -> Any:
     """``ray.init`` of a private local Ray, watched; returns the ``ray`` module."""
+    import logging
+
     import ray
 
+    if not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     ray.init(address="local", include_dashboard=False, **options)
     start_watchdog(os.getpid())
     return ray

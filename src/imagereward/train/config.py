@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
@@ -35,7 +36,9 @@ class TrainConfig:
         0.05, "fraction of the training prompts held out when no validation data is given")
     reference_data: str = option(
         "", "rankings whose images set the reward normalisation (default: the validation set)")
-    num_workers: int = option(4, "data loader worker processes per training process")
+    num_workers: int = option(
+        -1, "data loader worker processes per training process (-1: one per CPU this process may "
+        "use, at most 4)")
     augment: bool = option(False, "random horizontal flips of training images")
     # -- model --------------------------------------------------------------------------
     init: str = option(
@@ -98,6 +101,13 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def loader_workers(self) -> int:
+        """``num_workers``, with -1 resolved to the CPUs this process may use (at most 4)."""
+        if self.num_workers >= 0:
+            return self.num_workers
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(4, cpus)
+
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the first invalid option; return ``self``."""
         checks = [
@@ -117,7 +127,7 @@ class TrainConfig:
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
             ("stop_after_steps", self.stop_after_steps >= 0, "must be >= 0"),
-            ("num_workers", self.num_workers >= 0, "must be >= 0"),
+            ("num_workers", self.num_workers >= -1, "must be >= 0, or -1 for the CPUs this process may use"),
             ("log_every", self.log_every > 0, "must be positive"),
             ("train_data", bool(self.train_data or self.hub_dataset),
              "is required (or give --hub-dataset)"),

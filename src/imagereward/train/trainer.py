@@ -179,7 +179,7 @@ class Trainer:
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-            num_workers=self.config.num_workers, pin_memory=self.context.device.type == "cuda",
+            num_workers=self.config.loader_workers(), pin_memory=self.context.device.type == "cuda",
             # Worker seeds come from this generator, so loaders never draw from the global RNG.
             generator=torch.Generator().manual_seed(self.config.seed),
         )

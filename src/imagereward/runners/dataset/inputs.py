@@ -19,6 +19,7 @@ of the fragment in it, numbered from 0.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import posixpath
@@ -29,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pyarrow as pa
 
 from ...errors import ImageRewardError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
@@ -133,12 +136,14 @@ def plan_input(source: str, columns: Columns = Columns(), fragment_rows: int = 1
     layout = layouts.pop()
     files = [f for f in files if _layout_of(f) == layout]
     plan = InputPlan(root=root, layout=layout, columns=columns, fragments=[])
+    ids: List[Any] = []
     for file in files:
         name = os.path.relpath(file, root)
         if layout == "manifest":
             table = _read_manifest(file, columns)
             plan.manifests[file] = table
             _keep_types(plan, table.schema, file)
+            ids.extend(_manifest_ids(table, columns))
             for start in range(0, table.num_rows, fragment_rows):
                 stop = min(table.num_rows, start + fragment_rows)
                 plan.fragments.append(
@@ -149,7 +154,17 @@ def plan_input(source: str, columns: Columns = Columns(), fragment_rows: int = 1
             _check_tar(file)
             plan.keep_types.update({name: pa.string() for name in columns.keep})  # from KEY.json
             plan.fragments.append(Fragment(name, layout, file))
+    repeated = len(ids) - len(set(ids))
+    if repeated:
+        logger.warning("%d manifest rows repeat the id of an earlier row: the output's ids are not "
+                       "unique (give --id-column a column of unique ids)", repeated)
     return plan
+
+
+def _manifest_ids(table: pa.Table, columns: Columns) -> List[Any]:
+    """The ids a manifest's rows get: the id column, else ``id`` when there is one, else the image path."""
+    name = columns.id or ("id" if "id" in table.schema.names else columns.image)
+    return table.column(name).to_pylist()
 
 
 def _files_under(folder: str) -> List[str]:

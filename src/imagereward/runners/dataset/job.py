@@ -193,7 +193,7 @@ class DatasetJob:
             if address == "local":
                 from .. import private_ray
 
-                private_ray.start(logging_level=level)
+                private_ray.start(logger.isEnabledFor(logging.INFO), logging_level=level)
             else:
                 ray.init(address=address, logging_level=level)
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
