@@ -88,6 +88,18 @@ def make_pickscore(req: Dict[str, Any]) -> Dict[str, Any]:
     return {"folders": [str(out / layout) for layout in req.get("layouts", [])]}
 
 
+def pickscore_scores(model: Any, processor: Any, prompt: str, images: List[Any]) -> List[float]:
+    """The PickScore README's ``calc_probs``, without the softmax: ``logit_scale.exp() * cos``."""
+    image_inputs = processor(images=images, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        image_embs = model.get_image_features(**image_inputs)
+        image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
+        text_embs = model.get_text_features(**text_inputs)
+        text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
+        return (model.logit_scale.exp() * (text_embs @ image_embs.T)[0]).tolist()
+
+
 def score_pickscore(req: Dict[str, Any]) -> Dict[str, Any]:
     from transformers import CLIPModel
 
@@ -96,18 +108,8 @@ def score_pickscore(req: Dict[str, Any]) -> Dict[str, Any]:
     images = [Image.open(p) for p in req["images"]]
     rows: List[List[float]] = []
     start = time.perf_counter()
-    for prompt in req["prompts"]:  # the PickScore README's calc_probs, without the softmax
-        image_inputs = processor(images=images, padding=True, truncation=True, max_length=77,
-                                 return_tensors="pt")
-        text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77,
-                                return_tensors="pt")
-        with torch.no_grad():
-            image_embs = model.get_image_features(**image_inputs)
-            image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
-            text_embs = model.get_text_features(**text_inputs)
-            text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
-            scores = model.logit_scale.exp() * (text_embs @ image_embs.T)[0]
-        rows.append(scores.tolist())
+    for prompt in req["prompts"]:
+        rows.append(pickscore_scores(model, processor, prompt, images))
     seconds = time.perf_counter() - start
     ids = processor.tokenizer(req["token_prompts"], padding="max_length", truncation=True,
                               max_length=77).input_ids

@@ -70,10 +70,16 @@ def loads(monkeypatch):
     calls = []
 
     class Fake:
-        def score_matrix(self, prompts, images):
+        from imagereward.items import DEFAULT_LIMITS as limits
+        from imagereward.preprocess import ImagePreprocessor
+
+        preprocess = ImagePreprocessor()
+        num_workers = 0
+
+        def score_pixel_matrix(self, prompts, pixels):
             import torch
 
-            return torch.zeros(len(prompts), len(images))
+            return torch.zeros(len(prompts), len(pixels))
 
     def load(name, **kwargs):
         calls.append((name, kwargs["files"], kwargs))

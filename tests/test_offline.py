@@ -85,7 +85,7 @@ def test_after_one_failed_download_the_rest_are_only_looked_up(monkeypatch, tmp_
     monkeypatch.delenv("HF_HUB_OFFLINE")
     attempts = []
 
-    def fetch_weights(spec, download_root=None):
+    def fetch_weights(spec, download_root=None, hint=None):
         attempts.append((spec.filename, is_offline()))
         raise imagereward.DownloadError(f"cannot reach the server for {spec.filename}")
 

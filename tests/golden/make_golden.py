@@ -229,17 +229,36 @@ def make(scorer: str, workdir: Path, images: List[Path]) -> Dict:
     spread = [max(r["rewards"]) - min(r["rewards"]) for r in rows]
     print(f"{scorer}: rewards spread per prompt {[round(s, 4) for s in spread]}")
     _check_gaps(rows, scorer)
+    made_by = "tests/golden/make_golden.py (image-reward 1.5's own code; see its docstring)"
+    return golden_record(scorer, made_by, _versions(), config, digests, images, rows, pairs)
+
+
+def golden_record(scorer: str, made_by: str, versions: Dict, config: Dict, checkpoints: Dict,
+                  images: List[Path], rows: List[Dict], pairs: List[Dict]) -> Dict:
+    """What a golden file holds (the layout ``tests/test_golden.py`` reads)."""
     return {
         "scorer": scorer,
-        "made_by": "tests/golden/make_golden.py (image-reward 1.5's own code; see its docstring)",
-        "reference_versions": _versions(),
+        "made_by": made_by,
+        "reference_versions": versions,
         "config": config,
-        "checkpoints": digests,
+        "checkpoints": checkpoints,
         "prompts": inputs.PROMPTS,
         "images": [inputs.describe(p) for p in images],
         "inference_rank": rows,
         "score": pairs,
     }
+
+
+def write_goldens(make: Callable[[str, Path, List[Path]], Dict], scorers: List[str], out: Path,
+                  workdir: Path) -> None:
+    """``make`` each scorer's golden outputs on the golden images and write them to ``out``."""
+    images = inputs.write_images(workdir / "images", REFERENCE_DATA / "assets")
+    out.mkdir(parents=True, exist_ok=True)
+    for scorer in scorers:
+        golden = make(scorer, workdir, images)
+        path = out / f"{scorer}.json"
+        path.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
 def main() -> None:
@@ -254,13 +273,7 @@ def main() -> None:
         os.environ.update(offline_env(workdir))  # before transformers is imported
         import ImageReward  # noqa: F401  (the original package; needs the offline HF cache)
 
-        images = inputs.write_images(workdir / "images", REFERENCE_DATA / "assets")
-        args.out.mkdir(parents=True, exist_ok=True)
-        for scorer in args.only.split(","):
-            golden = make(scorer, workdir, images)
-            path = args.out / f"{scorer}.json"
-            path.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            print(f"wrote {path} ({path.stat().st_size} bytes)")
+        write_goldens(make, args.only.split(","), args.out, workdir)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,10 @@ from PIL import Image  # noqa: E402
 import inputs  # noqa: E402
 import prefmodels_side  # noqa: E402
 import weights  # noqa: E402
-from make_golden import MIN_GAP, PAIRS  # noqa: E402
+from make_golden import MIN_GAP, PAIRS, golden_record, write_goldens  # noqa: E402
 
 SHARED = Path(os.environ.get("IMAGEREWARD_SHARED", REPO.parent / "shared"))
 BPE = SHARED / "data" / "bpe_simple_vocab_16e6.txt.gz"
-REFERENCE_ASSETS = SHARED / "reference" / "data" / "assets"
 OUT = REPO / "tests" / "data" / "golden"
 
 CONFIGS: Dict[str, Dict] = {
@@ -86,18 +85,8 @@ def pickscore_scorer(path: Path, config: Dict, workdir: Path) -> Callable[[str, 
     model.eval()
     processor = prefmodels_side.pickscore_processor(str(BPE), workdir)
 
-    def score(prompt: str, images: List[str]) -> List[float]:  # PickScore's calc_probs, no softmax
-        opened = [Image.open(p) for p in images]
-        image_inputs = processor(images=opened, padding=True, truncation=True, max_length=77,
-                                 return_tensors="pt")
-        text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77,
-                                return_tensors="pt")
-        with torch.no_grad():
-            image_embs = model.get_image_features(**image_inputs)
-            image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
-            text_embs = model.get_text_features(**text_inputs)
-            text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
-            return (model.logit_scale.exp() * (text_embs @ image_embs.T)[0]).tolist()
+    def score(prompt: str, images: List[str]) -> List[float]:
+        return prefmodels_side.pickscore_scores(model, processor, prompt, [Image.open(p) for p in images])
 
     return score
 
@@ -160,21 +149,11 @@ def make(scorer: str, workdir: Path, images: List[Path]) -> Dict:
                              "rankings would be fragile; change the seed")
     print(f"{scorer}: score spread per prompt "
           f"{[round(max(r['rewards']) - min(r['rewards']), 4) for r in rows]}")
-    return {
-        "scorer": scorer,
-        "made_by": "tests/golden/make_golden_prefmodels.py (the originals' own code; see its docstring)",
-        "reference_versions": _versions(),
-        "config": config,
-        "checkpoints": {"checkpoint": {
-            "format": FORMATS[scorer],
-            "tensors_sha256": weights.tensor_digest(weights.file_state(state)),
-            "keys": len(weights.file_state(state)),
-        }},
-        "prompts": inputs.PROMPTS,
-        "images": [inputs.describe(p) for p in images],
-        "inference_rank": rows,
-        "score": pairs,
-    }
+    made_by = "tests/golden/make_golden_prefmodels.py (the originals' own code; see its docstring)"
+    checkpoints = {"checkpoint": {"format": FORMATS[scorer],
+                                  "tensors_sha256": weights.tensor_digest(weights.file_state(state)),
+                                  "keys": len(weights.file_state(state))}}
+    return golden_record(scorer, made_by, _versions(), config, checkpoints, images, rows, pairs)
 
 
 def main() -> None:
@@ -186,13 +165,7 @@ def main() -> None:
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        images = inputs.write_images(workdir / "images", REFERENCE_ASSETS)
-        args.out.mkdir(parents=True, exist_ok=True)
-        for scorer in args.only.split(","):
-            golden = make(scorer, workdir, images)
-            path = args.out / f"{scorer}.json"
-            path.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            print(f"wrote {path} ({path.stat().st_size} bytes)")
+        write_goldens(make, args.only.split(","), args.out, workdir)
 
 
 if __name__ == "__main__":
