@@ -265,3 +265,14 @@ def test_compiled_encoders_give_the_same_rewards(checkpoint, config):
     expected = eager.score(PROMPT, PATHS)
     assert compiled.score(PROMPT, PATHS) == pytest.approx(expected, abs=1e-5)
     assert counters["stats"]["unique_graphs"] >= before + 2  # both encoders went through dynamo
+
+
+def test_casts_keep_the_compute_dtype_of_the_encoders(model):
+    expected = model.score(PROMPT, PATHS[0])
+    model.double()
+    assert model.compute_dtype == torch.float64
+    assert model.score(PROMPT, PATHS[0]) == pytest.approx(expected, abs=1e-5)
+    model.to(torch.bfloat16)
+    assert model.compute_dtype == torch.bfloat16 and model.mlp.layers[0].weight.dtype == torch.float32
+    model.float()  # (the bf16 round trip has rounded the encoders' weights)
+    assert model.compute_dtype == torch.float32 and isinstance(model.score(PROMPT, PATHS[0]), float)

@@ -113,6 +113,15 @@ class RewardScorer(nn.Module):
             super().to(device=device, non_blocking=non_blocking)
         return self
 
+    def _apply(self, fn: Any, recurse: bool = True) -> "RewardScorer":
+        """Every cast of ``nn.Module`` (``.half()``, ``.double()``, ...) keeps the recorded
+        compute dtype equal to the encoders' own."""
+        super()._apply(fn, recurse)
+        weights = [p for module in self.network.encoders() for p in module.parameters()]
+        if weights and weights[0].is_floating_point():
+            self._compute_dtype = weights[0].dtype
+        return self
+
     def place(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "RewardScorer":
         """Eval mode, the encoders' precision, then the device."""
         self.eval()
