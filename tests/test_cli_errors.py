@@ -163,8 +163,8 @@ def test_convert_refuses_to_overwrite(capsys, tmp_path, tiny_model):
     code, _, err = run(capsys, "convert", tiny_model, out)
     assert code == EXIT_USAGE and "--overwrite" in err
     assert (out / "model.safetensors").stat().st_mtime_ns == before
-    code, _, err = run(capsys, "convert", tiny_model, out, "--overwrite")
-    assert code == 0, err
+    code, _, err = run(capsys, "convert", tiny_model, out, "--overwrite", "--offline", "--download-root", tmp_path)
+    assert code == 0, err  # convert takes --offline and --download-root as every other verb
     assert json.loads((out / "config.json").read_text())["model_type"] == "ImageReward"
 
 
