@@ -17,7 +17,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -27,13 +27,17 @@ from .errors import ImageLoadError, ImageNotFoundError, ImageTypeError, InputErr
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .preprocess import ImagePreprocessor
-
 ImageInput = Union[Image.Image, str, "os.PathLike[str]", np.ndarray, bytes]
 
 # Pillow's own decompression-bomb threshold (about 89.5 million pixels): the default cap
 # of every door, in-process and served alike.
 DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
+
+
+class PixelChain(Protocol):
+    """A scorer's image chain (:class:`~imagereward.preprocess.ImagePreprocessor`)."""
+
+    def to_pixels(self, image: Image.Image) -> "torch.Tensor": ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def _decode_file(source: Union[str, io.BytesIO], limits: ImageLimits, name: str)
 
 
 def decode(
-    preprocess: "ImagePreprocessor",
+    preprocess: PixelChain,
     item: ImageInput,
     limits: ImageLimits = DEFAULT_LIMITS,
     name: Optional[str] = None,
@@ -149,7 +153,7 @@ def decode(
 
 
 def decode_all(
-    preprocess: "ImagePreprocessor",
+    preprocess: PixelChain,
     items: Sequence[ImageInput],
     limits: ImageLimits = DEFAULT_LIMITS,
     workers: int = 0,
@@ -171,7 +175,7 @@ def decode_all(
 
 
 def decoded_batches(
-    preprocess: "ImagePreprocessor",
+    preprocess: PixelChain,
     items: Sequence[ImageInput],
     batch_size: int,
     limits: ImageLimits = DEFAULT_LIMITS,

@@ -8,7 +8,7 @@ truncated to a fixed length with ``[CLS]`` at position 0 and ``[SEP]`` at the en
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -85,6 +85,11 @@ class BertTokenizer:
             "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
             "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
         }
+
+    def truncated(self, prompts: Sequence[str]) -> List[str]:
+        """The prompts that do not fit ``max_length`` tokens (with ``[CLS]`` and ``[SEP]``):
+        the words past the limit are cut, so they cannot affect a reward."""
+        return [p for p in prompts if self._tokenizer.encode(p).overflowing]
 
     def tokenize(self, prompt: str) -> list:
         """WordPiece tokens of one prompt, without special tokens or padding."""

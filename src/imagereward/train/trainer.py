@@ -12,7 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -153,12 +153,23 @@ class Trainer:
             )
         self.started = time.monotonic()
 
+    def _warn_truncated(self, tokenizer: BertTokenizer, prompts: List[str], limit: int) -> None:
+        """Say when training prompts are cut at ``max_text_length`` tokens: a preference that
+        the cut words decide cannot be learned (the loss stays at ln 2)."""
+        cut = tokenizer.truncated(prompts)
+        if cut and self.context.is_main:
+            logger.warning(
+                "%d of %d training prompts are longer than max_text_length (%d tokens with [CLS] and "
+                "[SEP]) and are cut: words past the limit cannot affect the reward, e.g. %r; raise "
+                "max_text_length in the model config if they matter", len(cut), len(prompts), limit, cut[0])
+
     def _prepare_data(self) -> None:
         """Datasets, the step arithmetic and the training sampler."""
         config, model_config = self.config, self.model.config
         tokenizer = BertTokenizer(config.vocab_file or None, max_length=model_config.max_text_length)
         preprocess = ImagePreprocessor(PreprocessConfig(image_size=model_config.vision.image_size))
         train_groups, valid_groups, reference_groups = load_splits(config)
+        self._warn_truncated(tokenizer, [g.prompt for g in train_groups], model_config.max_text_length)
         self.train_set = PairDataset(train_groups, tokenizer, preprocess)
         self.valid_set = PairDataset(valid_groups, tokenizer, preprocess)
         self.reference_set = ImageDataset(reference_groups, tokenizer, preprocess)

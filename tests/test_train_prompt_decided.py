@@ -1,0 +1,123 @@
+"""Training learns what the prompt asks for, not only what the image shows.
+
+The task: each prompt says which half of the image is bright ("the bright half is on the
+left", four wordings, four sides); each prompt has two images with that half bright and
+two with the opposite half bright, and the first are preferred. Every image kind is as
+often preferred as not, so the images alone carry no signal: only the text path, through
+the cross-attention, can learn it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import run_cli
+from test_train_synthetic import write_model_config
+
+SIZE = 32
+HALVES = {"left": (slice(None), slice(0, SIZE // 2)), "right": (slice(None), slice(SIZE // 2, SIZE)),
+          "top": (slice(0, SIZE // 2), slice(None)), "bottom": (slice(SIZE // 2, SIZE), slice(None))}
+OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+WORDINGS = ("the bright half is on the {}", "a picture lit on the {}", "light on the {} side", "{} half bright")
+
+
+def _image(side: str, rng: np.random.Generator) -> Image.Image:
+    pixels = rng.integers(20, 90, (SIZE, SIZE, 3)).astype(np.uint8)
+    pixels[HALVES[side]] = rng.integers(170, 250, pixels[HALVES[side]].shape)
+    return Image.fromarray(pixels)
+
+
+def write_task(root: Path, name: str, prompts: int, seed: int) -> Path:
+    """``<root>/<name>.json`` in the test.json format: 4 images per prompt, 4 pairs."""
+    rng, choose = np.random.default_rng(seed), random.Random(seed)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    items = []
+    for index in range(prompts):
+        side = choose.choice(list(HALVES))
+        kinds = [side, side, OPPOSITE[side], OPPOSITE[side]]
+        order = list(range(4))
+        choose.shuffle(order)
+        paths = []
+        for k in order:
+            path = f"{name}/{index}_{k}.png"
+            _image(kinds[k], rng).save(root / path)
+            paths.append(path)
+        items.append({"id": str(index), "prompt": choose.choice(WORDINGS).format(side), "generations": paths,
+                      "ranking": [1 if kinds[k] == side else 2 for k in order]})
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def model_config(path: Path, max_text_length: int) -> Path:
+    """The tiny test model, with room for every wording's tokens (9 with [CLS] and [SEP]) or not."""
+    write_model_config(path)
+    config = json.loads(path.read_text())
+    config["max_text_length"] = max_text_length
+    path.write_text(json.dumps(config))
+    return path
+
+
+def best_validation(run: Path) -> dict:
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return max((r for r in records if r["type"] == "valid"), key=lambda r: r["accuracy"])
+
+
+def test_the_text_path_learns_a_preference_the_prompt_decides(tmp_path, capsys):
+    torch.set_num_threads(1)
+    data = tmp_path / "data"
+    argv = ["train", "--train-data", write_task(data, "train", 320, seed=0),
+            "--valid-data", write_task(data, "valid", 64, seed=1),
+            "--model-config", model_config(data / "model.json", 16),
+            "--init", "scratch", "--freeze-rate", "0", "--lr", "1e-3", "--pairs-per-step", "16",
+            "--batch-size", "16", "--epochs", "6", "--validations-per-epoch", "2", "--num-workers", "0",
+            "--no-plot", "--output-dir", tmp_path / "run"]
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, *argv)
+    seconds = time.monotonic() - started
+    assert code == 0, err
+    best = best_validation(tmp_path / "run")
+    print(f"prompt-decided task: held-out accuracy {best['accuracy']:.3f} at step {best['step']}, {seconds:.0f} s")
+    assert best["accuracy"] >= 0.9 and seconds < 180
+    assert "are cut" not in err
+
+
+def test_prompts_cut_at_max_text_length_are_named_before_training(tmp_path):
+    """Words past max_text_length cannot decide a reward; training says so at its start."""
+    from imagereward.train import trainer as trainer_module
+    from imagereward.train.config import TrainConfig
+
+    data = tmp_path / "data"
+    config = TrainConfig(train_data=str(write_task(data, "train", 16, seed=0)),
+                         valid_data=str(write_task(data, "valid", 4, seed=1)),
+                         model_config=str(model_config(data / "model.json", 8)), init="scratch",
+                         pairs_per_step=16, batch_size=16, num_workers=0, plot=False,
+                         output_dir=str(tmp_path / "run"))
+    from imagereward.distributed import init_distributed, shutdown
+
+    context = init_distributed(config.device)
+    messages = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    trainer_module.logger.addHandler(handler)
+    try:
+        trainer_module.Trainer(config, context, None)
+        cut = [m for m in messages if "are cut" in m]
+        assert len(cut) == 1 and "max_text_length (8 tokens" in cut[0]
+        messages.clear()
+        longer = dataclasses.replace(config, model_config=str(model_config(data / "m16.json", 16)))
+        trainer_module.Trainer(longer, context, None)
+        assert not [m for m in messages if "are cut" in m]
+    finally:
+        trainer_module.logger.removeHandler(handler)
+        shutdown(context, wait_for_others=True)
