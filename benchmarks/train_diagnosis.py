@@ -22,7 +22,6 @@ image is bright; images alone carry no signal) and the tiny test model, it print
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -42,7 +41,9 @@ from imagereward.config import ImageRewardConfig, PreprocessConfig  # noqa: E402
 from imagereward.models.image_reward import ImageRewardNet  # noqa: E402
 from imagereward.preprocess import ImagePreprocessor  # noqa: E402
 from imagereward.tokenizers.bert import BertTokenizer  # noqa: E402
+from imagereward.train.config import TrainConfig  # noqa: E402
 from imagereward.train.data import PairDataset, collate  # noqa: E402
+from imagereward.train.initialize import build_model  # noqa: E402
 from imagereward.train.evaluate import pair_rewards, pairwise_loss  # noqa: E402
 from imagereward.train.sources import read_groups  # noqa: E402
 
@@ -82,11 +83,15 @@ def accuracy(net: ImageRewardNet, dataset: PairDataset) -> float:
     return float((better > worse).float().mean())
 
 
-def train_ours(config: ImageRewardConfig, train_set: PairDataset, valid_set: PairDataset, steps: int,
+def scratch_model(model_config_path: Path) -> ImageRewardNet:
+    """The network as ``imagereward train --init scratch`` starts it (position embeddings and
+    class token drawn, the head's variance-preserving initialisation), seed 0."""
+    return build_model(TrainConfig(init="scratch", model_config=str(model_config_path), seed=0))
+
+
+def train_ours(model_config_path: Path, train_set: PairDataset, valid_set: PairDataset, steps: int,
                tokenizer: BertTokenizer, probe: torch.Tensor) -> Dict[str, float]:
-    torch.manual_seed(0)
-    net = ImageRewardNet(config)
-    net.mlp.reset_parameters("lecun")
+    net = scratch_model(model_config_path)
     report = {"prompt_std_at_init": prompt_dependence(net, tokenizer, probe),
               "accuracy_at_init": accuracy(net, valid_set)}
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -100,7 +105,7 @@ def train_ours(config: ImageRewardConfig, train_set: PairDataset, valid_set: Pai
         loss.backward()
         optimizer.step()
     report.update(prompt_std_after=prompt_dependence(net, tokenizer, probe),
-                  accuracy_after=accuracy(net, valid_set), last_train_loss=float(loss))
+                  accuracy_after=accuracy(net, valid_set), last_train_loss=float(loss.detach()))
     return report
 
 
@@ -161,17 +166,15 @@ def main() -> None:
         train_json, valid_json = write_task(root, "train", 320, seed=0), write_task(root, "valid", 64, seed=1)
         results: Dict[str, object] = {}
         for length in (16, 8):
-            config = ImageRewardConfig.from_dict(json.loads(model_config(root / f"m{length}.json", length).read_text()))
-            config = dataclasses.replace(config, reward_mean=0.0, reward_std=1.0)
+            config_path = model_config(root / f"m{length}.json", length)
+            config = ImageRewardConfig.from_dict(json.loads(config_path.read_text()))
             tokenizer = BertTokenizer(max_length=config.max_text_length)
             preprocess = ImagePreprocessor(PreprocessConfig(image_size=config.vision.image_size))
             train_set = PairDataset(read_groups(str(train_json)), tokenizer, preprocess)
             valid_set = PairDataset(read_groups(str(valid_json)), tokenizer, preprocess)
             probe = torch.stack([valid_set[i]["better"] for i in range(8)])
             if length == 16:
-                torch.manual_seed(0)
-                net = ImageRewardNet(config)
-                net.mlp.reset_parameters("lecun")
+                net = scratch_model(config_path)
                 batch = collate([train_set[i] for i in range(16)])
                 results["grad_norms_at_init"] = grad_norms(net, batch)
                 with torch.no_grad():
@@ -186,7 +189,7 @@ def main() -> None:
                 results["pairs_with_their_prompts_tokens"] = f"{int((got == expected).all(1).sum())}/{len(got)}"
                 results["plain_pytorch_accuracy_after"] = train_plain(config, train_set, valid_set, args.steps)
             results[f"ours_max_text_length_{length}"] = train_ours(
-                config, train_set, valid_set, args.steps, tokenizer, probe)
+                config_path, train_set, valid_set, args.steps, tokenizer, probe)
             results[f"prompts_cut_at_{length}"] = len(tokenizer.truncated([g.prompt for g in read_groups(str(train_json))]))
         print(json.dumps(results, indent=2))
 
