@@ -105,7 +105,7 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
         with ThreadPoolExecutor(6) as pool:
             replies = [pool.submit(httpx.post, url, json=burst, headers={"X-API-Key": "k3y"}, timeout=60)
                        for _ in range(6)]
-            time.sleep(1.0)
+            _wait_until_queued(f"http://127.0.0.1:{port}", 6 * 40)  # all six accepted, none scored yet
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
@@ -125,6 +125,19 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
     assert process.returncode == 0, output
     assert "serving" in output and "stopping" in output
     assert "Token authentication" not in output and "Connecting to existing Serve app" not in output
+
+
+def _wait_until_queued(url: str, pairs: int, timeout: float = 30.0) -> None:
+    """Until the replica's queue holds ``pairs`` admitted pairs (its /metrics gauge)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(url + "/metrics", headers={"X-API-Key": "k3y"}, timeout=10).text
+        depth = [float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("imagereward_queue_depth")]
+        if depth and depth[0] >= pairs:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server did not accept {pairs} pairs within {timeout} s")
 
 
 def test_serve_run_import_path_builds_the_application():
