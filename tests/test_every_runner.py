@@ -19,7 +19,7 @@ import base64
 import json
 import socket
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
+from typing import Any, List, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 
