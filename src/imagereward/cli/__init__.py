@@ -138,6 +138,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_USAGE
         verbose = bool(getattr(args, "verbose", False))
         _configure_logging(_log_level(args))
+        from ..allocator import keep_freed_memory
+
+        keep_freed_memory()  # the command's process is its own; set before anything is laid out
         if getattr(args, "quiet", False):
             args.no_progress = True
         try:

@@ -306,16 +306,13 @@ def locate_files(specs: List[Any]) -> None:
 
 
 def load_scorer(spec: Any) -> Any:
-    """The ready scorer of ``spec``. The command's process is its own: freed memory stays in it."""
+    """The ready scorer of ``spec`` (``main`` has set the allocator for the command's process)."""
     import imagereward
-    from ..allocator import keep_freed_memory
 
     check_spec_files(spec)
     try:
-        scorer = spec.load()
+        return spec.load()
     except (imagereward.ImageRewardError, FileNotFoundError):
         raise  # documented errors: main() gives each its exit code
     except (OSError, RuntimeError, ValueError) as error:
         raise CliError(f"cannot load {spec.name}: {error}") from error
-    keep_freed_memory()
-    return scorer

@@ -80,6 +80,7 @@ class ScoreActor:
             torch.set_num_threads(threads)
         from ...allocator import keep_freed_memory
 
+        keep_freed_memory()  # the actor's process is the job's own; set before the models load
         self.scorers = []
         for spec, group in zip(specs, groups):
             scorer = worker_spec(spec, device, dtype, batch_size).load()
@@ -87,7 +88,6 @@ class ScoreActor:
                 raise RuntimeError(f"{spec.name} preprocesses images differently from when the job "
                                    "was planned; were its weights replaced mid-job?")
             self.scorers.append((spec.name, scorer, pixels_column(group)))
-        keep_freed_memory()  # the actor's process is the job's own
         self.batch_size = batch_size
 
     def __call__(self, table: pa.Table) -> pa.Table:

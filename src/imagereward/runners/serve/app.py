@@ -83,9 +83,9 @@ def load_scorer(settings: ServeSettings) -> Any:
     """
     from ...allocator import keep_freed_memory
 
+    keep_freed_memory()  # the replica's process is the server's own; set before the model loads
     scorer = settings.spec("cuda" if torch.cuda.is_available() else "cpu").load()
     scorer.limits = settings.limits
-    keep_freed_memory()  # the replica's process is the server's own
     return scorer
 
 
