@@ -16,7 +16,7 @@ are reachable on the scorer.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -187,15 +187,7 @@ class RewardScorer(nn.Module):
         if not prompts:
             raise PromptError("prompts is empty: give at least one prompt")
         images = check_images(images)
-        unique, prompt_rows = distinct_prompts(prompts)
-        columns: List[torch.Tensor] = []
-        with torch.inference_mode():
-            text = self.text_rows(unique)
-            for _, pixels in self._batches(images):
-                features = self.network.image_features(self._normalized(pixels))
-                grid = self.network.score_grid(text, features).float().cpu()
-                columns.append(grid.expand(len(unique), -1))
-        return torch.cat(columns, dim=1).index_select(0, prompt_rows)
+        return self._grid(prompts, (pixels for _, pixels in self._batches(images)))
 
     def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor) -> List[float]:
         """Rewards of row-aligned prompts and images already decoded by this scorer's chain.
@@ -209,13 +201,7 @@ class RewardScorer(nn.Module):
         self._check_decoded(pixels, len(prompts))
         if not prompts:
             return []
-        unique, prompt_rows = distinct_prompts(prompts)
-        with torch.inference_mode():
-            text = self.text_rows(unique)
-            rows = prompt_rows.to(self.device)
-            batch_text = {k: v.index_select(0, rows) for k, v in text.items()}
-            out = self.network.score_rows(batch_text, self._normalized(pixels))
-        return out.float().cpu().tolist()
+        return self._pairs(prompts, [(0, pixels)])
 
     def score_pixel_matrix(self, prompts: Sequence[str], pixels: torch.Tensor) -> torch.Tensor:
         """:meth:`score_matrix` of images already decoded by this scorer's chain: ``[P, B]``."""
@@ -223,15 +209,8 @@ class RewardScorer(nn.Module):
         if not prompts:
             raise PromptError("prompts is empty: give at least one prompt")
         self._check_decoded(pixels, None)
-        unique, prompt_rows = distinct_prompts(prompts)
         size = max(1, int(self.batch_size))
-        columns: List[torch.Tensor] = []
-        with torch.inference_mode():
-            text = self.text_rows(unique)
-            for start in range(0, pixels.shape[0], size):
-                features = self.network.image_features(self._normalized(pixels[start : start + size]))
-                columns.append(self.network.score_grid(text, features).float().cpu().expand(len(unique), -1))
-        return torch.cat(columns, dim=1).index_select(0, prompt_rows)
+        return self._grid(prompts, (pixels[start : start + size] for start in range(0, pixels.shape[0], size)))
 
     def score_tensors(
         self, pixels: torch.Tensor, prompts: Union[str, Sequence[str], None] = None
@@ -279,16 +258,33 @@ class RewardScorer(nn.Module):
 
     def _score_pairs(self, prompts: List[str], images: List[ImageInput]) -> List[float]:
         """Scores of row-aligned prompts and images; the callers have checked the images."""
+        return self._pairs(prompts, self._batches(images))
+
+    def _pairs(self, prompts: List[str], batches: Iterable[Tuple[int, torch.Tensor]]) -> List[float]:
+        """Scores of row-aligned prompts and ``(start, decoded pixels)`` batches, in order;
+        each distinct prompt is encoded once."""
         unique, prompt_rows = distinct_prompts(prompts)
         scores: List[float] = []
         with torch.inference_mode():
             text = self.text_rows(unique)
-            for start, pixels in self._batches(images):
+            for start, pixels in batches:
                 rows = prompt_rows[start : start + pixels.shape[0]].to(self.device)
                 batch_text = {k: v.index_select(0, rows) for k, v in text.items()}
                 out = self.network.score_rows(batch_text, self._normalized(pixels))
                 scores.extend(out.float().cpu().tolist())
         return scores
+
+    def _grid(self, prompts: List[str], batches: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Scores ``[P, I]`` of every prompt with every image of the decoded pixel batches;
+        each distinct prompt is encoded once, each image once."""
+        unique, prompt_rows = distinct_prompts(prompts)
+        columns: List[torch.Tensor] = []
+        with torch.inference_mode():
+            text = self.text_rows(unique)
+            for pixels in batches:
+                features = self.network.image_features(self._normalized(pixels))
+                columns.append(self.network.score_grid(text, features).float().cpu().expand(len(unique), -1))
+        return torch.cat(columns, dim=1).index_select(0, prompt_rows)
 
     def _batches(self, images: List[ImageInput]) -> Any:
         return decoded_batches(self.preprocess, images, self.batch_size, self.limits, self.num_workers)
