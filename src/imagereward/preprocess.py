@@ -95,24 +95,28 @@ class ImagePreprocessor:
     def to_pixels(self, image: ImageInput) -> torch.Tensor:
         """Decoded, resized, cropped or padded RGB pixels ``[3, S, S]``, not yet normalised:
         ``uint8`` for the cropping chains, ``float32`` in [0, 1]-ish for ``crop="pad"``
-        (bicubic filtering of floats overshoots slightly, as in the original)."""
+        (bicubic filtering of floats overshoots slightly, as in the original).
+
+        A PIL image is taken as it is (the item pipeline has opened it within the caller's
+        limits); paths, bytes and arrays are opened here with the default limits.
+        """
+        if not isinstance(image, Image.Image):
+            image = open_image(image)
         if self.config.crop == "pad":
             return self.to_padded(image)
         return self.to_uint8(image)
 
-    def to_uint8(self, image: ImageInput) -> torch.Tensor:
-        """Decoded, resized, cropped RGB pixels ``[3, S, S]`` as ``uint8``, not yet normalised."""
-        image = open_image(image)
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        """Resized, cropped RGB pixels ``[3, S, S]`` of a PIL image as ``uint8``, not yet normalised."""
         if self.config.convert_rgb == "first":
             image = image.convert("RGB")
         image = self.resize_and_crop(image).convert("RGB")
         array = np.asarray(image, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
-    def to_padded(self, image: ImageInput) -> torch.Tensor:
-        """HPSv2's chain: RGB, to float in [0, 1], longer side to ``S`` (torch bicubic,
-        antialiased), zero padding to ``S x S``; ``float32 [3, S, S]``."""
-        image = open_image(image)
+    def to_padded(self, image: Image.Image) -> torch.Tensor:
+        """HPSv2's chain for a PIL image: RGB, to float in [0, 1], longer side to ``S`` (torch
+        bicubic, antialiased), zero padding to ``S x S``; ``float32 [3, S, S]``."""
         _check_sides(image)
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
         pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
