@@ -29,7 +29,7 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -181,9 +181,10 @@ FILE_NAMES = {
 }
 
 
-def _versions() -> Dict[str, str]:
+def versions(packages: Tuple[str, ...] = VERSIONS) -> Dict[str, str]:
+    """The reference environment's Python and package versions, as golden files record them."""
     found = {"python": platform.python_version()}
-    for name in VERSIONS:
+    for name in packages:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -191,11 +192,12 @@ def _versions() -> Dict[str, str]:
     return found
 
 
-def _check_gaps(rows: List[Dict], scorer: str) -> None:
+def check_gaps(rows: List[Dict], scorer: str, scale: float = 1.0) -> None:
+    """Refuse golden rankings whose rewards differ by less than ``MIN_GAP`` times ``scale``."""
     for row in rows:
         ordered = sorted(row["rewards"])
         gap = min(b - a for a, b in zip(ordered, ordered[1:]))
-        if gap < MIN_GAP:
+        if gap < MIN_GAP * scale:
             print(row)
             raise SystemExit(f"{scorer}: two rewards of one prompt differ by only {gap:.2e}: "
                              "rankings would be fragile; change the seed or the gains")
@@ -228,9 +230,9 @@ def make(scorer: str, workdir: Path, images: List[Path]) -> Dict:
         ]
     spread = [max(r["rewards"]) - min(r["rewards"]) for r in rows]
     print(f"{scorer}: rewards spread per prompt {[round(s, 4) for s in spread]}")
-    _check_gaps(rows, scorer)
+    check_gaps(rows, scorer)
     made_by = "tests/golden/make_golden.py (image-reward 1.5's own code; see its docstring)"
-    return golden_record(scorer, made_by, _versions(), config, digests, images, rows, pairs)
+    return golden_record(scorer, made_by, versions(), config, digests, images, rows, pairs)
 
 
 def golden_record(scorer: str, made_by: str, versions: Dict, config: Dict, checkpoints: Dict,

@@ -25,10 +25,8 @@ single (prompt, image) scores in ``tests/data/golden/<scorer>.json``, like
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -44,7 +42,7 @@ from PIL import Image  # noqa: E402
 import inputs  # noqa: E402
 import prefmodels_side  # noqa: E402
 import weights  # noqa: E402
-from make_golden import MIN_GAP, PAIRS, golden_record, write_goldens  # noqa: E402
+from make_golden import PAIRS, check_gaps, golden_record, versions, write_goldens  # noqa: E402
 
 SHARED = Path(os.environ.get("IMAGEREWARD_SHARED", REPO.parent / "shared"))
 BPE = SHARED / "data" / "bpe_simple_vocab_16e6.txt.gz"
@@ -112,16 +110,6 @@ def hps_scorer(path: Path, config: Dict, workdir: Path) -> Callable[[str, List[s
 SCORERS = {"PickScore": pickscore_scorer, "HPSv2": hps_scorer, "HPSv2.1": hps_scorer}
 
 
-def _versions() -> Dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in VERSIONS:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
-
-
 def _ranking(rewards: List[float]) -> List[int]:
     order = sorted(range(len(rewards)), key=lambda i: -rewards[i])
     ranks = [0] * len(rewards)
@@ -141,19 +129,15 @@ def make(scorer: str, workdir: Path, images: List[Path]) -> Dict:
         rewards = score(prompt, paths)
         rows.append({"prompt": index, "ranking": _ranking(rewards), "rewards": rewards})
     pairs = [{"prompt": p, "image": i, "score": score(inputs.PROMPTS[p], [paths[i]])[0]} for p, i in PAIRS]
-    for row in rows:
-        ordered = sorted(row["rewards"])
-        gap = min(b - a for a, b in zip(ordered, ordered[1:]))
-        if gap < MIN_GAP * max(1.0, max(abs(v) for v in ordered)):
-            raise SystemExit(f"{scorer}: two scores of one prompt differ by only {gap:.2e}: "
-                             "rankings would be fragile; change the seed")
+    for row in rows:  # a gap relative to the row's scale (PickScore's is about 100)
+        check_gaps([row], scorer, scale=max(1.0, max(abs(v) for v in row["rewards"])))
     print(f"{scorer}: score spread per prompt "
           f"{[round(max(r['rewards']) - min(r['rewards']), 4) for r in rows]}")
     made_by = "tests/golden/make_golden_prefmodels.py (the originals' own code; see its docstring)"
     checkpoints = {"checkpoint": {"format": FORMATS[scorer],
                                   "tensors_sha256": weights.tensor_digest(weights.file_state(state)),
                                   "keys": len(weights.file_state(state))}}
-    return golden_record(scorer, made_by, _versions(), config, checkpoints, images, rows, pairs)
+    return golden_record(scorer, made_by, versions(VERSIONS), config, checkpoints, images, rows, pairs)
 
 
 def main() -> None:
