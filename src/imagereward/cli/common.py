@@ -291,7 +291,7 @@ def check_spec_files(spec: Any) -> None:
     vocab = spec.options.get("vocab_file")
     for role, path in [*spec.files.items(), ("vocabulary", vocab)]:
         if path is not None and not os.path.exists(path):
-            what = "checkpoint" if role == "weights" else f"{role} file" if role != "vocabulary" else "vocabulary file"
+            what = {"weights": "checkpoint", "vocabulary": "vocabulary file"}.get(role, f"{role} file")
             raise CliError(f"{spec.name} {what} not found: {path}", EXIT_INPUT)
 
 
