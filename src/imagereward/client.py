@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 import numpy as np
 from PIL import Image
 
-from .errors import ImageNotFoundError, ImageRewardError, ImageTypeError, InputError, PromptError
+from .errors import ImageNotFoundError, ImageRewardError, ImageTypeError, InputError
+from .prompts import check_prompt, check_prompts
 from .wire import WireImage, file_image, pil_image, raw_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -134,14 +135,13 @@ class RewardClient:
         """Ranks (1 = best) and rewards of images for one prompt."""
         from .scoring.base import RankResult  # imports torch: only when ranking
 
-        if not isinstance(prompt, str):
-            raise PromptError(f"prompt must be a str, got {type(prompt).__name__}")
+        check_prompt(prompt)
         reply = self._post("/rank", {"prompt": prompt, "images": encode_images(images)})
         return RankResult(reply["ranking"], reply["rewards"])
 
     def score_matrix(self, prompts: Sequence[str], images: Any) -> np.ndarray:
         """Scores of every prompt with every image, ``float32 [P, I]``."""
-        reply = self._post("/score_matrix", {"prompts": _prompts(prompts), "images": encode_images(images)})
+        reply = self._post("/score_matrix", {"prompts": check_prompts(prompts), "images": encode_images(images)})
         return np.asarray(reply["scores"], dtype=np.float32)
 
     def reward_fn(
@@ -204,19 +204,10 @@ class RewardClient:
         time.sleep(min(delay, self.max_backoff))
 
 
-def _prompts(prompts: Any) -> List[str]:
-    """A list or tuple of str; a bare string is refused (it is one prompt, not a list)."""
-    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-        raise PromptError(f"prompts must be a list or tuple of str, got {type(prompts).__name__}")
-    for index, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise PromptError(f"prompts[{index}] must be a str, got {type(prompt).__name__}")
-    return list(prompts)
-
-
 def _prompt_list(prompts: Any, count: int) -> List[str]:
-    """One prompt per image: a single str is repeated for all ``count`` images."""
-    return [prompts] * count if isinstance(prompts, str) else _prompts(prompts)
+    """One prompt per image: a single str is repeated for all ``count`` images; a list is
+    checked and sent as it is (the server says when it does not pair up with the images)."""
+    return [prompts] * count if isinstance(prompts, str) else check_prompts(prompts)
 
 
 def _server_error(response: Any) -> RewardServerError:

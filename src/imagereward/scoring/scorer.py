@@ -23,16 +23,8 @@ from torch import nn
 
 from ..errors import InputError, PromptError
 from ..items import DEFAULT_LIMITS, ImageInput, ImageLimits, decoded_batches
-from .base import (
-    RankResult,
-    check_images,
-    check_pixels,
-    check_prompt,
-    check_prompts,
-    distinct_prompts,
-    expand_prompts,
-    ranks_from_rewards,
-)
+from ..prompts import check_prompt, check_prompts, expand_prompts
+from .base import RankResult, check_images, check_pixels, distinct_prompts, ranks_from_rewards
 from .network import RewardNetwork, ScorerParts, TextRows
 
 
