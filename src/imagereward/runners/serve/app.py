@@ -20,9 +20,9 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequ
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from pydantic import BaseModel, ValidationError
 from ray import serve
-from PIL import Image
 from ray.serve import Application
 
 from ... import __version__
@@ -31,6 +31,7 @@ from ...items import decode
 from ...scoring.base import ranks_from_rewards
 from ...scoring.scorer import default_decode_workers
 from ...wire import read_payload
+from .drain import DrainWatch
 from .limits import (
     AdmissionGate,
     Refusal,
@@ -39,7 +40,6 @@ from .limits import (
     check_content_length,
     check_pair_count,
 )
-from .drain import DrainWatch
 from .metrics import ServerMetrics
 from .schemas import (
     ErrorResponse,
