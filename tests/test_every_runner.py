@@ -4,8 +4,9 @@ Each scorer is written as a tiny random checkpoint in its original file format, 
 in-process, saved with ``save_pretrained`` (and loaded back: persistence for every
 scorer), then scored on awkward images through: ``score``, ``score_batch``, ``rank``,
 ``score_matrix``, ``imagereward score`` (positional and ``--input``), ``score-dataset``
-on Ray Data, the Ray Serve server over HTTP (file bytes, and ``RewardClient`` with
-arrays and PIL images), and ReFL's reward on pixels at the scorer's resolution. Each
+on Ray Data, one Ray Serve server holding every scorer over HTTP (file bytes, and
+``RewardClient`` with arrays and PIL images; ``/rewards`` with all of them in one
+request, each image decoded once), and ReFL's reward on pixels at the scorer's resolution. Each
 runner must equal the in-process call of the same shape within 1e-6, single ``score()``
 calls within 1e-5 (batch composition moves float rounding), both relative to the
 score's scale.
@@ -104,12 +105,12 @@ def world(tmp_path_factory):
     port = _free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        for index, (name, folder) in enumerate(folders.items()):
-            app = build_app(dict(model=name, checkpoint=folder, cpus_per_replica=0, gpus_per_replica=0,
-                                 max_batch_size=32, batch_wait_ms=300))
-            serve.run(app, name=f"s{index}", route_prefix=f"/s{index}")
-        urls = {name: f"http://127.0.0.1:{port}/s{i}" for i, name in enumerate(folders)}
-        yield {"root": root, "folders": folders, "direct": direct, "images": images, "urls": urls,
+        # One server holding every scorer, each its own deployment behind one ingress.
+        models = [{"model": name, "checkpoint": folder} for name, folder in folders.items()]
+        serve.run(build_app(dict(models=models, cpus_per_replica=0, gpus_per_replica=0, ingress_cpus=0,
+                                 max_batch_size=32, batch_wait_ms=300)), name="every", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        yield {"root": root, "folders": folders, "direct": direct, "images": images, "url": url,
                "originals": originals}
     finally:
         serve.shutdown()
@@ -238,8 +239,8 @@ def test_server_with_file_bytes_and_client_arrays(world, scorers, name):
 
     scorer = scorers[name]
     prompts, paths = _pairs(world["images"])
-    url = world["urls"][name]
-    body = {"prompts": prompts,
+    url = world["url"]
+    body = {"prompts": prompts, "model": name,
             "images": [base64.b64encode(Path(p).read_bytes()).decode() for p in paths]}
     reply = httpx.post(url + "/score", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
@@ -248,15 +249,41 @@ def test_server_with_file_bytes_and_client_arrays(world, scorers, name):
 
     with RewardClient(url) as client:
         pil = [Image.open(p) for p in paths]  # every mode as the files hold it: RGBA, P, CMYK, ...
-        _close(client.score(prompts, pil), scorer.score_batch(prompts, pil), SAME_SHAPE,
+        _close(client.score(prompts, pil, model=name), scorer.score_batch(prompts, pil), SAME_SHAPE,
                f"{name}: RewardClient, PIL images")
         arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-        _close(client.score(prompts, arrays), scorer.score_batch(prompts, arrays), SAME_SHAPE,
+        _close(client.score(prompts, arrays, model=name), scorer.score_batch(prompts, arrays), SAME_SHAPE,
                f"{name}: RewardClient, arrays")
-        ranked = client.rank(PROMPTS[0], paths)
+        ranked = client.rank(PROMPTS[0], paths, model=name)
         _close(ranked.rewards, scorer.rank(PROMPTS[0], paths).rewards, SAME_SHAPE, f"{name}: /rank")
-        _close(client.score_matrix(PROMPTS, paths), scorer.score_matrix(PROMPTS, paths).numpy(),
+        _close(client.score_matrix(PROMPTS, paths, model=name), scorer.score_matrix(PROMPTS, paths).numpy(),
                SAME_SHAPE, f"{name}: /score_matrix")
+
+
+def test_one_request_to_every_scorer_decodes_each_image_once(world, scorers):
+    """/rewards with every registered scorer: each model's scores as its own score_batch, and
+    each image opened once for all of them (the ingress's counter, not a timing)."""
+    from imagereward.client import RewardClient
+
+    prompts, paths = _pairs(world["images"])
+    with RewardClient(world["url"]) as client:
+        before = _decoded(world["url"])
+        weights = {name: 0.5 + i for i, name in enumerate(NAMES)}
+        result = client.rewards(prompts, paths, weights=weights)
+        assert _decoded(world["url"]) - before == len(paths)
+    assert sorted(result.scores) == sorted(NAMES) and result.normalize == "none"
+    for name, scorer in scorers.items():
+        _close(result.scores[name].tolist(), scorer.score_batch(prompts, paths), SAME_SHAPE,
+               f"{name}: /rewards against score_batch")
+    expected = sum(weights[name] * result.scores[name].astype(np.float64) for name in NAMES)
+    np.testing.assert_allclose(result.reward, expected, rtol=1e-6, atol=1e-6)
+
+
+def _decoded(url: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("imagereward_images_decoded_total "):
+            return float(line.split()[1])
+    raise AssertionError("no imagereward_images_decoded_total in /metrics")
 
 
 @pytest.mark.parametrize("name", NAMES)

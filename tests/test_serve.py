@@ -59,13 +59,16 @@ def _raw(pixels: np.ndarray) -> Dict[str, object]:
 
 
 def _metrics(url: str, headers=None) -> Dict[str, float]:
-    """Samples of a /metrics answer, keyed by name and sorted labels."""
+    """Samples of a /metrics answer, keyed by name and sorted labels; the model replicas'
+    ``model`` and ``replica`` labels are summed over (these servers hold one model)."""
     text = httpx.get(url + "/metrics", headers=headers or {}, timeout=10).text
-    samples = {}
+    samples: Dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())
+                              if k not in ("model", "replica") or sample.name.endswith("_info"))
+            key = f"{sample.name}{{{labels}}}"
+            samples[key] = samples.get(key, 0.0) + sample.value
     return samples
 
 
@@ -157,12 +160,14 @@ def test_health_ready_metrics_and_openapi(server, client):
     url = server["url"]
     assert httpx.get(url + "/healthz").json() == {"status": "ok"}
     ready = client.ready()
-    assert ready["ready"] is True and ready["device"] == "cpu" and ready["dtype"] == "float32"
+    assert ready["ready"] is True
+    (status,) = ready["models"].values()
+    assert status["ready"] is True and status["device"] == "cpu" and status["dtype"] == "float32"
     samples = _metrics(url, AUTH)
     assert any(name.startswith("imagereward_replica_info{") for name in samples)
     assert "imagereward_queue_depth{}" in samples
     schema = httpx.get(url + "/openapi.json").json()
-    assert {"/score", "/rank", "/score_matrix", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+    assert {"/score", "/rank", "/score_matrix", "/rewards", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     image_schema = schema["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "shape" in str(image_schema["properties"]["images"])
 
@@ -365,9 +370,11 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _replica_actors(app: str) -> List[str]:
+def _replica_actors(app: str, deployment: str = "Model-") -> List[str]:
+    """The replicas of ``app``'s deployments whose names start with ``deployment`` (the models')."""
     names = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(entry["name"] for entry in names if entry["name"].startswith(f"SERVE_REPLICA::{app}#"))
+    prefix = f"SERVE_REPLICA::{app}#{deployment}"
+    return sorted(entry["name"] for entry in names if entry["name"].startswith(prefix))
 
 
 def test_killed_replica_is_restarted_and_serves_again(server, client, reference):

@@ -151,12 +151,24 @@ def test_serve_run_import_path_builds_the_application():
         builder, {"model": "clip", "replicas": "3", "max_batch_size": "64", "gpus_per_replica": "0.5"}
     )
     assert isinstance(app, Application)
-    deployment = app._bound_deployment
-    assert deployment.num_replicas == 3
-    assert deployment.ray_actor_options["num_gpus"] == 0.5
-    assert deployment.init_args[0]["model"] == "CLIP" and deployment.init_args[0]["max_batch_size"] == 64
+    ingress = app._bound_deployment
+    settings, models = ingress.init_args
+    (model,) = models.values()  # the model's own deployment, bound into the ingress
+    assert model._bound_deployment.num_replicas == 3
+    assert model._bound_deployment.ray_actor_options["num_gpus"] == 0.5
+    assert model._bound_deployment.init_args[0]["model"] == "CLIP" and model._bound_deployment.init_args[0]["max_batch_size"] == 64
+    assert settings["models"][0]["model"] == "CLIP"
     with pytest.raises(Exception, match="unknown model"):
         builder({"model": "nope"})
+
+    # Several models from a comma-separated list, each with its own deployment and settings.
+    app = call_user_app_builder_with_args_if_necessary(
+        builder, {"models": "PickScore,HPSv2.1", "gpus_per_replica": "0.25"}
+    )
+    _, models = app._bound_deployment.init_args
+    assert list(models) == ["PickScore", "HPSv2.1"]
+    assert {m._bound_deployment.name for m in models.values()} == {"Model-PickScore", "Model-HPSv2.1"}
+    assert all(m._bound_deployment.ray_actor_options["num_gpus"] == 0.25 for m in models.values())
 
 
 def test_replicas_that_cannot_be_placed_are_refused_and_a_stop_is_obeyed_while_deploying():
@@ -166,10 +178,10 @@ def test_replicas_that_cannot_be_placed_are_refused_and_a_stop_is_obeyed_while_d
     from imagereward.cli.serve import _deploy, check_placement
     from imagereward.runners.serve import ServeSettings
 
-    settings = ServeSettings(replicas=3, cpus_per_replica=1)
-    with pytest.raises(CliError, match="--replicas 3 x --cpus-per-replica needs 3 CPUs and this Ray has 2"):
+    settings = ServeSettings(replicas=3, cpus_per_replica=1, ingress_cpus=0.5)
+    with pytest.raises(CliError, match="need 3.5 CPUs and this Ray has 2: lower --replicas or --cpus-per-replica"):
         check_placement(settings, {"CPU": 2.0}, private=True)
-    check_placement(settings, {"CPU": 3.0}, private=True)
+    check_placement(settings, {"CPU": 3.5}, private=True)
     check_placement(settings, {"CPU": 2.0}, private=False)  # a cluster may grow: a warning only
     with pytest.raises(CliError, match="GPU"):
         check_placement(ServeSettings(gpus_per_replica=1), {"CPU": 2.0}, private=True)

@@ -1,9 +1,12 @@
-"""A client for the reward server (``imagereward serve``); needs only ``httpx``.
+"""Clients for the reward server (``imagereward serve``); they need only ``httpx``.
 
 >>> from imagereward.client import RewardClient
 >>> client = RewardClient("http://127.0.0.1:8000")
 >>> client.score(["a cat", "a dog"], ["cat.png", dog_pil_image])
 [0.31, -1.2]
+>>> client.rewards(prompts, images, weights={"PickScore": 1.0, "HPSv2.1": 0.5}).reward
+
+:class:`AsyncRewardClient` has the same methods for asyncio trainers.
 
 Images may be PIL images, ``uint8`` numpy arrays ``[H, W(, C)]``, float numpy
 arrays ``[H, W, C]`` or float torch tensors ``[C, H, W]`` in [0, 1], ``uint8``
@@ -11,22 +14,27 @@ torch tensors ``[C, H, W]``, paths, or one batch array/tensor ``[N, ...]``.
 Pixels travel raw and files as their bytes (see :mod:`imagereward.wire`), so the
 server scores exactly what :meth:`~imagereward.scoring.scorer.RewardScorer.score_batch`
 would score in-process. Requests refused with 429 or 503, and connection failures,
-are retried with exponential backoff (honouring ``Retry-After``).
+are retried with exponential backoff (honouring ``Retry-After``), within an optional
+total deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import itertools
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
 from .errors import ImageNotFoundError, ImageRewardError, ImageTypeError, InputError
 from .prompts import check_prompt, check_prompts
-from .wire import WireImage, file_image, pil_image, raw_image
+from .wire import WireImage, file_image, pil_image, raw_image, uint8_pixels
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scoring.base import RankResult
@@ -35,31 +43,22 @@ RETRY_STATUSES = (429, 503)
 
 
 class RewardServerError(ImageRewardError, RuntimeError):
-    """The server refused or failed a request; ``index`` names the bad item when there is one."""
+    """The server refused or failed a request; ``index`` names the bad item and ``model`` the
+    model to blame, when there is one."""
 
-    def __init__(self, status_code: int, kind: str, detail: str, index: Optional[int] = None) -> None:
+    def __init__(self, status_code: int, kind: str, detail: str, index: Optional[int] = None,
+                 model: Optional[str] = None) -> None:
         super().__init__(f"reward server answered {status_code} ({kind}): {detail}")
         self.status_code, self.kind, self.detail, self.index = status_code, kind, detail, index
+        self.model = model
 
 
 # -- images to wire form -----------------------------------------------------------------
-def _float_to_uint8(pixels: np.ndarray, index: int) -> np.ndarray:
-    if not np.isfinite(pixels).all() or pixels.min() < 0.0 or pixels.max() > 1.0:
-        raise InputError(f"images[{index}]: float pixels must lie in [0, 1]")
-    return np.round(pixels.astype(np.float32) * 255.0).astype(np.uint8)
-
-
 def _array_image(array: np.ndarray, index: int, channels_first: bool) -> WireImage:
-    if np.issubdtype(array.dtype, np.floating):
-        array = _float_to_uint8(array, index)
-    elif array.dtype != np.uint8:
-        raise ImageTypeError(f"images[{index}]: pixels must be uint8 or float in [0, 1], got {array.dtype}")
-    if channels_first and array.ndim == 3:
-        array = array.transpose(1, 2, 0)
     try:
-        return raw_image(array)
+        return raw_image(uint8_pixels(array, channels_first))
     except InputError as error:
-        raise InputError(f"images[{index}]: {error}") from None
+        raise type(error)(f"images[{index}]: {error}") from None
 
 
 def _path_image(path: str, index: int) -> WireImage:
@@ -98,14 +97,156 @@ def encode_images(images: Any) -> List[Dict[str, Any]]:
     return [encode_image(image, index).to_json() for index, image in enumerate(images)]
 
 
-# -- the client ----------------------------------------------------------------------------
-class RewardClient:
-    """Scores images on a reward server.
+# -- requests and retries, shared by both clients ------------------------------------------
+@dataclass(frozen=True)
+class Rewards:
+    """A ``/rewards`` answer: each model's scores, and their weighted sum when weights were given."""
 
-    ``timeout`` is seconds per attempt; ``retries`` is how many times a request
-    refused with 429/503 or failed to connect is tried again, waiting
-    ``backoff * 2**attempt`` seconds (with jitter, at most ``max_backoff``, or the
-    server's ``Retry-After``) in between.
+    scores: Dict[str, np.ndarray]
+    reward: Optional[np.ndarray]
+    normalize: str
+    models: Dict[str, str]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: what to send, and how to read the answer."""
+
+    method: str
+    path: str
+    body: Optional[Dict[str, Any]]
+    read: Callable[[Dict[str, Any]], Any]
+
+
+def _with_model(body: Dict[str, Any], model: Optional[str]) -> Dict[str, Any]:
+    if model is not None:
+        body["model"] = model
+    return body
+
+
+def score_call(prompts: Union[str, Sequence[str]], images: Any, model: Optional[str] = None) -> Call:
+    encoded = encode_images(images)
+    body = _with_model({"prompts": _prompt_list(prompts, len(encoded)), "images": encoded}, model)
+    return Call("POST", "/score", body, lambda reply: reply["scores"])
+
+
+def rank_call(prompt: str, images: Any, model: Optional[str] = None) -> Call:
+    check_prompt(prompt)
+
+    def read(reply: Dict[str, Any]) -> "RankResult":
+        from .scoring.base import RankResult  # imports torch: only when ranking
+
+        return RankResult(reply["ranking"], reply["rewards"])
+
+    return Call("POST", "/rank", _with_model({"prompt": prompt, "images": encode_images(images)}, model), read)
+
+
+def matrix_call(prompts: Sequence[str], images: Any, model: Optional[str] = None) -> Call:
+    body = _with_model({"prompts": check_prompts(prompts), "images": encode_images(images)}, model)
+    return Call("POST", "/score_matrix", body, lambda reply: np.asarray(reply["scores"], dtype=np.float32))
+
+
+def rewards_call(
+    prompts: Union[str, Sequence[str]],
+    images: Any,
+    models: Optional[Sequence[str]] = None,
+    weights: Optional[Mapping[str, float]] = None,
+    normalize: Optional[str] = None,
+) -> Call:
+    encoded = encode_images(images)
+    body: Dict[str, Any] = {"prompts": _prompt_list(prompts, len(encoded)), "images": encoded}
+    if models is not None:
+        body["models"] = list(models)
+    if weights is not None:
+        body["weights"] = dict(weights)
+    if normalize is not None:
+        body["normalize"] = normalize
+
+    def read(reply: Dict[str, Any]) -> Rewards:
+        reward = reply.get("reward")
+        return Rewards(
+            scores={model: np.asarray(values, dtype=np.float32) for model, values in reply["scores"].items()},
+            reward=None if reward is None else np.asarray(reward, dtype=np.float32),
+            normalize=reply["normalize"],
+            models=reply["models"],
+        )
+
+    return Call("POST", "/rewards", body, read)
+
+
+def ready_call() -> Call:
+    return Call("GET", "/readyz", None, lambda reply: reply)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try a request again: after 429/503 or a failed connection, ``retries`` times at
+    most, waiting ``backoff * 2**attempt`` seconds (with jitter, at most ``max_backoff``, or the
+    server's ``Retry-After``), and never past ``deadline`` seconds from the first attempt."""
+
+    retries: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 10.0
+    deadline: Optional[float] = None
+
+    def end(self) -> Optional[float]:
+        return None if self.deadline is None else time.monotonic() + self.deadline
+
+    def delay(self, attempt: int, retry_after: Optional[str], end: Optional[float]) -> Optional[float]:
+        """Seconds to wait before the next attempt, or None to give up."""
+        if attempt >= self.retries:
+            return None
+        delay = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.0)
+        if retry_after is not None and retry_after.isdigit():
+            delay = float(retry_after)
+        delay = min(delay, self.max_backoff)
+        if end is not None and time.monotonic() + delay >= end:
+            return None
+        return delay
+
+    def timeout(self, per_attempt: float, end: Optional[float]) -> float:
+        if end is None:
+            return per_attempt
+        left = end - time.monotonic()
+        if left <= 0:
+            raise DeadlineError(f"no answer within the deadline of {self.deadline:g} s")
+        return min(per_attempt, left)
+
+
+class DeadlineError(ImageRewardError, TimeoutError):
+    """The request was not answered within the client's total deadline (retries included)."""
+
+
+def _retryable(httpx: Any) -> Tuple[type, ...]:
+    return (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+
+
+class _Client:
+    """What both clients share: settings, and the calls each method makes."""
+
+    def __init__(self, url: str, api_key: Optional[str], timeout: float, retries: int, backoff: float,
+                 max_backoff: float, deadline: Optional[float]) -> None:
+        import httpx
+
+        self._httpx = httpx
+        self._base = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = timeout
+        self.policy = RetryPolicy(retries, backoff, max_backoff, deadline)
+
+    def _answer(self, call: Call, response: Any) -> Any:
+        if response.status_code != 200:
+            raise _server_error(response)
+        return call.read(response.json())
+
+
+class RewardClient(_Client):
+    """Scores images on a reward server (one model, or several with :meth:`rewards`).
+
+    ``timeout`` is seconds per attempt and ``deadline`` (optional) seconds in all,
+    retries included; ``retries`` is how many times a request refused with 429/503
+    or failed to connect is tried again (see :class:`RetryPolicy`). ``model`` picks
+    a served model (default: the server's first).
     """
 
     def __init__(
@@ -117,52 +258,50 @@ class RewardClient:
         retries: int = 5,
         backoff: float = 0.5,
         max_backoff: float = 10.0,
+        deadline: Optional[float] = None,
     ) -> None:
-        import httpx
-
-        self._httpx = httpx
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
-        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        super().__init__(url, api_key, timeout, retries, backoff, max_backoff, deadline)
+        self._client = self._httpx.Client(base_url=self._base, headers=self._headers, timeout=timeout)
 
     # -- scoring ------------------------------------------------------------------------
-    def score(self, prompts: Union[str, Sequence[str]], images: Any) -> List[float]:
+    def score(self, prompts: Union[str, Sequence[str]], images: Any, model: Optional[str] = None) -> List[float]:
         """Rewards of N (prompt, image) pairs, in order; one prompt (a str) goes with every image."""
-        encoded = encode_images(images)
-        return self._post("/score", {"prompts": _prompt_list(prompts, len(encoded)), "images": encoded})["scores"]
+        return self._send(score_call(prompts, images, model))
 
-    def rank(self, prompt: str, images: Any) -> "RankResult":
+    def rank(self, prompt: str, images: Any, model: Optional[str] = None) -> "RankResult":
         """Ranks (1 = best) and rewards of images for one prompt."""
-        from .scoring.base import RankResult  # imports torch: only when ranking
+        return self._send(rank_call(prompt, images, model))
 
-        check_prompt(prompt)
-        reply = self._post("/rank", {"prompt": prompt, "images": encode_images(images)})
-        return RankResult(reply["ranking"], reply["rewards"])
-
-    def score_matrix(self, prompts: Sequence[str], images: Any) -> np.ndarray:
+    def score_matrix(self, prompts: Sequence[str], images: Any, model: Optional[str] = None) -> np.ndarray:
         """Scores of every prompt with every image, ``float32 [P, I]``."""
-        reply = self._post("/score_matrix", {"prompts": check_prompts(prompts), "images": encode_images(images)})
-        return np.asarray(reply["scores"], dtype=np.float32)
+        return self._send(matrix_call(prompts, images, model))
+
+    def rewards(
+        self,
+        prompts: Union[str, Sequence[str]],
+        images: Any,
+        models: Optional[Sequence[str]] = None,
+        weights: Optional[Mapping[str, float]] = None,
+        normalize: Optional[str] = None,
+    ) -> Rewards:
+        """Each model's scores of N pairs (every image decoded once on the server) and, with
+        ``weights``, their weighted sum; ``normalize`` ``"zscore"`` uses the server's statistics."""
+        return self._send(rewards_call(prompts, images, models, weights, normalize))
 
     def reward_fn(
         self, images: Any, prompts: Sequence[str], metadata: Any = None
     ) -> Tuple[np.ndarray, Dict[str, Any]]:
-        """The reward function shape of DDPO/GRPO-style trainers: ``(rewards, info)``.
-
-        ``images`` is typically the trainer's float batch ``[N, 3, H, W]`` in [0, 1];
-        ``metadata`` (per-prompt metadata) is accepted and not used. Returns the
-        rewards as ``float32 [N]`` and a dict with the model name and the seconds taken.
-        """
+        """The reward function shape of DDPO-style trainers: ``(rewards, info)`` from the server's
+        first model (see :mod:`imagereward.rl` for several models, weights and local scoring)."""
         start = time.perf_counter()
-        encoded = encode_images(images)
-        reply = self._post("/score", {"prompts": _prompt_list(prompts, len(encoded)), "images": encoded})
+        reply = self._send(dataclasses.replace(score_call(prompts, images), read=lambda reply: reply))
         info = {"model": reply["model"], "seconds": time.perf_counter() - start}
         return np.asarray(reply["scores"], dtype=np.float32), info
 
     # -- service ----------------------------------------------------------------------
     def ready(self) -> Dict[str, Any]:
         """The server's ``/readyz`` answer (raises :class:`RewardServerError` when not ready)."""
-        return self._request("GET", "/readyz", None)
+        return self._send(ready_call())
 
     def close(self) -> None:
         self._client.close()
@@ -174,34 +313,101 @@ class RewardClient:
         self.close()
 
     # -- transport --------------------------------------------------------------------
-    def _post(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
-        return self._request("POST", path, body)
-
-    def _request(self, method: str, path: str, body: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        httpx = self._httpx
-        retryable = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+    def _send(self, call: Call) -> Any:
+        end = self.policy.end()
+        for attempt in itertools.count():
             try:
-                response = self._client.request(method, path, json=body)
-            except retryable:
-                if last:
+                response = self._client.request(call.method, call.path, json=call.body,
+                                                timeout=self.policy.timeout(self.timeout, end))
+            except _retryable(self._httpx):
+                delay = self.policy.delay(attempt, None, end)
+                if delay is None:
                     raise
-                self._sleep(attempt, None)
+                time.sleep(delay)
                 continue
-            if response.status_code in RETRY_STATUSES and not last:
-                self._sleep(attempt, response.headers.get("retry-after"))
-                continue
-            if response.status_code != 200:
-                raise _server_error(response)
-            return response.json()
+            if response.status_code in RETRY_STATUSES:
+                delay = self.policy.delay(attempt, response.headers.get("retry-after"), end)
+                if delay is not None:
+                    time.sleep(delay)
+                    continue
+            return self._answer(call, response)
         raise AssertionError("unreachable")
 
-    def _sleep(self, attempt: int, retry_after: Optional[str]) -> None:
-        delay = self.backoff * (2 ** attempt) * random.uniform(0.5, 1.0)
-        if retry_after is not None and retry_after.isdigit():
-            delay = float(retry_after)
-        time.sleep(min(delay, self.max_backoff))
+
+class AsyncRewardClient(_Client):
+    """:class:`RewardClient` for asyncio trainers: the same methods, awaited, on ``httpx.AsyncClient``.
+
+    Images are encoded in a worker thread, so a large batch does not stall the event loop.
+
+    >>> async with AsyncRewardClient("http://127.0.0.1:8000") as client:
+    ...     result = await client.rewards(prompts, images, weights={"PickScore": 1.0, "HPSv2.1": 1.0})
+    """
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        api_key: Optional[str] = None,
+        *,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        deadline: Optional[float] = None,
+    ) -> None:
+        super().__init__(url, api_key, timeout, retries, backoff, max_backoff, deadline)
+        self._client = self._httpx.AsyncClient(base_url=self._base, headers=self._headers, timeout=timeout)
+
+    async def score(self, prompts: Union[str, Sequence[str]], images: Any, model: Optional[str] = None) -> List[float]:
+        return await self._send(await asyncio.to_thread(score_call, prompts, images, model))
+
+    async def rank(self, prompt: str, images: Any, model: Optional[str] = None) -> "RankResult":
+        return await self._send(await asyncio.to_thread(rank_call, prompt, images, model))
+
+    async def score_matrix(self, prompts: Sequence[str], images: Any, model: Optional[str] = None) -> np.ndarray:
+        return await self._send(await asyncio.to_thread(matrix_call, prompts, images, model))
+
+    async def rewards(
+        self,
+        prompts: Union[str, Sequence[str]],
+        images: Any,
+        models: Optional[Sequence[str]] = None,
+        weights: Optional[Mapping[str, float]] = None,
+        normalize: Optional[str] = None,
+    ) -> Rewards:
+        call = await asyncio.to_thread(rewards_call, prompts, images, models, weights, normalize)
+        return await self._send(call)
+
+    async def ready(self) -> Dict[str, Any]:
+        return await self._send(ready_call())
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> "AsyncRewardClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def _send(self, call: Call) -> Any:
+        end = self.policy.end()
+        for attempt in itertools.count():
+            try:
+                response = await self._client.request(call.method, call.path, json=call.body,
+                                                      timeout=self.policy.timeout(self.timeout, end))
+            except _retryable(self._httpx):
+                delay = self.policy.delay(attempt, None, end)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            if response.status_code in RETRY_STATUSES:
+                delay = self.policy.delay(attempt, response.headers.get("retry-after"), end)
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+            return self._answer(call, response)
+        raise AssertionError("unreachable")
 
 
 def _prompt_list(prompts: Any, count: int) -> List[str]:
@@ -213,6 +419,7 @@ def _prompt_list(prompts: Any, count: int) -> List[str]:
 def _server_error(response: Any) -> RewardServerError:
     try:
         body = response.json()
-        return RewardServerError(response.status_code, body["error"], body["detail"], body.get("index"))
+        return RewardServerError(response.status_code, body["error"], body["detail"], body.get("index"),
+                                 body.get("model"))
     except (ValueError, KeyError, TypeError):
         return RewardServerError(response.status_code, "http_error", response.text[:500])

@@ -46,6 +46,10 @@ class JobFileError(ImageRewardError, ValueError):
     """A batch job's input or output file is missing or malformed (the job stops before any work)."""
 
 
+class StatsFileError(ImageRewardError, ValueError):
+    """A reward statistics file (``imagereward reward-stats``) that is missing or malformed."""
+
+
 class OptionsError(ImageRewardError, ValueError):
     """Options that do not fit together, or not with the run already in the output folder."""
 

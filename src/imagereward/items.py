@@ -17,7 +17,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -152,6 +152,19 @@ def decode(
     return preprocess.to_pixels(open_image(item, limits, name))
 
 
+def decode_for(
+    chains: Mapping[Hashable, PixelChain],
+    item: ImageInput,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    name: Optional[str] = None,
+) -> Dict[Hashable, "torch.Tensor"]:
+    """One item's pixels for several scorers: opened (and checked) once, then run through
+    each chain; ``chains`` maps a key (a scorer, or a preprocessing config that several
+    scorers share) to its chain."""
+    image = open_image(item, limits, name)
+    return {key: chain.to_pixels(image) for key, chain in chains.items()}
+
+
 def decode_all(
     preprocess: PixelChain,
     items: Sequence[ImageInput],
@@ -240,6 +253,7 @@ __all__ = [
     "check_item",
     "decode",
     "decode_all",
+    "decode_for",
     "decoded_batches",
     "item_name",
     "open_image",

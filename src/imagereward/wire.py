@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, ImageTypeError, InputError
 
 RAW_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # Modes whose conversion to RGB the scoring chains do after resizing: sent as lossless
@@ -51,6 +51,20 @@ class WireImage:
 
 
 # -- client side -------------------------------------------------------------------------
+def uint8_pixels(array: np.ndarray, channels_first: bool = False) -> np.ndarray:
+    """``uint8`` pixels ``[H, W(, C)]`` of a ``uint8`` array, or of a float array in [0, 1]
+    (rounded: ``round(x * 255)``); ``channels_first`` arrays ``[C, H, W]`` are transposed."""
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and (not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0):
+            raise InputError("float pixels must lie in [0, 1]")
+        array = np.round(array.astype(np.float32) * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageTypeError(f"pixels must be uint8 or float in [0, 1], got {array.dtype}")
+    if channels_first and array.ndim == 3:
+        array = array.transpose(1, 2, 0)
+    return array
+
+
 def raw_image(pixels: np.ndarray) -> WireImage:
     """``uint8`` pixels ``[H, W]`` or ``[H, W, C]`` (C = 1, 3, 4) as raw bytes."""
     if pixels.dtype != np.uint8:

@@ -44,7 +44,8 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("models", "imagereward.cli.models", "list the registered scorers"),
     ("download", "imagereward.cli.download", "fetch models' files ahead of time, for offline use"),
     ("score-dataset", "imagereward.cli.score_dataset", "score a whole data set on Ray Data (local or a cluster), restartable"),
-    ("serve", "imagereward.cli.serve", "reward server for RL trainers (Ray Serve, dynamic batching)"),
+    ("serve", "imagereward.cli.serve", "reward server for RL trainers: one or several models (Ray Serve)"),
+    ("reward-stats", "imagereward.cli.reward_stats", "each model's score mean and std over your pairs, for z-scores"),
 )
 
 DESCRIPTION = """\

@@ -49,7 +49,7 @@ def exit_code_for(error: BaseException) -> int:
     """The documented exit code of an error that reached the command line."""
     from ..errors import (
         CheckpointError, DataError, DeviceError, InputError, JobFileError, OptionsError,
-        TokenizerFileError, UnknownModelError,
+        StatsFileError, TokenizerFileError, UnknownModelError,
     )
 
     if isinstance(error, CliError):
@@ -57,7 +57,7 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, (UnknownModelError, OptionsError)):
         return EXIT_USAGE
     if isinstance(error, (InputError, CheckpointError, TokenizerFileError, DeviceError, DataError,
-                          JobFileError, FileNotFoundError, IsADirectoryError)):
+                          JobFileError, StatsFileError, FileNotFoundError, IsADirectoryError)):
         return EXIT_INPUT
     return EXIT_FAILURE
 
@@ -202,10 +202,10 @@ def add_file_options(group: Any, checkpoint_help: str) -> None:
     )
 
 
-def add_dtype_option(group: Any) -> None:
+def add_dtype_option(group: Any, default: Optional[str] = "fp32") -> None:
     group.add_argument(
-        "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-        help="precision of the image and text encoders; reward heads stay fp32 (default: %(default)s)",
+        "--dtype", choices=("fp32", "bf16", "fp16"), default=default,
+        help="precision of the image and text encoders; reward heads stay fp32 (default: fp32)",
     )
 
 

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .common import (
     EXIT_CODES_HELP,
@@ -26,6 +26,7 @@ from .common import (
     add_file_options,
     add_general_options,
     model_files,
+    model_list,
     model_name,
     model_names_help,
     positive_int,
@@ -34,11 +35,14 @@ from .common import (
 EPILOG = f"""\
 examples:
   imagereward serve --checkpoint ImageReward.pt
+  imagereward serve --models ImageReward-v1.0,PickScore,HPSv2.1 --dtype bf16
+  imagereward serve --models PickScore,HPSv2.1 --stats stats.json --normalize zscore
   imagereward serve --model CLIP --replicas 2 --max-batch-size 64
   IMAGEREWARD_API_KEY=secret imagereward serve --host 0.0.0.0 --api-key-env IMAGEREWARD_API_KEY
   imagereward serve --address auto --replicas 8 --gpus-per-replica 1   # on a Ray cluster
 
-endpoints: POST /score, /rank, /score_matrix; GET /healthz, /readyz, /metrics;
+endpoints: POST /score, /rank, /score_matrix (one model), /rewards (several, weighted);
+GET /healthz, /readyz, /metrics;
 the OpenAPI schema is at /openapi.json and /docs. Stop with Ctrl-C or SIGTERM:
 requests already accepted are finished first. See docs/serve.md.
 
@@ -48,17 +52,30 @@ requests already accepted are finished first. See docs/serve.md.
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="reward server for RL trainers (Ray Serve, dynamic batching)",
-        description="Serve rewards over HTTP with dynamic batching across concurrent requests.",
+        help="reward server for RL trainers: one or several models (Ray Serve, dynamic batching)",
+        description="Serve rewards over HTTP with dynamic batching across concurrent requests: one "
+        "model, or several behind one endpoint, each image decoded once per request.",
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", type=model_name, default=IMAGEREWARD,
-                       help=f"a registered scorer: {model_names_help()} (default: %(default)s)")
-    add_file_options(model, "local files instead of downloading (a bare PATH is the model's weights)")
-    add_dtype_option(model)
+    model = parser.add_argument_group("models")
+    choice = model.add_mutually_exclusive_group()
+    choice.add_argument("--model", type=model_name,
+                        help=f"a registered scorer: {model_names_help()} (default: {IMAGEREWARD})")
+    choice.add_argument("--models", type=model_list, metavar="A,B,...",
+                        help="several registered scorers, one deployment each (all: every one); "
+                        "the first answers /score, /rank and /score_matrix unless a request names another")
+    add_file_options(model, "local files instead of downloading (a bare PATH is the only model's weights)")
+    add_dtype_option(model, default=None)
     add_download_options(model)
+    model.add_argument("--stats", metavar="FILE",
+                       help="reward statistics (imagereward reward-stats) for z-scores on /rewards")
+    model.add_argument("--normalize", choices=("none", "zscore"),
+                       help="scale of each model's scores on /rewards unless a request says "
+                       "(default: none; zscore needs --stats)")
+    model.add_argument("--settings", metavar="FILE",
+                       help="server settings as JSON or YAML (the fields of build_app's arguments, per-model "
+                       "entries under models:); options given here override its top-level fields")
 
     http = parser.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
@@ -70,29 +87,31 @@ def register(subparsers: Any) -> None:
                       help="require the API key held by environment variable NAME "
                       "(Authorization: Bearer KEY or X-API-Key: KEY)")
 
-    batching = parser.add_argument_group("replicas and batching")
-    batching.add_argument("--replicas", type=positive_int, default=1, help="model replicas (default: %(default)s)")
+    batching = parser.add_argument_group("replicas and batching (of every model)")
+    batching.add_argument("--replicas", type=positive_int, help="replicas of each model (default: 1)")
     batching.add_argument("--gpus-per-replica", type=float, metavar="N",
-                          help="GPUs per replica (default: 1 when the Ray cluster has GPUs, else 0)")
-    batching.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="N",
-                          help="CPUs per replica; also its torch threads (default: %(default)s)")
-    batching.add_argument("--max-batch-size", type=positive_int, default=32, metavar="N",
-                          help="pairs per forward pass (default: %(default)s)")
-    batching.add_argument("--batch-wait-ms", type=float, default=10.0, metavar="MS",
-                          help="how long a batch waits to fill up (default: %(default)s)")
+                          help="GPUs per replica, fractions to share a GPU between models "
+                          "(default: 1 when the Ray cluster has GPUs, else 0)")
+    batching.add_argument("--cpus-per-replica", type=float, metavar="N",
+                          help="CPUs per replica, also its torch threads (default: on this machine, an "
+                          "even share of the CPUs the ingress leaves; on a cluster, 1)")
+    batching.add_argument("--max-batch-size", type=positive_int, metavar="N",
+                          help="pairs per forward pass (default: 32)")
+    batching.add_argument("--batch-wait-ms", type=float, metavar="MS",
+                          help="how long a batch waits to fill up (default: 10)")
     batching.add_argument("--address", metavar="ADDRESS",
                           help="Ray cluster to join (e.g. auto, or ray://HOST:10001); default: RAY_ADDRESS, "
                           "else a new Ray on this machine")
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-pairs", type=positive_int, default=256, metavar="N",
-                        help="pairs per request; more get 413 (default: %(default)s)")
-    limits.add_argument("--max-body-mb", type=positive_int, default=128, metavar="MB",
-                        help="request body size; larger get 413 (default: %(default)s)")
-    limits.add_argument("--max-queue", type=positive_int, default=1024, metavar="N",
-                        help="pairs waiting per replica; more get 429 (default: %(default)s)")
-    limits.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                        help="per-request timeout; slower requests get 504 (default: %(default)s)")
+    limits.add_argument("--max-pairs", type=positive_int, metavar="N",
+                        help="pairs per request; more get 413 (default: 256)")
+    limits.add_argument("--max-body-mb", type=positive_int, metavar="MB",
+                        help="request body size; larger get 413 (default: 128)")
+    limits.add_argument("--max-queue", type=positive_int, metavar="N",
+                        help="pairs waiting per model replica; more get 429 (default: 1024)")
+    limits.add_argument("--timeout", type=float, metavar="S",
+                        help="per-request timeout; slower requests get 504 (default: 60)")
     add_general_options(parser)
     parser.set_defaults(func=run, parser=parser)
 
@@ -120,34 +139,139 @@ def check_port_free(host: str, port: int) -> None:
             raise CliError(f"port {port} on {host} {reason}", EXIT_INPUT) from None
 
 
-def check_model(settings: Any) -> None:
-    """Load the model once on the CPU before Ray starts, so that missing, junk or mis-shaped
+def check_models(settings: Any) -> None:
+    """Load each model once on the CPU before Ray starts, so that missing, junk or mis-shaped
     files give the same one-line message and exit code (3) as ``score``, in seconds."""
     import gc
 
-    check_spec_files(settings.spec())
-    scorer = load_scorer(settings.spec("cpu"))
-    del scorer
-    gc.collect()
+    for entry in settings.models:
+        check_spec_files(entry.spec())
+    for entry in settings.models:
+        scorer = load_scorer(entry.spec("cpu"))
+        del scorer
+        gc.collect()
 
 
-def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    return dict(
-        model=args.model,
-        files=model_files(args, [args.model], args.parser)[args.model],
-        download_root=args.download_root,
-        dtype=args.dtype,
-        replicas=args.replicas,
-        gpus_per_replica=args.gpus_per_replica,
-        cpus_per_replica=args.cpus_per_replica,
-        max_batch_size=args.max_batch_size,
-        batch_wait_ms=args.batch_wait_ms,
-        max_body_bytes=args.max_body_mb * 2**20,
-        max_pairs=args.max_pairs,
-        max_queue_pairs=args.max_queue,
-        request_timeout_s=args.timeout,
-        api_key_env=args.api_key_env,
-    )
+# Options that set ServeSettings fields, and the fields they set (None: not given).
+OPTION_FIELDS = (
+    ("dtype", "dtype"), ("download_root", "download_root"), ("replicas", "replicas"),
+    ("gpus_per_replica", "gpus_per_replica"), ("cpus_per_replica", "cpus_per_replica"),
+    ("max_batch_size", "max_batch_size"), ("batch_wait_ms", "batch_wait_ms"), ("max_pairs", "max_pairs"),
+    ("max_queue", "max_queue_pairs"), ("timeout", "request_timeout_s"), ("api_key_env", "api_key_env"),
+    ("stats", "stats"), ("normalize", "normalize"),
+)
+
+
+def read_settings_file(path: str) -> Dict[str, Any]:
+    """The fields of a ``--settings`` file (JSON, or YAML when PyYAML is installed)."""
+    import json
+
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise CliError(f"cannot read --settings file {path}: {error.strerror or error}", EXIT_INPUT) from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            import yaml
+        except ImportError:
+            raise CliError(f"--settings {path} is not JSON (YAML needs PyYAML installed)", EXIT_INPUT) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise CliError(f"--settings {path} is neither JSON nor YAML: {error}", EXIT_INPUT) from None
+    if not isinstance(data, dict):
+        raise CliError(f"--settings {path} must hold an object of settings", EXIT_INPUT)
+    return data
+
+
+def settings_from_args(args: argparse.Namespace, cpus: Optional[float] = None) -> Dict[str, Any]:
+    """ServeSettings fields: the ``--settings`` file's, overridden by the options given.
+
+    ``cpus`` is the private Ray's CPU count: replicas then share what the ingress leaves,
+    unless ``--cpus-per-replica`` (or the file) says otherwise.
+    """
+    data = read_settings_file(args.settings) if args.settings else {}
+    if args.models or args.model:
+        data["models"] = args.models or [args.model]
+        data.pop("model", None)
+    elif "models" not in data and "model" not in data:
+        data["models"] = [IMAGEREWARD]
+    for option, field in OPTION_FIELDS:
+        value = getattr(args, option, None)
+        if value is not None:
+            data[field] = value
+    if args.max_body_mb is not None:
+        data["max_body_bytes"] = args.max_body_mb * 2**20
+    names = _model_names(data)
+    given = model_files(args, names, args.parser)
+    if args.checkpoint or args.clip_checkpoint:
+        data["models"] = [_with_files(entry, given) for entry in _entries(data)]
+        data.pop("model", None)
+    if cpus is not None and "cpus_per_replica" not in data:
+        replicas = sum(int(_entry_dict(entry).get("replicas", data.get("replicas", 1))) for entry in _entries(data))
+        ingress = float(data.get("ingress_cpus", 0.5)) * int(data.get("ingress_replicas", 1))
+        data["cpus_per_replica"] = round(max(0.25, (cpus - ingress) / max(1, replicas)), 2)
+    return data
+
+
+def _entries(data: Dict[str, Any]) -> List[Any]:
+    models = data.get("models")
+    if models is None:
+        return [data.get("model", IMAGEREWARD)]
+    if isinstance(models, str):
+        return [name.strip() for name in models.split(",") if name.strip()]
+    return list(models)
+
+
+def _entry_dict(entry: Any) -> Dict[str, Any]:
+    return {"model": entry} if isinstance(entry, str) else dict(entry)
+
+
+def _model_names(data: Dict[str, Any]) -> List[str]:
+    names = []
+    for entry in _entries(data):
+        name = _entry_dict(entry).get("model", IMAGEREWARD)
+        try:
+            names.append(model_name(str(name)))
+        except argparse.ArgumentTypeError as error:
+            raise CliError(str(error), EXIT_USAGE) from None
+    return names
+
+
+def _with_files(entry: Any, files: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
+    fields = _entry_dict(entry)
+    name = model_name(str(fields.get("model", IMAGEREWARD)))
+    merged = {**dict(fields.get("files") or {}), **files.get(name, {})}
+    if merged:
+        fields["files"] = merged
+    return fields
+
+
+def validation_message(error: Any) -> str:
+    """A pydantic error in one line: each problem with where it is."""
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def check_stats(settings: Any) -> None:
+    """A ``--stats`` file is read (exit 3 when it cannot be) and covers every served model
+    when z-scores are the default (exit 2)."""
+    if settings.stats is None:
+        return
+    from ..reward_stats import RewardStats
+
+    stats = RewardStats.load(settings.stats)
+    missing = [key for key in settings.keys if key not in stats.models]
+    if settings.normalize == "zscore" and missing:
+        raise CliError(f"--normalize zscore: {settings.stats} has no statistics for {', '.join(missing)}",
+                       EXIT_USAGE)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,18 +284,22 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{error}; install the server with: pip install 'imagereward[serve]'") from error
     from pydantic import ValidationError
 
-    if args.max_pairs > args.max_queue:
-        args.parser.error(f"--max-pairs ({args.max_pairs}) must not exceed --max-queue ({args.max_queue})")
-    try:
-        settings = ServeSettings(**settings_from_args(args))
-    except ValidationError as error:
-        raise CliError(str(error), EXIT_USAGE) from None
+    def settings_of(cpus: Optional[float] = None) -> Any:
+        try:
+            return ServeSettings(**settings_from_args(args, cpus))
+        except ValidationError as error:
+            raise CliError(f"server settings: {validation_message(error)}", EXIT_USAGE) from None
+
+    if args.max_pairs is not None and args.max_pairs > (args.max_queue or 1024):
+        args.parser.error(f"--max-pairs ({args.max_pairs}) must not exceed --max-queue ({args.max_queue or 1024})")
+    settings = settings_of()
     if settings.api_key_env and not os.environ.get(settings.api_key_env):
         raise CliError(f"--api-key-env {settings.api_key_env}: that variable is not set or empty", EXIT_USAGE)
+    check_stats(settings)
     if args.offline:
         os.environ["IMAGEREWARD_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
     check_port_free(args.host, args.port)
-    check_model(settings)
+    check_models(settings)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key_env:
         print(f"imagereward: warning: serving on {args.host} without --api-key-env: "
               "anyone who can reach this port can use the server")
@@ -182,11 +310,12 @@ def run(args: argparse.Namespace) -> int:
         from ..runners import private_ray
 
         private_ray.start(args.verbose, configure_logging=args.verbose, log_to_driver=args.verbose)
-    if not args.verbose:  # Serve's start-up notices; the command says what is served, and where
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        settings = settings_of(ray.cluster_resources().get("CPU", 1.0))  # replicas share this machine
     else:
         ray.init(address=address, include_dashboard=False, configure_logging=args.verbose,
                  log_to_driver=args.verbose)
+    if not args.verbose:  # Serve's start-up notices; the command says what is served, and where
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     stop = _stop_on_signals()  # after ray.init, which installs handlers of its own
     try:
         check_placement(settings, ray.cluster_resources(), private=address == "local")
@@ -199,8 +328,9 @@ def run(args: argparse.Namespace) -> int:
         if not _deploy(lambda: serve.run(build_app(settings), name="imagereward", route_prefix="/"), stop):
             print("imagereward: stopped before the server was ready", flush=True)
             return 0
+        replicas = ", ".join(f"{entry.key} x{entry.replicas}" for entry in settings.models)
         print(f"imagereward: serving {settings.label} on http://{args.host}:{args.port} "
-              f"({settings.replicas} replica(s)); Ctrl-C to stop", flush=True)
+              f"(replicas: {replicas}); Ctrl-C to stop", flush=True)
         stop.wait()
         print(f"imagereward: stopping: answering the requests already accepted (at most "
               f"{args.drain_timeout:g} s), refusing new ones with 503", flush=True)
@@ -217,13 +347,16 @@ def run(args: argparse.Namespace) -> int:
 def check_placement(settings: Any, resources: Dict[str, float], private: bool) -> None:
     """Refuse, before deploying, replicas that this Ray cannot place (a cluster that may
     grow only gets a warning)."""
-    needs = {"CPU": settings.replicas * settings.cpus_per_replica,
-             "GPU": settings.replicas * (settings.gpus_per_replica or 0.0)}
+    needs = {
+        "CPU": settings.ingress_replicas * settings.ingress_cpus
+        + sum(entry.replicas * entry.cpus_per_replica for entry in settings.models),
+        "GPU": sum(entry.replicas * (entry.gpus_per_replica or 0.0) for entry in settings.models),
+    }
     for kind, flag in (("CPU", "--cpus-per-replica"), ("GPU", "--gpus-per-replica")):
         have = resources.get(kind, 0.0)
-        if needs[kind] > have:
-            message = (f"--replicas {settings.replicas} x {flag} needs {needs[kind]:g} {kind}s and this "
-                       f"Ray has {have:g}: lower --replicas or {flag}")
+        if needs[kind] > have + 1e-9:
+            message = (f"the models' replicas x {flag}{' and the ingress' if kind == 'CPU' else ''} need "
+                       f"{needs[kind]:g} {kind}s and this Ray has {have:g}: lower --replicas or {flag}")
             if private:
                 raise CliError(message, EXIT_USAGE)
             print(f"imagereward: warning: {message}, or add nodes; replicas wait until they fit",

@@ -1,54 +1,58 @@
-"""The reward server as a Ray Serve application: FastAPI ingress, dynamic batching, limits.
+"""The reward server as a Ray Serve application: one ingress, one deployment per model.
 
-Each replica holds one scorer. A request is authenticated, size-checked, parsed
-and its images decoded through the scorer's own item pipeline (the same decoding,
-limits and preprocessing as in-process scoring) in worker threads *before* it joins
-the batch queue, so a bad image is refused with 400 naming its index and never
-reaches a batch shared with other requests. Admitted pairs join one
-``@serve.batch`` queue as single items: pairs of many concurrent requests share
-one forward pass, and each request awaits exactly its own items, in its order.
+The ingress (:class:`RewardServer`, FastAPI) authenticates, size-checks and parses each
+request, and checks and decodes each image *once*, in worker threads, through the
+item pipeline (the same decoding, limits and preprocessing as in-process scoring): an
+image is opened once and run through each distinct preprocessing chain of the models
+the request names, and each model's deployment (:class:`~.model.ModelReplica`) gets
+its own pixels. A bad image is refused with 400 naming its index before any model
+sees it. Each model batches the pairs of all concurrent requests into shared forward
+passes, with its own replicas, GPU share, batch size and queue; one model's failure
+(its replicas dead, its queue full) is a 503 or 429 naming it, and requests for the
+other models keep being answered.
 
     serve run imagereward.runners.serve:build_app model=CLIP max_batch_size=64
+    serve run imagereward.runners.serve:build_app models=ImageReward-v1.0,PickScore,HPSv2.1
 """
 
 import asyncio
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Type, Union
+from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Type, Union
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
 
 from ... import __version__
 from ...errors import InputError
-from ...items import decode
+from ...items import decode_for
+from ...preprocess import ImagePreprocessor
+from ...reward_stats import RewardStats, check_weights, normalized, weighted_reward
 from ...scoring.base import ranks_from_rewards
 from ...scoring.scorer import default_decode_workers
 from ...wire import read_payload
 from .drain import DrainWatch
-from .limits import (
-    AdmissionGate,
-    Refusal,
-    api_key_from_env,
-    check_api_key,
-    check_content_length,
-    check_pair_count,
-)
+from .fanout import ModelRoute, ModelRoutes
+from .limits import Refusal, api_key_from_env, check_api_key, check_content_length, check_pair_count
 from .metrics import ServerMetrics
+from .model import ModelReplica
 from .schemas import (
     ErrorResponse,
     ImageObject,
     MatrixRequest,
     MatrixResponse,
+    ModelStatus,
     RankRequest,
     RankResponse,
     ReadyResponse,
+    RewardsRequest,
+    RewardsResponse,
     ScoreRequest,
     ScoreResponse,
     request_body,
@@ -63,8 +67,9 @@ ERRORS = {
         (400, "invalid JSON, or an item that cannot be scored (its index is given)"),
         (401, "API key missing or wrong"),
         (413, "request body or number of pairs over the limit"),
-        (429, "queue full: retry after Retry-After seconds"),
-        (503, "the server is stopping: retry after Retry-After seconds"),
+        (429, "a model's queue is full (named in 'model'): retry after Retry-After seconds"),
+        (503, "the server is stopping, or a model is not available (named in 'model'): "
+              "retry after Retry-After seconds"),
         (504, "not finished within the request timeout"),
     )
 }
@@ -72,21 +77,9 @@ ERRORS = {
 api = FastAPI(
     title="imagereward reward server",
     version=__version__,
-    description="Rewards of (prompt, image) pairs from ImageReward or a baseline scorer.",
+    description="Rewards of (prompt, image) pairs from ImageReward, the baselines and newer "
+    "preference models; several models per request on /rewards.",
 )
-
-
-def load_scorer(settings: ServeSettings) -> Any:
-    """The scorer of ``settings``, on this replica's GPU if it has one, with the server's limits.
-
-    Images arrive decoded in the request threads: the scorer keeps no decoding threads.
-    """
-    from ...allocator import keep_freed_memory
-
-    keep_freed_memory()  # the replica's process is the server's own; set before the model loads
-    scorer = settings.spec("cuda" if torch.cuda.is_available() else "cpu").load()
-    scorer.limits = settings.limits
-    return scorer
 
 
 def validation_refusal(error: ValidationError) -> Refusal:
@@ -99,34 +92,46 @@ def validation_refusal(error: ValidationError) -> Refusal:
     return Refusal(400, kind, f"{where}: {first['msg']}", index=index)
 
 
+
+def _check_pairs(prompts: Sequence[str], images: Sequence[Any]) -> None:
+    if len(prompts) != len(images):
+        raise Refusal(400, "invalid_input", f"got {len(prompts)} prompts for {len(images)} images")
+
+
+def _status(route: ModelRoute) -> ModelStatus:
+    info = route.info or {}
+    return ModelStatus(ready=bool(route.ready), label=info.get("label"), device=info.get("device"),
+                       dtype=info.get("dtype"), detail=None if route.ready else route.detail)
+
+
+# The ingress's methods may use only what is defined above this line: Serve serialises the
+# FastAPI application when the class is decorated.
 @serve.deployment(name="RewardServer")
 @serve.ingress(api)
 class RewardServer:
-    """One replica: a scorer, its batch queue, its limits and its metrics."""
+    """An ingress replica: limits, decoding once per image, fan-out to the models, metrics."""
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Mapping[str, Any], models: Mapping[str, Any]) -> None:
         self.settings = ServeSettings.model_validate(settings)
+        torch.set_num_threads(1)  # the ingress decodes in threads; it runs no model
         self.api_key = api_key_from_env(self.settings.api_key_env)
-        self.scorer = load_scorer(self.settings)
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagereward-model")
+        self.stats = RewardStats.load(self.settings.stats) if self.settings.stats else None
+        self.models = ModelRoutes(models)
+        self.limits = self.settings.limits
         self.decode_pool = ThreadPoolExecutor(
             max_workers=default_decode_workers(), thread_name_prefix="imagereward-decode"
         )
-        self.gate = AdmissionGate(self.settings.max_queue_pairs)
-        replica = serve.get_replica_context().replica_id.unique_id
-        self.metrics = ServerMetrics(str(replica), self.settings.label)
-        self.drain = DrainWatch(self.settings.drain_coordinator, str(replica))
-        self._batched.set_max_batch_size(self.settings.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
-        size = self.scorer.preprocess.config.image_size
-        self.scorer.score_batch([""], [Image.new("RGB", (size, size))])  # warm up
+        self._chains: Dict[Hashable, ImagePreprocessor] = {}
+        replica = str(serve.get_replica_context().replica_id.unique_id)
+        self.metrics = ServerMetrics(replica, ",".join(self.settings.keys))
+        self.drain = DrainWatch(self.settings.drain_coordinator, replica)
 
     # -- endpoints ----------------------------------------------------------------------
     @api.post(
         "/score", response_model=ScoreResponse, responses=ERRORS, openapi_extra=request_body(ScoreRequest)
     )
     async def score(self, request: Request) -> Response:
-        """Rewards of N (prompt, image) pairs, in request order."""
+        """Rewards of N (prompt, image) pairs from one model, in request order."""
         return await self._answer("score", request, self._score)
 
     @api.post(
@@ -146,38 +151,46 @@ class RewardServer:
         """Every prompt against every image: each image is encoded once."""
         return await self._answer("score_matrix", request, self._score_matrix)
 
+    @api.post(
+        "/rewards", response_model=RewardsResponse, responses=ERRORS, openapi_extra=request_body(RewardsRequest)
+    )
+    async def rewards(self, request: Request) -> Response:
+        """Scores of N pairs from several models (each image decoded once), and their weighted sum."""
+        return await self._answer("rewards", request, self._rewards)
+
     @api.get("/healthz")
     async def healthz(self) -> Dict[str, str]:
-        """The replica is alive."""
+        """The ingress is alive."""
         return {"status": "ok"}
 
     @api.get("/readyz", response_model=ReadyResponse, responses={503: ERRORS[503]})
     async def readyz(self) -> Any:
-        """The model is loaded and warmed up, and the server is not stopping (else 503).
-
-        Serve routes requests to a replica only once its constructor (loading and
-        warm-up) has finished; until one is ready, the proxy holds requests, so a
-        probe's own timeout reads as "not ready".
-        """
+        """Which models are ready; 200 when all are, else 503 (also while the server stops)."""
         if self.drain.draining:
             return self._refuse("readyz", Refusal(503, "stopping", "the server is stopping",
                                                   headers={"Retry-After": "1"}))
-        return ReadyResponse(
-            ready=True,
-            model=self.settings.label,
-            device=str(self.scorer.device),
-            dtype=str(self.scorer.compute_dtype).replace("torch.", ""),
-        )
+        self.models.watch()
+        routes = list(self.models.routes.values())
+        await asyncio.gather(*(self.models.probe(route) for route in routes if route.ready is None))
+        statuses = {route.key: _status(route) for route in routes}
+        ready = all(status.ready for status in statuses.values())
+        body = ReadyResponse(ready=ready, models=statuses).model_dump()
+        return JSONResponse(body, status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "2"})
 
     @api.get("/metrics", responses={401: ERRORS[401]})
     async def metrics(self, request: Request) -> Response:
-        """Prometheus text format: this replica's counters and histograms."""
+        """Prometheus text format: the ingress's counters and one replica's of each model."""
         try:
             self._authorize(request)
         except Refusal as refusal:
             return self._refuse("metrics", refusal)
-        self.metrics.queue_depth.set(self.gate.depth)
-        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+        routes = [route for route in self.models.routes.values() if route.ready is not False]
+        families = await asyncio.gather(
+            *(asyncio.wait_for(route.handle.metric_families.remote(), 5) for route in routes),
+            return_exceptions=True,
+        )
+        text = self.metrics.render(f for f in families if not isinstance(f, BaseException))
+        return Response(text, media_type=self.metrics.content_type)
 
     # -- request handling ---------------------------------------------------------------
     async def _answer(
@@ -232,40 +245,71 @@ class RewardServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    # -- the endpoints' work --------------------------------------------------------------
     async def _score(self, body: bytes) -> ScoreResponse:
         parsed = await self._parse(body, ScoreRequest)
-        if len(parsed.prompts) != len(parsed.images):
-            raise Refusal(
-                400, "invalid_input", f"got {len(parsed.prompts)} prompts for {len(parsed.images)} images"
-            )
-        pixels = await self._decode(parsed.images)
-        scores = await self._score_pairs(parsed.prompts, pixels)
-        self.metrics.pairs.labels(endpoint="score").inc(len(scores))
-        return ScoreResponse(scores=scores, model=self.settings.label)
+        _check_pairs(parsed.prompts, parsed.images)
+        (route,) = await self.models.available([self._model(parsed.model)])
+        pixels = await self._decode(parsed.images, [route])
+        scores = await self.models.call(route, "score", parsed.prompts, pixels[route.key])
+        return ScoreResponse(scores=scores, model=route.info["label"])
 
     async def _rank(self, body: bytes) -> RankResponse:
         parsed = await self._parse(body, RankRequest)
-        pixels = await self._decode(parsed.images)
-        rewards = await self._score_pairs([parsed.prompt] * len(pixels), pixels)
-        self.metrics.pairs.labels(endpoint="rank").inc(len(rewards))
-        return RankResponse(ranking=ranks_from_rewards(rewards), rewards=rewards, model=self.settings.label)
+        (route,) = await self.models.available([self._model(parsed.model)])
+        pixels = await self._decode(parsed.images, [route])
+        prompts = [parsed.prompt] * len(parsed.images)
+        rewards = await self.models.call(route, "score", prompts, pixels[route.key])
+        return RankResponse(ranking=ranks_from_rewards(rewards), rewards=rewards, model=route.info["label"])
 
     async def _score_matrix(self, body: bytes) -> MatrixResponse:
         parsed = await self._parse(body, MatrixRequest)
         if not parsed.prompts:
             raise Refusal(400, "invalid_input", "prompts is empty: give at least one prompt")
         check_pair_count(len(parsed.prompts), self.settings.max_pairs, "prompts")
-        pixels = await self._decode(parsed.images)
-        self.gate.admit(len(pixels))  # the queue holds images; each is encoded once
+        (route,) = await self.models.available([self._model(parsed.model)])
+        pixels = await self._decode(parsed.images, [route])
+        matrix = await self.models.call(route, "score_matrix", parsed.prompts, pixels[route.key])
+        return MatrixResponse(scores=matrix, model=route.info["label"])
+
+    async def _rewards(self, body: bytes) -> RewardsResponse:
+        parsed = await self._parse(body, RewardsRequest)
+        _check_pairs(parsed.prompts, parsed.images)
+        keys = self._models(parsed.models, parsed.weights)
+        mode = parsed.normalize or self.settings.normalize
         try:
-            loop = asyncio.get_running_loop()
-            matrix = await loop.run_in_executor(
-                self.model_thread, self.scorer.score_pixel_matrix, parsed.prompts, torch.stack(pixels)
-            )
-        finally:
-            self.gate.release(len(pixels))
-        self.metrics.pairs.labels(endpoint="score_matrix").inc(matrix.numel())
-        return MatrixResponse(scores=matrix.tolist(), model=self.settings.label)
+            weights = check_weights(parsed.weights, keys) if parsed.weights is not None else None
+            if mode == "zscore":
+                normalized({key: [] for key in keys}, mode, self.stats)  # every model has statistics
+        except InputError as error:
+            raise Refusal(400, "invalid_input", str(error)) from None
+        routes = await self.models.available(keys)
+        pixels = await self._decode(parsed.images, routes)
+        answers = await self.models.call_all(
+            {route.key: (route, "score", parsed.prompts, pixels[route.key]) for route in routes}
+        )
+        scores = normalized(answers, mode, self.stats)
+        reward = weighted_reward(scores, weights) if weights else None
+        labels = {route.key: route.info["label"] for route in routes}
+        return RewardsResponse(scores=scores, reward=reward, normalize=mode, models=labels)
+
+    def _model(self, key: Optional[str]) -> str:
+        if key is None:
+            return self.models.keys[0]
+        if key not in self.models.routes:
+            raise Refusal(400, "unknown_model",
+                          f"model {key!r} is not served here; served: {', '.join(self.models.keys)}")
+        return key
+
+    def _models(self, keys: Optional[List[str]], weights: Optional[Dict[str, float]]) -> List[str]:
+        """The models a /rewards request names: ``models``, else those weighted, else all."""
+        if keys is None:
+            keys = list(weights) if weights else self.models.keys
+        if not keys:
+            raise Refusal(400, "invalid_input", "models is empty: name at least one served model")
+        if len(set(keys)) != len(keys):
+            raise Refusal(400, "invalid_input", f"models names a model twice: {keys}")
+        return [self._model(key) for key in keys]
 
     async def _parse(self, body: bytes, schema: Type[BaseModel]) -> Any:
         loop = asyncio.get_running_loop()
@@ -279,53 +323,54 @@ class RewardServer:
         check_pair_count(len(images), self.settings.max_pairs, "images")
         return parsed
 
-    async def _decode(self, images: Sequence[Union[str, ImageObject]]) -> List[torch.Tensor]:
-        """Each image as the scorer's pixels ``[3, S, S]``, or 400 naming it."""
+    async def _decode(
+        self, images: Sequence[Union[str, ImageObject]], routes: Sequence[ModelRoute]
+    ) -> Dict[str, torch.Tensor]:
+        """Each model's pixels ``[N, 3, S, S]``: every image opened once, run through each
+        distinct chain of ``routes``; 400 naming the first image that cannot be scored."""
+        configs = {route.key: route.info["preprocess"] for route in routes}
+        chains = {config: self._chain(config) for config in set(configs.values())}
         loop = asyncio.get_running_loop()
         jobs = [
-            loop.run_in_executor(self.decode_pool, self._decode_one, index, image)
+            loop.run_in_executor(self.decode_pool, self._decode_one, index, image, chains)
             for index, image in enumerate(images)
         ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return results
+        stacked = {config: torch.stack([result[config] for result in results]) for config in chains}
+        return {key: stacked[config] for key, config in configs.items()}
 
-    def _decode_one(self, index: int, image: Union[str, ImageObject]) -> torch.Tensor:
+    def _chain(self, config: Hashable) -> ImagePreprocessor:
+        chain = self._chains.get(config)
+        if chain is None:
+            chain = self._chains[config] = ImagePreprocessor(config)  # type: ignore[arg-type]
+        return chain
+
+    def _decode_one(
+        self, index: int, image: Union[str, ImageObject], chains: Mapping[Hashable, ImagePreprocessor]
+    ) -> Dict[Hashable, torch.Tensor]:
         payload = image if isinstance(image, str) else {"data": image.data, "shape": image.shape}
         name = f"images[{index}]"
         try:
-            return decode(self.scorer.preprocess, read_payload(payload), self.scorer.limits, name)
+            pixels = decode_for(chains, read_payload(payload), self.limits, name)
         except InputError as error:
             detail = str(error) if str(error).startswith(name) else f"{name}: {error}"
             raise Refusal(400, "invalid_image", detail, index=index) from None
-
-    async def _score_pairs(self, prompts: List[str], pixels: List[torch.Tensor]) -> List[float]:
-        """Admit the pairs, put each in the batch queue, await all of them in order."""
-        self.gate.admit(len(pixels))
-        try:
-            return await asyncio.gather(*(self._batched(p, x) for p, x in zip(prompts, pixels)))
-        finally:
-            self.gate.release(len(pixels))
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _batched(self, prompts: List[str], pixels: List[torch.Tensor]) -> List[float]:
-        """One forward pass for pairs of any number of requests (each decoded and checked alone)."""
-        self.metrics.batch_size.observe(len(prompts))
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(
-            self.model_thread, self.scorer.score_pixels, prompts, torch.stack(pixels)
-        )
-        self.gate.observe_throughput(len(prompts), time.perf_counter() - start)
-        return results
+        self.metrics.images_decoded.inc()
+        return pixels
 
 
 def _cluster_has_gpus() -> bool:
     import ray
 
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def deployment_name(key: str) -> str:
+    """A model's deployment: ``Model-<name>`` in the characters Serve's names allow."""
+    return "Model-" + re.sub(r"[^A-Za-z0-9_.-]", "_", key)
 
 
 def build_app(args: Union[ServeSettings, Dict[str, Any]]) -> Application:
@@ -335,12 +380,22 @@ def build_app(args: Union[ServeSettings, Dict[str, Any]]) -> Application:
     and for ``import_path`` in a Serve config file.
     """
     settings = ServeSettings.model_validate(args)
-    gpus = settings.gpus_per_replica
-    if gpus is None:
-        gpus = 1.0 if _cluster_has_gpus() else 0.0
+    has_gpus = _cluster_has_gpus()
+    models = {}
+    for entry in settings.models:
+        gpus = entry.gpus_per_replica
+        if gpus is None:
+            gpus = 1.0 if has_gpus else 0.0
+        models[entry.key] = ModelReplica.options(
+            name=deployment_name(entry.key),
+            num_replicas=entry.replicas,
+            # Let every call reach the replica: its own bounded queue answers 429.
+            max_ongoing_requests=entry.max_queue_pairs + 64,
+            ray_actor_options={"num_cpus": entry.cpus_per_replica, "num_gpus": gpus},
+        ).bind(entry.model_dump())
+    queue = sum(entry.max_queue_pairs for entry in settings.models)
     return RewardServer.options(
-        num_replicas=settings.replicas,
-        # Let every request reach the replica: its own bounded queue answers 429.
-        max_ongoing_requests=settings.max_queue_pairs + 64,
-        ray_actor_options={"num_cpus": settings.cpus_per_replica, "num_gpus": gpus},
-    ).bind(settings.model_dump())
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=queue + 64,
+        ray_actor_options={"num_cpus": settings.ingress_cpus},
+    ).bind(settings.model_dump(), models)

@@ -18,13 +18,15 @@ class Refusal(Exception):
         detail: str,
         index: Optional[int] = None,
         headers: Optional[Dict[str, str]] = None,
+        model: Optional[str] = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.kind, self.detail, self.index = status, kind, detail, index
         self.headers = headers or {}
+        self.model = model
 
     def body(self) -> Dict[str, object]:
-        return {"error": self.kind, "detail": self.detail, "index": self.index}
+        return {"error": self.kind, "detail": self.detail, "index": self.index, "model": self.model}
 
 
 def api_key_from_env(name: Optional[str]) -> Optional[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,7 @@ class ScoreRequest(BaseModel):
 
     prompts: List[str]
     images: List[ImagePayload]
+    model: Optional[str] = Field(default=None, description="a served model (default: the server's first)")
 
 
 class ScoreResponse(BaseModel):
@@ -44,6 +45,7 @@ class RankRequest(BaseModel):
 
     prompt: str
     images: List[ImagePayload]
+    model: Optional[str] = Field(default=None, description="a served model (default: the server's first)")
 
 
 class RankResponse(BaseModel):
@@ -59,6 +61,7 @@ class MatrixRequest(BaseModel):
 
     prompts: List[str]
     images: List[ImagePayload]
+    model: Optional[str] = Field(default=None, description="a served model (default: the server's first)")
 
 
 class MatrixResponse(BaseModel):
@@ -66,17 +69,49 @@ class MatrixResponse(BaseModel):
     model: str
 
 
+class RewardsRequest(BaseModel):
+    """N (prompt, image) pairs scored by several served models, each image decoded once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: List[str]
+    images: List[ImagePayload]
+    models: Optional[List[str]] = Field(
+        default=None, description="served models to score with (default: those weighted, else all)"
+    )
+    weights: Optional[Dict[str, float]] = Field(
+        default=None, description="reward = sum of weight x score over these models"
+    )
+    normalize: Optional[Literal["none", "zscore"]] = Field(
+        default=None, description="scale of each model's scores (default: the server's setting)"
+    )
+
+
+class RewardsResponse(BaseModel):
+    scores: Dict[str, List[float]] = Field(description="each model's scores, in request order")
+    reward: Optional[List[float]] = Field(default=None, description="the weighted sum, when weights are given")
+    normalize: str
+    models: Dict[str, str] = Field(description="each model's label (its checkpoint file, when local)")
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="kind of error, e.g. invalid_input, too_large, queue_full")
     detail: str
     index: Optional[int] = Field(default=None, description="the offending item, when one is to blame")
+    model: Optional[str] = Field(default=None, description="the model to blame, when one is")
+
+
+class ModelStatus(BaseModel):
+    ready: bool
+    label: Optional[str] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    detail: Optional[str] = Field(default=None, description="why the model is not ready")
 
 
 class ReadyResponse(BaseModel):
-    ready: bool
-    model: str
-    device: str
-    dtype: str
+    ready: bool = Field(description="every served model is ready")
+    models: Dict[str, ModelStatus]
 
 
 def inline_schema(model: type) -> Dict[str, Any]:
