@@ -117,3 +117,25 @@ def test_corrupt_file_named(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     with pytest.raises(ImageLoadError, match="broken.png"):
         load_image(str(path))
+
+
+def test_decode_for_opens_an_item_once_for_every_chain(tmp_path, monkeypatch):
+    """Several scorers' pixels from one file: opened once, each chain as decode() gives it."""
+    from imagereward import items
+    from imagereward.config import PreprocessConfig
+
+    path = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)).save(path)
+    chains = {
+        "blip": ImagePreprocessor(),
+        "hf": ImagePreprocessor(PreprocessConfig(crop="center_floor", convert_rgb="first")),
+        "hps": ImagePreprocessor(PreprocessConfig(crop="pad", convert_rgb="first")),
+    }
+    opened = []
+    real_open = items.open_image
+    monkeypatch.setattr(items, "open_image", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    pixels = items.decode_for(chains, str(path))
+    assert len(opened) == 1
+    monkeypatch.setattr(items, "open_image", real_open)
+    for key, chain in chains.items():
+        assert torch.equal(pixels[key], items.decode(chain, str(path))), key

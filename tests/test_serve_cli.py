@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -65,13 +66,19 @@ def _free_port() -> int:
 
 
 def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
+    """Two models from the command line (each its own deployment), API key, loopback only,
+    and a stop that drains."""
+    from test_baselines import write_clip_archive
+
     folder = save_tiny_model(tmp_path)
+    clip = write_clip_archive(tmp_path / "ViT-L-14.pt", seed=5)
     port = _free_port()
     env = dict(os.environ, IMAGEREWARD_BERT_VOCAB=str(BERT_VOCAB), HF_HUB_OFFLINE="1",
                IMAGEREWARD_OFFLINE="1", OMP_NUM_THREADS="1", CLI_TEST_KEY="k3y")
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "imagereward", "serve", "--checkpoint", folder, "--port", str(port),
+        [sys.executable, "-m", "imagereward", "serve", "--models", "ImageReward-v1.0,CLIP",
+         "--checkpoint", f"ImageReward-v1.0={folder}", "--checkpoint", f"CLIP={clip}", "--port", str(port),
          "--cpus-per-replica", "0", "--api-key-env", "CLI_TEST_KEY", "--max-batch-size", "256",
          "--batch-wait-ms", "2500"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -92,6 +99,9 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
         assert httpx.post(url, json=body).status_code == 401
         reply = httpx.post(url, json=body, headers={"X-API-Key": "k3y"})
         assert reply.status_code == 200 and len(reply.json()["scores"]) == 1
+        both = httpx.post(f"http://127.0.0.1:{port}/rewards", json=dict(body, weights={"CLIP": 1.0, "ImageReward-v1.0": 1.0}),
+                          headers={"X-API-Key": "k3y"}, timeout=30)
+        assert both.status_code == 200 and sorted(both.json()["scores"]) == ["CLIP", "ImageReward-v1.0"], both.text
         try:
             listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         except FileNotFoundError:  # no ss on this machine
@@ -123,7 +133,7 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path):
                 process.kill()
                 output, _ = process.communicate()
     assert process.returncode == 0, output
-    assert "serving" in output and "stopping" in output
+    assert "serving ImageReward-v1.0 (model), CLIP (ViT-L-14.pt)" in output and "stopping" in output
     assert "Token authentication" not in output and "Connecting to existing Serve app" not in output
 
 
@@ -190,3 +200,34 @@ def test_replicas_that_cannot_be_placed_are_refused_and_a_stop_is_obeyed_while_d
     threading.Timer(0.3, stop.set).start()
     assert _deploy(lambda: time.sleep(30), stop) is False  # replicas that never come up
     assert time.monotonic() - started < 5
+
+
+def test_serve_settings_from_options_a_settings_file_and_per_model_entries(tmp_path):
+    """--models, --settings (per-model entries) and the options given, as ServeSettings."""
+    from imagereward.cli import build_parser
+    from imagereward.cli.serve import settings_from_args
+    from imagereward.runners.serve import ServeSettings
+
+    def settings(*argv, cpus=None):
+        args = build_parser("serve").parse_args(["serve", *argv])
+        return ServeSettings(**settings_from_args(args, cpus))
+
+    two = settings("--models", "PickScore,hpsv2.1", "--dtype", "bf16", "--max-batch-size", "8",
+                   "--checkpoint", "PickScore=/w/pick", cpus=2.0)
+    assert two.keys == ["PickScore", "HPSv2.1"]
+    assert [m.dtype for m in two.models] == ["bf16", "bf16"] and two.models[1].max_batch_size == 8
+    assert two.models[0].files == {"weights": "/w/pick"} and two.models[1].files == {}
+    assert two.models[0].cpus_per_replica == 0.75  # (2 CPUs - 0.5 for the ingress) / 2 replicas
+    assert settings("--cpus-per-replica", "1", cpus=2.0).models[0].cpus_per_replica == 1.0
+
+    file = tmp_path / "serve.json"
+    file.write_text(json.dumps({"models": [{"model": "PickScore", "max_batch_size": 64, "gpus_per_replica": 0.25},
+                                           {"model": "CLIP", "name": "clip-b"}], "max_pairs": 64}))
+    from_file = settings("--settings", str(file), "--max-pairs", "32")
+    assert from_file.keys == ["PickScore", "clip-b"] and from_file.max_pairs == 32
+    assert from_file.models[0].max_batch_size == 64 and from_file.models[1].max_batch_size == 32
+    assert from_file.models[0].gpus_per_replica == 0.25
+    with pytest.raises(Exception, match="served twice under the same name"):
+        ServeSettings(models=["PickScore", "pickscore"])
+    with pytest.raises(Exception, match="normalize 'zscore' needs stats"):
+        ServeSettings(models=["PickScore"], normalize="zscore")
