@@ -157,7 +157,7 @@ def start_server(folder: str, args: argparse.Namespace) -> str:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(dict(
-        checkpoint=folder, cpus_per_replica=args.threads, gpus_per_replica=0,
+        checkpoint=folder, cpus_per_replica=args.threads, gpus_per_replica=0, ingress_cpus=0,
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
     )), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}"
