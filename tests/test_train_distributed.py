@@ -115,3 +115,20 @@ def test_no_communication_threads_outlive_training(tmp_path, monkeypatch):
     assert sorted(reports) == ["0", "1"], done.stdout
     for rank, threads in reports.items():
         assert "gloo" not in threads, f"rank {rank}: {threads}"
+
+
+def test_a_gpu_job_picks_its_device_without_tripping_on_local_imports(monkeypatch):
+    """The CUDA branch of init_distributed, on a machine without CUDA (its calls stubbed):
+    a single-process GPU job takes the current device (a function-local ``import torch...``
+    once made ``torch`` unbound there)."""
+    from imagereward import distributed
+
+    chosen = []
+    monkeypatch.setattr(distributed, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    context = distributed.init_distributed("cuda")
+    assert chosen == [torch.device("cuda", 0)] and context.device == torch.device("cuda", 0)
+    assert not context.owns_group

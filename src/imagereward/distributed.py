@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import os
 from dataclasses import dataclass
 from typing import Any, List
@@ -57,7 +59,7 @@ def init_distributed(device: str = "") -> DistContext:
         # its import alive after destroy_process_group, with the group's gloo threads; those
         # threads then run into interpreter shutdown, where one can abort the process
         # ("terminate called without an active exception"). Imported first, it holds nothing.
-        import torch._dynamo  # noqa: F401
+        importlib.import_module("torch._dynamo")  # not "import torch._dynamo": that would make torch local
 
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
     return DistContext(rank, local_rank, world_size, target, owns_group)
