@@ -17,9 +17,19 @@ For each learning rate it trains, for ``--epochs`` epochs of 16-pair batches:
   ``--original-src`` names a checkout's ``train/src``; by default the tool exports it
   from a local clone given by ``IMAGEREWARD_ORIGINAL_REPO`` into its work folder. The
   original code is run, never copied into this repository;
-- **ours, head-init original**: ``imagereward train --init scratch --head-init original``
+- **original+lecun-head**: the same, with one change: the head's layers drawn from
+  N(0, 1/fan_in) (our default ``--head-init lecun``) instead of the original's
+  N(0, 1/(d+1));
+- **original+lecun-head+no-head-dropout**, **original+no-head-dropout**: the same with
+  the head's dropout off (the original's 0.2, 0.2, 0.1);
+- **ours+original-head**: ``imagereward train --init scratch --head-init original``
   (the original head initialisation, otherwise our defaults);
-- **ours**: ``imagereward train --init scratch`` with our defaults.
+- **ours**: ``imagereward train --init scratch`` with our defaults (head init
+  N(0, 1/fan_in), no head dropout when training from random weights);
+- **ours+head-dropout**: the same with ``--head-dropout 0.2``.
+
+The tiny model's configuration carries the architecture's head dropout (0.2, 0.2,
+0.1), as a user's JSON configuration that does not set it would.
 
 and prints the held-out pair accuracy after each epoch, as JSON.
 """
@@ -34,7 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE)]
@@ -43,6 +53,8 @@ import refenv  # noqa: E402
 from test_train_prompt_decided import model_config, write_task  # noqa: E402
 
 MIRROR = Path("/work/.mirror/THUDM+ImageReward/repo")
+RECIPES = ("original", "original+lecun-head", "original+lecun-head+no-head-dropout", "original+no-head-dropout",
+           "ours+original-head", "ours", "ours+head-dropout")
 
 
 def original_src(args: argparse.Namespace, workdir: Path) -> str:
@@ -58,8 +70,9 @@ def original_src(args: argparse.Namespace, workdir: Path) -> str:
     return str(target / "train" / "src")
 
 
-def run_original(src: str, data: Path, lr: float, args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
-    request = {
+def run_original(src: str, data: Path, lr: float, head_init: str, args: argparse.Namespace,
+                 workdir: Path, head_dropout: Optional[float] = None) -> Dict[str, Any]:
+    request = {"head_init": head_init, "head_dropout": head_dropout,
         "original_src": src, "workdir": str(workdir), "train": str(data / "train.json"),
         "valid": str(data / "valid.json"), "lr": lr, "epochs": args.epochs, "batch_size": 16, "warmup": 0.01,
         "threads": args.threads, "seed": 0, "image_size": 32,
@@ -72,7 +85,8 @@ def run_original(src: str, data: Path, lr: float, args: argparse.Namespace, work
             "vocab_size": 30524, "encoder_width": 32, "add_cross_attention": True,
         },
     }
-    request_file, reply_file = workdir / f"original-{lr}.request.json", workdir / f"original-{lr}.reply.json"
+    tag = f"{head_init}-{head_dropout}-{lr}"
+    request_file, reply_file = workdir / f"original-{tag}.request.json", workdir / f"original-{tag}.reply.json"
     request_file.write_text(json.dumps(request))
     started = time.perf_counter()
     subprocess.run([refenv.reference_python(), str(HERE / "train_original_side.py"), str(request_file),
@@ -82,11 +96,13 @@ def run_original(src: str, data: Path, lr: float, args: argparse.Namespace, work
     return reply
 
 
-def run_ours(data: Path, lr: float, head_init: str, args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
-    output = workdir / f"ours-{head_init}-{lr}"
+def run_ours(data: Path, lr: float, head_init: str, args: argparse.Namespace, workdir: Path,
+             head_dropout: float = -1.0) -> Dict[str, Any]:
+    output = workdir / f"ours-{head_init}-{head_dropout}-{lr}"
     argv = [sys.executable, "-m", "imagereward", "train", "--train-data", str(data / "train.json"),
             "--valid-data", str(data / "valid.json"), "--model-config", str(data / "model.json"),
-            "--init", "scratch", "--head-init", head_init, "--freeze-rate", "0", "--lr", str(lr),
+            "--init", "scratch", "--head-init", head_init, "--head-dropout", str(head_dropout),
+            "--freeze-rate", "0", "--lr", str(lr),
             "--pairs-per-step", "16", "--batch-size", "16", "--epochs", str(args.epochs),
             "--validations-per-epoch", "1", "--num-workers", "0", "--no-plot",
             "--output-dir", str(output)]
@@ -103,6 +119,7 @@ def main() -> int:
     parser.add_argument("--original-src", help="train/src of a checkout of THUDM/ImageReward")
     parser.add_argument("--lrs", default="5e-6,1e-4,1e-3")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of: {', '.join(RECIPES)}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
@@ -114,13 +131,20 @@ def main() -> int:
     model_config(data / "model.json", 16)
     src = original_src(args, workdir)
     results: List[Dict[str, Any]] = []
+    recipes = {
+        "original": lambda lr: run_original(src, data, lr, "original", args, workdir),
+        "original+lecun-head": lambda lr: run_original(src, data, lr, "lecun", args, workdir),
+        "original+lecun-head+no-head-dropout": lambda lr: run_original(src, data, lr, "lecun", args, workdir, 0.0),
+        "original+no-head-dropout": lambda lr: run_original(src, data, lr, "original", args, workdir, 0.0),
+        "ours+original-head": lambda lr: run_ours(data, lr, "original", args, workdir),
+        "ours": lambda lr: run_ours(data, lr, "lecun", args, workdir),
+        "ours+head-dropout": lambda lr: run_ours(data, lr, "lecun", args, workdir, 0.2),
+    }
     for lr in [float(v) for v in args.lrs.split(",")]:
-        for name, run in (("original", lambda: run_original(src, data, lr, args, workdir)),
-                          ("ours, head-init original", lambda: run_ours(data, lr, "original", args, workdir)),
-                          ("ours", lambda: run_ours(data, lr, "lecun", args, workdir))):
-            result = run()
+        for name in args.recipes.split(","):
+            result = recipes[name.strip()](lr)
             accuracies = [h["valid_accuracy"] for h in result["history"]]
-            row = {"recipe": name, "lr": lr, "held_out_accuracy_by_epoch": [round(a, 3) for a in accuracies],
+            row = {"recipe": name.strip(), "lr": lr, "held_out_accuracy_by_epoch": [round(a, 3) for a in accuracies],
                    "best": max(accuracies), "wall_seconds": round(result["wall_seconds"], 1)}
             print(json.dumps(row), flush=True)
             results.append(row)

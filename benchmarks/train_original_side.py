@@ -7,7 +7,9 @@ here). It builds the original training model, ``ImageReward`` of ``train/src/Ima
 at the tiny sizes of our tests, and trains it as ``train/src/train.py`` does in
 ``--rank_pair`` mode: the original pair encoding and loss (``loss_func``), Adam over all
 parameters, the original warm-up and cosine schedule (``get_learning_rate_scheduler``).
-Only the data loading is ours (the original reads its own data set files): the same
+``head_init`` "lecun" re-draws the head's layers from N(0, 1/fan_in) (the one change
+tried; "original" keeps the original's). Only the data loading is ours (the original
+reads its own data set files): the same
 images through the original ``_transform``, the prompts through the original tokenizer
 settings (``max_length=35``), pairs as ``rank_pair_dataset`` makes them.
 
@@ -99,6 +101,16 @@ def main(request_path: str, reply_path: str) -> None:
 
     train_pairs, valid_pairs = pairs_of(request["train"]), pairs_of(request["valid"])
     model = ImageReward("cpu")
+    if request["head_init"] == "lecun":  # a variance-preserving head
+        with torch.no_grad():
+            for layer in model.mlp.layers:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.normal_(0.0, layer.in_features ** -0.5)
+                    layer.bias.zero_()
+    if request.get("head_dropout") is not None:  # the head's dropout rates (original: 0.2, 0.2, 0.1)
+        for layer in model.mlp.layers:
+            if isinstance(layer, torch.nn.Dropout):
+                layer.p = request["head_dropout"]
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.adam_beta1, opts.adam_beta2),
                                  eps=opts.adam_eps)
     steps_per_epoch = (len(train_pairs) + opts.batch_size - 1) // opts.batch_size

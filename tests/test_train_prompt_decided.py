@@ -59,10 +59,14 @@ def write_task(root: Path, name: str, prompts: int, seed: int) -> Path:
 
 
 def model_config(path: Path, max_text_length: int) -> Path:
-    """The tiny test model, with room for every wording's tokens (9 with [CLS] and [SEP]) or not."""
+    """The tiny test model, with room for every wording's tokens (9 with [CLS] and [SEP]) or not,
+    and the architecture's own head dropout (0.2, 0.2, 0.1), which ``--init scratch`` turns off."""
+    from imagereward.config import HeadConfig
+
     write_model_config(path)
     config = json.loads(path.read_text())
     config["max_text_length"] = max_text_length
+    config["head"]["dropouts"] = list(HeadConfig().dropouts)
     path.write_text(json.dumps(config))
     return path
 
@@ -120,3 +124,32 @@ def test_prompts_cut_at_max_text_length_are_named_before_training(tmp_path):
     finally:
         trainer_module.logger.removeHandler(handler)
         shutdown(context, wait_for_others=True)
+
+
+def test_init_scratch_trains_without_head_dropout_unless_told(tmp_path):
+    """The head's dropout stops a model trained from random weights from learning what the
+    prompt decides (benchmarks/train_original.py): off by default for --init scratch, the
+    architecture's own for the paper's recipe, as given when given."""
+    from torch import nn
+
+    from imagereward.train.config import TrainConfig
+    from imagereward.train.initialize import build_model
+
+    def rates(**options):
+        config = TrainConfig(train_data="unused.json", model_config=str(model_config(tmp_path / "m.json", 16)),
+                             **options)
+        model = build_model(config)
+        return [m.p for m in model.mlp.modules() if isinstance(m, nn.Dropout)], model.config.head.dropouts
+
+    assert rates(init="scratch") == ([0.0, 0.0, 0.0], (0.0, 0.0, 0.0))
+    assert rates(init="scratch", head_dropout=0.1) == ([0.1, 0.1, 0.1], (0.1, 0.1, 0.1))
+    blip = tmp_path / "model_large.pth"
+    torch.save({"model": {}}, blip)
+    from imagereward.train import initialize
+
+    original = initialize.load_blip_pretrain
+    initialize.load_blip_pretrain = lambda model, path: None  # the weights do not matter here
+    try:
+        assert rates(init="blip", init_checkpoint=str(blip))[0] == [0.2, 0.2, 0.1]
+    finally:
+        initialize.load_blip_pretrain = original

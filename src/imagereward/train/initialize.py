@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Optional
 
 import torch
 from torch import nn
@@ -46,6 +47,18 @@ def _init_scratch(model: ImageRewardNet) -> None:
     nn.init.trunc_normal_(vision.cls_token, std=0.02)
 
 
+def head_dropout(config: TrainConfig) -> Optional[float]:
+    """The head's dropout rate for training, or None to keep the architecture's.
+
+    From random weights (``--init scratch``) the default is none: with the original's
+    0.2/0.2/0.1 a tiny model stays at chance on a task only the prompt decides, and
+    without it learns the task (``benchmarks/train_original.py``, docs/training.md).
+    """
+    if config.head_dropout >= 0:
+        return config.head_dropout
+    return 0.0 if config.init == "scratch" else None
+
+
 def build_model(config: TrainConfig) -> ImageRewardNet:
     """The network to train, in float32 on the CPU, seeded by ``config.seed``.
 
@@ -72,4 +85,11 @@ def build_model(config: TrainConfig) -> ImageRewardNet:
             _init_scratch(model)
         model.mlp.reset_parameters(config.head_init)
     model.config = dataclasses.replace(model.config, reward_mean=0.0, reward_std=1.0)
+    dropout = head_dropout(config)
+    if dropout is not None:
+        for module in model.mlp.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+        head = dataclasses.replace(model.config.head, dropouts=(dropout,) * len(model.config.head.dropouts))
+        model.config = dataclasses.replace(model.config, head=head)
     return model
