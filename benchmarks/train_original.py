@@ -25,11 +25,13 @@ For each learning rate it trains, for ``--epochs`` epochs of 16-pair batches:
 - **ours+original-head**: ``imagereward train --init scratch --head-init original``
   (the original head initialisation, otherwise our defaults);
 - **ours**: ``imagereward train --init scratch`` with our defaults (head init
-  N(0, 1/fan_in), no head dropout when training from random weights);
-- **ours+head-dropout**: the same with ``--head-dropout 0.2``.
+  N(0, 1/fan_in), no dropout when training from random weights);
+- **ours+dropout-on**: the same with ``--dropout on``.
 
-The tiny model's configuration carries the architecture's head dropout (0.2, 0.2,
-0.1), as a user's JSON configuration that does not set it would.
+The tiny model's configuration carries the architecture's dropout (text 0.1, drop-path
+0.1, head 0.2, 0.2, 0.1), as a user's JSON configuration that does not set it would.
+The original side runs without text dropout and drop-path (its tiny ``med_config``
+sets them to 0) and with its head's own dropout unless a recipe says otherwise.
 
 and prints the held-out pair accuracy after each epoch, as JSON.
 """
@@ -54,7 +56,7 @@ from test_train_prompt_decided import model_config, write_task  # noqa: E402
 
 MIRROR = Path("/work/.mirror/THUDM+ImageReward/repo")
 RECIPES = ("original", "original+lecun-head", "original+lecun-head+no-head-dropout", "original+no-head-dropout",
-           "ours+original-head", "ours", "ours+head-dropout")
+           "ours+original-head", "ours", "ours+dropout-on")
 
 
 def original_src(args: argparse.Namespace, workdir: Path) -> str:
@@ -97,11 +99,11 @@ def run_original(src: str, data: Path, lr: float, head_init: str, args: argparse
 
 
 def run_ours(data: Path, lr: float, head_init: str, args: argparse.Namespace, workdir: Path,
-             head_dropout: float = -1.0) -> Dict[str, Any]:
-    output = workdir / f"ours-{head_init}-{head_dropout}-{lr}"
+             dropout: str = "auto") -> Dict[str, Any]:
+    output = workdir / f"ours-{head_init}-{dropout}-{lr}"
     argv = [sys.executable, "-m", "imagereward", "train", "--train-data", str(data / "train.json"),
             "--valid-data", str(data / "valid.json"), "--model-config", str(data / "model.json"),
-            "--init", "scratch", "--head-init", head_init, "--head-dropout", str(head_dropout),
+            "--init", "scratch", "--head-init", head_init, "--dropout", dropout,
             "--freeze-rate", "0", "--lr", str(lr),
             "--pairs-per-step", "16", "--batch-size", "16", "--epochs", str(args.epochs),
             "--validations-per-epoch", "1", "--num-workers", "0", "--no-plot",
@@ -138,7 +140,7 @@ def main() -> int:
         "original+no-head-dropout": lambda lr: run_original(src, data, lr, "original", args, workdir, 0.0),
         "ours+original-head": lambda lr: run_ours(data, lr, "original", args, workdir),
         "ours": lambda lr: run_ours(data, lr, "lecun", args, workdir),
-        "ours+head-dropout": lambda lr: run_ours(data, lr, "lecun", args, workdir, 0.2),
+        "ours+dropout-on": lambda lr: run_ours(data, lr, "lecun", args, workdir, "on"),
     }
     for lr in [float(v) for v in args.lrs.split(",")]:
         for name in args.recipes.split(","):

@@ -60,13 +60,17 @@ def write_task(root: Path, name: str, prompts: int, seed: int) -> Path:
 
 def model_config(path: Path, max_text_length: int) -> Path:
     """The tiny test model, with room for every wording's tokens (9 with [CLS] and [SEP]) or not,
-    and the architecture's own head dropout (0.2, 0.2, 0.1), which ``--init scratch`` turns off."""
-    from imagereward.config import HeadConfig
+    and the architecture's own dropout (text 0.1, drop-path 0.1, head 0.2, 0.2, 0.1), as a
+    configuration that does not set it has; ``--init scratch`` turns it off."""
+    from imagereward.config import HeadConfig, TextConfig, VisionConfig
 
     write_model_config(path)
     config = json.loads(path.read_text())
     config["max_text_length"] = max_text_length
     config["head"]["dropouts"] = list(HeadConfig().dropouts)
+    config["vision"]["drop_path_rate"] = VisionConfig().drop_path_rate
+    config["text"]["hidden_dropout"] = TextConfig().hidden_dropout
+    config["text"]["attention_dropout"] = TextConfig().attention_dropout
     path.write_text(json.dumps(config))
     return path
 
@@ -126,30 +130,31 @@ def test_prompts_cut_at_max_text_length_are_named_before_training(tmp_path):
         shutdown(context, wait_for_others=True)
 
 
-def test_init_scratch_trains_without_head_dropout_unless_told(tmp_path):
-    """The head's dropout stops a model trained from random weights from learning what the
-    prompt decides (benchmarks/train_original.py): off by default for --init scratch, the
+def test_init_scratch_trains_without_dropout_unless_told(tmp_path):
+    """Dropout stops a model trained from random weights from learning what the prompt decides
+    (benchmarks/train_original.py, docs/training.md): off by default for --init scratch, the
     architecture's own for the paper's recipe, as given when given."""
     from torch import nn
 
+    from imagereward.train import initialize
     from imagereward.train.config import TrainConfig
-    from imagereward.train.initialize import build_model
 
     def rates(**options):
         config = TrainConfig(train_data="unused.json", model_config=str(model_config(tmp_path / "m.json", 16)),
                              **options)
-        model = build_model(config)
-        return [m.p for m in model.mlp.modules() if isinstance(m, nn.Dropout)], model.config.head.dropouts
+        model = initialize.build_model(config)
+        dropouts = [m.p for m in model.mlp.modules() if isinstance(m, nn.Dropout)]
+        text = model.config.text
+        return dropouts, (model.config.vision.drop_path_rate, text.hidden_dropout, text.attention_dropout)
 
     assert rates(init="scratch") == ([0.0, 0.0, 0.0], (0.0, 0.0, 0.0))
-    assert rates(init="scratch", head_dropout=0.1) == ([0.1, 0.1, 0.1], (0.1, 0.1, 0.1))
+    assert rates(init="scratch", dropout="on") == ([0.2, 0.2, 0.1], (0.1, 0.1, 0.1))
     blip = tmp_path / "model_large.pth"
     torch.save({"model": {}}, blip)
-    from imagereward.train import initialize
-
     original = initialize.load_blip_pretrain
     initialize.load_blip_pretrain = lambda model, path: None  # the weights do not matter here
     try:
-        assert rates(init="blip", init_checkpoint=str(blip))[0] == [0.2, 0.2, 0.1]
+        assert rates(init="blip", init_checkpoint=str(blip)) == ([0.2, 0.2, 0.1], (0.1, 0.1, 0.1))
+        assert rates(init="blip", init_checkpoint=str(blip), dropout="off")[0] == [0.0, 0.0, 0.0]
     finally:
         initialize.load_blip_pretrain = original

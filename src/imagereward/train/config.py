@@ -10,7 +10,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..options import load_options, option, updated
 
 INITS = ("blip", "imagereward", "scratch")
-HEAD_INITS = ("lecun", "original")  # as imagereward.models.head (not imported: keeps --help light)
+HEAD_INITS = ("lecun", "original")
+DROPOUTS = ("auto", "on", "off")  # as imagereward.models.head (not imported: keeps --help light)
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("cosine", "constant")
 
@@ -51,10 +52,10 @@ class TrainConfig:
         "lecun", "initialisation of a fresh reward head: 'lecun' (each layer N(0, 1/fan_in), "
         "variance-preserving) or 'original' (the original code's N(0, 1/(d+1)) for every layer, "
         "which starts the reward near 1e-6 and can stall training at loss ln 2)", HEAD_INITS)
-    head_dropout: float = option(
-        -1.0, "dropout rate of the reward head's layers while training; -1: none with --init scratch "
-        "(from random weights the head's dropout drowns the prompt's signal: training stays at chance on "
-        "tasks the prompt decides), the architecture's own otherwise (0.2, 0.2, 0.1: the paper's recipe)")
+    dropout: str = option(
+        "auto", "dropout and drop-path while training: 'on' (the architecture's rates: the paper's "
+        "recipe), 'off', or 'auto': off with --init scratch (from random weights dropout drowns what "
+        "the prompt decides: training stays at chance on such tasks), on otherwise", DROPOUTS)
     model_config: str = option(
         "", "JSON with the model configuration (ImageRewardConfig fields, or a saved config.json); "
         "default: the ImageReward-v1.0 architecture")
@@ -117,8 +118,7 @@ class TrainConfig:
         checks = [
             ("init", self.init in INITS, f"must be one of {INITS}"),
             ("head_init", self.head_init in HEAD_INITS, f"must be one of {HEAD_INITS}"),
-            ("head_dropout", self.head_dropout == -1.0 or 0.0 <= self.head_dropout < 1.0,
-             "must be in [0, 1), or -1 for the default"),
+            ("dropout", self.dropout in DROPOUTS, f"must be one of {DROPOUTS}"),
             ("precision", self.precision in PRECISIONS, f"must be one of {PRECISIONS}"),
             ("lr_schedule", self.lr_schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
             ("freeze_rate", 0.0 <= self.freeze_rate <= 1.0, "must be in [0, 1]"),

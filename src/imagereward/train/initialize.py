@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
 
 import torch
 from torch import nn
@@ -47,16 +46,27 @@ def _init_scratch(model: ImageRewardNet) -> None:
     nn.init.trunc_normal_(vision.cls_token, std=0.02)
 
 
-def head_dropout(config: TrainConfig) -> Optional[float]:
-    """The head's dropout rate for training, or None to keep the architecture's.
+def dropout_on(config: TrainConfig) -> bool:
+    """Whether the model trains with its dropout and drop-path (``--dropout``).
 
-    From random weights (``--init scratch``) the default is none: with the original's
-    0.2/0.2/0.1 a tiny model stays at chance on a task only the prompt decides, and
-    without it learns the task (``benchmarks/train_original.py``, docs/training.md).
+    ``auto`` turns them off from random weights (``--init scratch``): there the text
+    encoder's and the head's dropout each keep a small model at chance on a task only the
+    prompt decides (``benchmarks/train_original.py``, docs/training.md); the paper's recipe
+    from BLIP or ImageReward weights keeps them.
     """
-    if config.head_dropout >= 0:
-        return config.head_dropout
-    return 0.0 if config.init == "scratch" else None
+    if config.dropout == "auto":
+        return config.init != "scratch"
+    return config.dropout == "on"
+
+
+def without_dropout(config: ImageRewardConfig) -> ImageRewardConfig:
+    """``config`` with every dropout and drop-path rate at zero."""
+    return dataclasses.replace(
+        config,
+        vision=dataclasses.replace(config.vision, drop_path_rate=0.0),
+        text=dataclasses.replace(config.text, hidden_dropout=0.0, attention_dropout=0.0),
+        head=dataclasses.replace(config.head, dropouts=(0.0,) * len(config.head.dropouts)),
+    )
 
 
 def build_model(config: TrainConfig) -> ImageRewardNet:
@@ -73,10 +83,12 @@ def build_model(config: TrainConfig) -> ImageRewardNet:
             config.init_checkpoint, device="cpu", config=model_config,
             vocab_file=config.vocab_file or None, num_workers=0,
         )
-        model = ImageRewardNet(scorer.config)
+        architecture = scorer.config if dropout_on(config) else without_dropout(scorer.config)
+        model = ImageRewardNet(architecture)
         model.load_state_dict(scorer.state_dict())
     else:
-        model = ImageRewardNet(model_config or ImageRewardConfig())
+        architecture = model_config or ImageRewardConfig()
+        model = ImageRewardNet(architecture if dropout_on(config) else without_dropout(architecture))
         if config.init == "blip":
             if not os.path.isfile(config.init_checkpoint):
                 raise FileNotFoundError(2, "BLIP pretraining checkpoint not found", config.init_checkpoint)
@@ -85,11 +97,4 @@ def build_model(config: TrainConfig) -> ImageRewardNet:
             _init_scratch(model)
         model.mlp.reset_parameters(config.head_init)
     model.config = dataclasses.replace(model.config, reward_mean=0.0, reward_std=1.0)
-    dropout = head_dropout(config)
-    if dropout is not None:
-        for module in model.mlp.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = dropout
-        head = dataclasses.replace(model.config.head, dropouts=(dropout,) * len(model.config.head.dropouts))
-        model.config = dataclasses.replace(model.config, head=head)
     return model
