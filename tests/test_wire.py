@@ -99,18 +99,14 @@ def test_pixel_limit_is_checked_before_decoding():
 
 
 def test_client_takes_one_prompt_for_many_images_and_refuses_a_bare_string_list():
-    from imagereward.client import RewardClient
+    from imagereward.client import matrix_call, rewards_call, score_call
     from imagereward.errors import PromptError
 
-    sent = []
-    client = RewardClient.__new__(RewardClient)  # no connection: the request body is what is checked
-    client._post = lambda path, body: sent.append((path, body)) or {"scores": [0.0] * len(body["images"])}
-    image = np.zeros((4, 4, 3), np.uint8)
-    client.score("ab", [image, image])
-    assert sent[-1][1]["prompts"] == ["ab", "ab"]  # one prompt for every image, not "a" and "b"
-    client.score("a cat", [image])
-    assert sent[-1][1]["prompts"] == ["a cat"]
+    image = np.zeros((4, 4, 3), np.uint8)  # the request bodies are checked; nothing is sent
+    assert score_call("ab", [image, image]).body["prompts"] == ["ab", "ab"]  # not "a" and "b"
+    assert score_call("a cat", [image]).body["prompts"] == ["a cat"]
+    assert rewards_call("ab", [image, image], weights={"CLIP": 1.0}).body["prompts"] == ["ab", "ab"]
     with pytest.raises(PromptError, match="list or tuple of str"):
-        client.score_matrix("ab", [image, image])
+        matrix_call("ab", [image, image])
     with pytest.raises(PromptError, match=r"prompts\[1\]"):
-        client.score(["a", 3], [image, image])
+        score_call(["a", 3], [image, image])
