@@ -285,16 +285,25 @@ def test_reward_refuses_models_without_statistics_and_bad_images(world, tmp_path
 
 
 # -- one model failing while the others serve ---------------------------------------------
+def _queued(url: str, model: str) -> float:
+    """The pairs a model's replica holds, from the ingress's /metrics."""
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("imagereward_queue_depth{") and f'model="{model}"' in line:
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_a_full_model_queue_is_429_naming_it_while_the_other_model_answers(world):
     url = world["url"] + "/fault"
     two = {"prompts": ["a", "b"], "images": [_raw(x) for x in _images(9, 2)]}
     with ThreadPoolExecutor(1) as pool:
+        # PickScore's queue holds 2 pairs and its batch waits 3 s to fill: the first request fills it.
         first = pool.submit(httpx.post, url + "/score", json=dict(two, model="PickScore"), timeout=30)
         deadline = time.monotonic() + 10
-        while True:  # PickScore's queue holds 2 pairs; its batch waits 3 s to fill
-            second = httpx.post(url + "/rewards", json=dict(two, models=["PickScore"]), timeout=30)
-            if second.status_code == 429 or time.monotonic() > deadline:
-                break
+        while _queued(url, "PickScore") < 2:
+            assert time.monotonic() < deadline and not first.done(), "the first request was not queued"
+            time.sleep(0.02)
+        second = httpx.post(url + "/rewards", json=dict(two, models=["PickScore"]), timeout=30)
         assert second.status_code == 429, second.text
         assert second.json()["model"] == "PickScore" and "PickScore" in second.json()["detail"]
         other = httpx.post(url + "/rewards", json=dict(two, models=["ImageReward-v1.0"]), timeout=30)
