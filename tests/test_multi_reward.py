@@ -258,6 +258,18 @@ def test_reward_functions_give_the_same_numbers_locally_and_remotely(world):
     remote.close()
 
 
+def test_reward_loads_registered_models_from_local_files(world):
+    """MultiReward by registered names and local files scores as the scorers loaded by hand."""
+    files = {name: {"weights": world["folders"][name]} for name in ("PickScore", "HPSv2.1")}
+    reward = MultiReward({"PickScore": 0.01, "HPSv2.1": 1.0}, files=files, device="cpu")
+    images = _images(11, 3)
+    scores = reward.scores(images, PROMPTS[:3])
+    for name in files:
+        _close(scores[name], world["scorers"][name].score_batch(PROMPTS[:3], images), f"{name}: loaded by name")
+    _close(reward(images, PROMPTS[:3]), 0.01 * scores["PickScore"].astype(np.float64) + scores["HPSv2.1"],
+           "weighted reward")
+
+
 def test_differentiable_reward_passes_gradients_to_the_pixels(world):
     reward = MultiReward(dict(world["scorers"]), weights={"ImageReward-v1.0": 1.0, "HPSv2.1": 2.0})
     for pixel_range, low in (("0,1", 0.0), ("-1,1", -1.0)):
