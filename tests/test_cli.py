@@ -327,3 +327,18 @@ def test_skip_errors_scores_the_readable_images_and_names_the_others(capsys, tin
                                                           abs=1e-5)
     code, out, _ = run(capsys, "rank", "--checkpoint", tiny_model, "-p", "a cat", "--json", "--skip-errors", *images)
     assert code == EXIT_PARTIAL and sorted(r["rank"] for r in json.loads(out)) == [1, 2]
+
+
+def test_log_messages_go_to_stderr_as_it_is_when_logged(capsys, monkeypatch):
+    """main() run twice in one process (tests, notebooks): the second run's messages reach
+    the stderr of that moment, not a stream replaced since the first run."""
+    import io
+    import logging
+
+    from imagereward import cli
+
+    assert cli.main(["models"]) == 0
+    replaced = io.StringIO()
+    monkeypatch.setattr("sys.stderr", replaced)
+    logging.getLogger("imagereward.test").warning("a warning after stderr was replaced")
+    assert "imagereward: a warning after stderr was replaced" in replaced.getvalue()

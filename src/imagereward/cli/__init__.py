@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from .common import (
     EXIT_CODES_HELP,
@@ -111,11 +111,24 @@ def _log_level(args: argparse.Namespace) -> int:
     return getattr(logging, name.upper())
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a message is logged, not as it was when the
+    handler was made (a program that runs ``main`` twice may have replaced it in between)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _configure_logging(level: int) -> None:
     """Our own messages on stderr; other libraries' loggers are left as they are."""
     logger = logging.getLogger("imagereward")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("imagereward: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
