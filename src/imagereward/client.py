@@ -222,17 +222,34 @@ def _retryable(httpx: Any) -> Tuple[type, ...]:
 
 
 class _Client:
-    """What both clients share: settings, and the calls each method makes."""
+    """What both clients share: settings, the transport they open, and when to retry."""
 
-    def __init__(self, url: str, api_key: Optional[str], timeout: float, retries: int, backoff: float,
-                 max_backoff: float, deadline: Optional[float]) -> None:
+    _transport = "Client"  # the httpx class: Client or AsyncClient
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        api_key: Optional[str] = None,
+        *,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        deadline: Optional[float] = None,
+    ) -> None:
         import httpx
 
         self._httpx = httpx
-        self._base = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff, max_backoff, deadline)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = getattr(httpx, self._transport)(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def _retry_delay(self, attempt: int, response: Any, end: Optional[float]) -> Optional[float]:
+        """Seconds to wait before trying again after ``response`` (429/503 only), or None to answer."""
+        if response.status_code not in RETRY_STATUSES:
+            return None
+        return self.policy.delay(attempt, response.headers.get("retry-after"), end)
 
     def _answer(self, call: Call, response: Any) -> Any:
         if response.status_code != 200:
@@ -248,20 +265,6 @@ class RewardClient(_Client):
     or failed to connect is tried again (see :class:`RetryPolicy`). ``model`` picks
     a served model (default: the server's first).
     """
-
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        api_key: Optional[str] = None,
-        *,
-        timeout: float = 120.0,
-        retries: int = 5,
-        backoff: float = 0.5,
-        max_backoff: float = 10.0,
-        deadline: Optional[float] = None,
-    ) -> None:
-        super().__init__(url, api_key, timeout, retries, backoff, max_backoff, deadline)
-        self._client = self._httpx.Client(base_url=self._base, headers=self._headers, timeout=timeout)
 
     # -- scoring ------------------------------------------------------------------------
     def score(self, prompts: Union[str, Sequence[str]], images: Any, model: Optional[str] = None) -> List[float]:
@@ -323,14 +326,11 @@ class RewardClient(_Client):
                 delay = self.policy.delay(attempt, None, end)
                 if delay is None:
                     raise
-                time.sleep(delay)
-                continue
-            if response.status_code in RETRY_STATUSES:
-                delay = self.policy.delay(attempt, response.headers.get("retry-after"), end)
-                if delay is not None:
-                    time.sleep(delay)
-                    continue
-            return self._answer(call, response)
+            else:
+                delay = self._retry_delay(attempt, response, end)
+                if delay is None:
+                    return self._answer(call, response)
+            time.sleep(delay)
         raise AssertionError("unreachable")
 
 
@@ -343,19 +343,7 @@ class AsyncRewardClient(_Client):
     ...     result = await client.rewards(prompts, images, weights={"PickScore": 1.0, "HPSv2.1": 1.0})
     """
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        api_key: Optional[str] = None,
-        *,
-        timeout: float = 120.0,
-        retries: int = 5,
-        backoff: float = 0.5,
-        max_backoff: float = 10.0,
-        deadline: Optional[float] = None,
-    ) -> None:
-        super().__init__(url, api_key, timeout, retries, backoff, max_backoff, deadline)
-        self._client = self._httpx.AsyncClient(base_url=self._base, headers=self._headers, timeout=timeout)
+    _transport = "AsyncClient"
 
     async def score(self, prompts: Union[str, Sequence[str]], images: Any, model: Optional[str] = None) -> List[float]:
         return await self._send(await asyncio.to_thread(score_call, prompts, images, model))
@@ -399,14 +387,11 @@ class AsyncRewardClient(_Client):
                 delay = self.policy.delay(attempt, None, end)
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
-                continue
-            if response.status_code in RETRY_STATUSES:
-                delay = self.policy.delay(attempt, response.headers.get("retry-after"), end)
-                if delay is not None:
-                    await asyncio.sleep(delay)
-                    continue
-            return self._answer(call, response)
+            else:
+                delay = self._retry_delay(attempt, response, end)
+                if delay is None:
+                    return self._answer(call, response)
+            await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
 

@@ -118,17 +118,24 @@ def check_normalize(mode: str) -> str:
     return mode
 
 
+def check_scaling(mode: str, stats: Optional[RewardStats], models: Iterable[str]) -> str:
+    """``mode`` if the scores of ``models`` can be scaled that way: ``"zscore"`` needs
+    statistics covering every one of them."""
+    check_normalize(mode)
+    if mode == "zscore":
+        if stats is None:
+            raise InputError("normalize 'zscore' needs reward statistics (a file from imagereward reward-stats)")
+        stats.check_covers(models)
+    return mode
+
+
 def normalized(
     scores: Mapping[str, Sequence[float]], mode: str, stats: Optional[RewardStats]
 ) -> Dict[str, List[float]]:
     """Each model's scores as they are (``"none"``) or standardised (``"zscore"``)."""
-    check_normalize(mode)
-    if mode == "none":
+    if check_scaling(mode, stats, scores) == "none":
         return {model: [float(v) for v in values] for model, values in scores.items()}
-    if stats is None:
-        raise InputError("normalize 'zscore' needs reward statistics (a file from imagereward reward-stats)")
-    stats.check_covers(scores)
-    return {model: stats.zscore(model, values) for model, values in scores.items()}
+    return {model: stats.zscore(model, values) for model, values in scores.items()}  # type: ignore[union-attr]
 
 
 def check_weights(weights: Mapping[str, float], models: Sequence[str]) -> Dict[str, float]:
@@ -162,6 +169,7 @@ __all__ = [
     "ScoreStats",
     "StatsFileError",
     "check_normalize",
+    "check_scaling",
     "check_weights",
     "normalized",
     "weighted_reward",

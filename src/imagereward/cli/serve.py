@@ -187,67 +187,39 @@ def read_settings_file(path: str) -> Dict[str, Any]:
     return data
 
 
-def settings_from_args(args: argparse.Namespace, cpus: Optional[float] = None) -> Dict[str, Any]:
-    """ServeSettings fields: the ``--settings`` file's, overridden by the options given.
+def settings_from_args(args: argparse.Namespace, cpus: Optional[float] = None) -> Any:
+    """The :class:`ServeSettings`: the ``--settings`` file's, overridden by the options given,
+    with each model's ``--checkpoint`` files (raises pydantic's ``ValidationError``).
 
     ``cpus`` is the private Ray's CPU count: replicas then share what the ingress leaves,
     unless ``--cpus-per-replica`` (or the file) says otherwise.
     """
+    from ..runners.serve import ServeSettings
+
     data = read_settings_file(args.settings) if args.settings else {}
     if args.models or args.model:
         data["models"] = args.models or [args.model]
         data.pop("model", None)
-    elif "models" not in data and "model" not in data:
-        data["models"] = [IMAGEREWARD]
     for option, field in OPTION_FIELDS:
         value = getattr(args, option, None)
         if value is not None:
             data[field] = value
     if args.max_body_mb is not None:
         data["max_body_bytes"] = args.max_body_mb * 2**20
-    names = _model_names(data)
-    given = model_files(args, names, args.parser)
-    if args.checkpoint or args.clip_checkpoint:
-        data["models"] = [_with_files(entry, given) for entry in _entries(data)]
-        data.pop("model", None)
-    if cpus is not None and "cpus_per_replica" not in data:
-        replicas = sum(int(_entry_dict(entry).get("replicas", data.get("replicas", 1))) for entry in _entries(data))
-        ingress = float(data.get("ingress_cpus", 0.5)) * int(data.get("ingress_replicas", 1))
-        data["cpus_per_replica"] = round(max(0.25, (cpus - ingress) / max(1, replicas)), 2)
-    return data
-
-
-def _entries(data: Dict[str, Any]) -> List[Any]:
-    models = data.get("models")
-    if models is None:
-        return [data.get("model", IMAGEREWARD)]
-    if isinstance(models, str):
-        return [name.strip() for name in models.split(",") if name.strip()]
-    return list(models)
-
-
-def _entry_dict(entry: Any) -> Dict[str, Any]:
-    return {"model": entry} if isinstance(entry, str) else dict(entry)
-
-
-def _model_names(data: Dict[str, Any]) -> List[str]:
-    names = []
-    for entry in _entries(data):
-        name = _entry_dict(entry).get("model", IMAGEREWARD)
-        try:
-            names.append(model_name(str(name)))
-        except argparse.ArgumentTypeError as error:
-            raise CliError(str(error), EXIT_USAGE) from None
-    return names
-
-
-def _with_files(entry: Any, files: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
-    fields = _entry_dict(entry)
-    name = model_name(str(fields.get("model", IMAGEREWARD)))
-    merged = {**dict(fields.get("files") or {}), **files.get(name, {})}
-    if merged:
-        fields["files"] = merged
-    return fields
+    settings = ServeSettings.model_validate(data)
+    given = model_files(args, [entry.model for entry in settings.models], args.parser)
+    replicas = sum(entry.replicas for entry in settings.models)
+    share = None if cpus is None else round(
+        max(0.25, (cpus - settings.ingress_cpus * settings.ingress_replicas) / replicas), 2)
+    entries = []
+    for entry in settings.models:
+        update: Dict[str, Any] = {}
+        if given.get(entry.model):
+            update["files"] = {**entry.files, **given[entry.model]}
+        if share is not None and "cpus_per_replica" not in entry.model_fields_set:
+            update["cpus_per_replica"] = share
+        entries.append(entry.model_copy(update=update).model_dump())
+    return ServeSettings.model_validate({**settings.model_dump(), "models": entries})
 
 
 def validation_message(error: Any) -> str:
@@ -265,13 +237,14 @@ def check_stats(settings: Any) -> None:
     when z-scores are the default (exit 2)."""
     if settings.stats is None:
         return
-    from ..reward_stats import RewardStats
+    from ..errors import InputError
+    from ..reward_stats import RewardStats, check_scaling
 
     stats = RewardStats.load(settings.stats)
-    missing = [key for key in settings.keys if key not in stats.models]
-    if settings.normalize == "zscore" and missing:
-        raise CliError(f"--normalize zscore: {settings.stats} has no statistics for {', '.join(missing)}",
-                       EXIT_USAGE)
+    try:
+        check_scaling(settings.normalize, stats, settings.keys)
+    except InputError as error:
+        raise CliError(f"--normalize zscore: {settings.stats}: {error}", EXIT_USAGE) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -279,14 +252,14 @@ def run(args: argparse.Namespace) -> int:
         import ray
         from ray import serve
 
-        from ..runners.serve import ServeSettings, build_app
+        from ..runners.serve import build_app
     except ImportError as error:
         raise CliError(f"{error}; install the server with: pip install 'imagereward[serve]'") from error
     from pydantic import ValidationError
 
     def settings_of(cpus: Optional[float] = None) -> Any:
         try:
-            return ServeSettings(**settings_from_args(args, cpus))
+            return settings_from_args(args, cpus)
         except ValidationError as error:
             raise CliError(f"server settings: {validation_message(error)}", EXIT_USAGE) from None
 

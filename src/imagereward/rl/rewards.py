@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..errors import ImageTypeError, InputError
 from ..prompts import expand_prompts
-from ..reward_stats import RewardStats, check_normalize, check_weights, normalized, weighted_reward
+from ..reward_stats import RewardStats, check_scaling, check_weights, normalized, weighted_reward
 from ..wire import uint8_pixels
 
 PIXEL_RANGES = ("0,1", "-1,1")
@@ -120,9 +120,8 @@ class MultiReward:
             raise InputError("models is empty: give at least one reward model")
         self.models = names
         self.weights = check_weights(weights if weights is not None else {n: 1.0 for n in names}, names)
-        self.normalize = check_normalize(normalize)
         self.stats = RewardStats.load(stats) if isinstance(stats, str) else stats
-        normalized({name: [] for name in names}, self.normalize, self.stats)  # statistics cover every model
+        self.normalize = check_scaling(normalize, self.stats, names)
         self.remote = remote
         if remote is not None:
             if scorers:
@@ -223,7 +222,7 @@ def _score_locally(scorers: Mapping[str, Any], prompts: List[str], items: List[I
     from ..items import decode_for
 
     keys = {name: scorer.preprocess.config for name, scorer in scorers.items()}
-    chains = {config: scorers[name].preprocess for name, config in reversed(list(keys.items()))}
+    chains = {scorer.preprocess.config: scorer.preprocess for scorer in scorers.values()}  # equal configs, one chain
     decoded = [decode_for(chains, item, name=f"images[{i}]") for i, item in enumerate(items)]
     scores: Dict[str, List[float]] = {}
     for name, scorer in scorers.items():

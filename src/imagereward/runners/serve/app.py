@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Type, Union
+from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from fastapi import FastAPI, Request
@@ -33,7 +33,7 @@ from ... import __version__
 from ...errors import InputError
 from ...items import decode_for
 from ...preprocess import ImagePreprocessor
-from ...reward_stats import RewardStats, check_weights, normalized, weighted_reward
+from ...reward_stats import RewardStats, check_scaling, check_weights, normalized, weighted_reward
 from ...scoring.base import ranks_from_rewards
 from ...scoring.scorer import default_decode_workers
 from ...wire import read_payload
@@ -249,28 +249,28 @@ class RewardServer:
     async def _score(self, body: bytes) -> ScoreResponse:
         parsed = await self._parse(body, ScoreRequest)
         _check_pairs(parsed.prompts, parsed.images)
-        (route,) = await self.models.available([self._model(parsed.model)])
-        pixels = await self._decode(parsed.images, [route])
-        scores = await self.models.call(route, "score", parsed.prompts, pixels[route.key])
-        return ScoreResponse(scores=scores, model=route.info["label"])
+        scores, label = await self._one_model(parsed, "score", parsed.prompts)
+        return ScoreResponse(scores=scores, model=label)
 
     async def _rank(self, body: bytes) -> RankResponse:
         parsed = await self._parse(body, RankRequest)
-        (route,) = await self.models.available([self._model(parsed.model)])
-        pixels = await self._decode(parsed.images, [route])
-        prompts = [parsed.prompt] * len(parsed.images)
-        rewards = await self.models.call(route, "score", prompts, pixels[route.key])
-        return RankResponse(ranking=ranks_from_rewards(rewards), rewards=rewards, model=route.info["label"])
+        rewards, label = await self._one_model(parsed, "score", [parsed.prompt] * len(parsed.images))
+        return RankResponse(ranking=ranks_from_rewards(rewards), rewards=rewards, model=label)
 
     async def _score_matrix(self, body: bytes) -> MatrixResponse:
         parsed = await self._parse(body, MatrixRequest)
         if not parsed.prompts:
             raise Refusal(400, "invalid_input", "prompts is empty: give at least one prompt")
         check_pair_count(len(parsed.prompts), self.settings.max_pairs, "prompts")
+        matrix, label = await self._one_model(parsed, "score_matrix", parsed.prompts)
+        return MatrixResponse(scores=matrix, model=label)
+
+    async def _one_model(self, parsed: Any, method: str, prompts: List[str]) -> Tuple[Any, str]:
+        """``method`` of the model a request names (or the first served) on its decoded
+        images, and the model's label."""
         (route,) = await self.models.available([self._model(parsed.model)])
         pixels = await self._decode(parsed.images, [route])
-        matrix = await self.models.call(route, "score_matrix", parsed.prompts, pixels[route.key])
-        return MatrixResponse(scores=matrix, model=route.info["label"])
+        return await self.models.call(route, method, prompts, pixels[route.key]), route.info["label"]
 
     async def _rewards(self, body: bytes) -> RewardsResponse:
         parsed = await self._parse(body, RewardsRequest)
@@ -279,8 +279,7 @@ class RewardServer:
         mode = parsed.normalize or self.settings.normalize
         try:
             weights = check_weights(parsed.weights, keys) if parsed.weights is not None else None
-            if mode == "zscore":
-                normalized({key: [] for key in keys}, mode, self.stats)  # every model has statistics
+            check_scaling(mode, self.stats, keys)
         except InputError as error:
             raise Refusal(400, "invalid_input", str(error)) from None
         routes = await self.models.available(keys)

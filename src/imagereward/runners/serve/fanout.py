@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 from .limits import Refusal
@@ -35,12 +34,11 @@ class ModelRoute:
     info: Optional[Dict[str, Any]] = None  # the replicas' describe() answer, once they have given it
     ready: Optional[bool] = None  # None until the first probe or call has told
     detail: Optional[str] = None
-    checked: float = field(default=0.0)
 
     def mark(self, ready: bool, detail: Optional[str] = None) -> None:
         if self.ready and not ready:
             logger.warning("imagereward: model %s is not answering: %s", self.key, detail)
-        self.ready, self.detail, self.checked = ready, detail, time.monotonic()
+        self.ready, self.detail = ready, detail
 
     def unavailable(self) -> Refusal:
         reason = f": {self.detail}" if self.detail else ""
