@@ -15,49 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from test_train_prompt_decided import OPPOSITE, WORDINGS  # noqa: E402
+from test_train_prompt_decided import write_task  # noqa: E402
 
 from imagereward.config import HeadConfig, ImageRewardConfig, TextConfig, VisionConfig  # noqa: E402
 
 SIZE = 64
-HALVES = {"left": (slice(None), slice(0, SIZE // 2)), "right": (slice(None), slice(SIZE // 2, SIZE)),
-          "top": (slice(0, SIZE // 2), slice(None)), "bottom": (slice(SIZE // 2, SIZE), slice(None))}
-
-
-def write_task(root: Path, name: str, prompts: int, seed: int) -> Path:
-    rng, choose = np.random.default_rng(seed), random.Random(seed)
-    (root / name).mkdir(parents=True, exist_ok=True)
-    items = []
-    for index in range(prompts):
-        side = choose.choice(list(HALVES))
-        kinds = [side, side, OPPOSITE[side], OPPOSITE[side]]
-        order = list(range(4))
-        choose.shuffle(order)
-        paths = []
-        for k in order:
-            pixels = rng.integers(20, 90, (SIZE, SIZE, 3)).astype(np.uint8)
-            pixels[HALVES[kinds[k]]] = rng.integers(170, 250, pixels[HALVES[kinds[k]]].shape)
-            path = f"{name}/{index}_{k}.png"
-            Image.fromarray(pixels).save(root / path)
-            paths.append(path)
-        items.append({"id": str(index), "prompt": choose.choice(WORDINGS).format(side), "generations": paths,
-                      "ranking": [1 if kinds[k] == side else 2 for k in order]})
-    path = root / f"{name}.json"
-    path.write_text(json.dumps(items))
-    return path
 
 
 def main() -> int:
@@ -66,7 +37,7 @@ def main() -> int:
     parser.add_argument("--dropouts", default="auto,on")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="imagereward-train-dropout-"))
-    train, valid = write_task(root, "train", 320, 0), write_task(root, "valid", 64, 1)
+    train, valid = write_task(root, "train", 320, 0, SIZE), write_task(root, "valid", 64, 1, SIZE)
     config = ImageRewardConfig(
         vision=VisionConfig(image_size=32, patch_size=8, width=48, depth=2, heads=2),
         text=TextConfig(hidden_size=48, num_layers=2, num_heads=2, intermediate_size=96,

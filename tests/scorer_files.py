@@ -77,3 +77,18 @@ def write_all(root: Path) -> Written:
         folder.mkdir(parents=True, exist_ok=True)
         written[name] = writer(folder)
     return written
+
+
+def save_all(root: Path, names: Any = None) -> Tuple[Written, Dict[str, str], Dict[str, Any]]:
+    """The tiny checkpoints of ``names`` (default: all), each loaded and saved with
+    ``save_pretrained``: the original files, the saved folders, and the scorers loaded from
+    the original files, by name."""
+    import imagereward
+
+    originals = write_all(root / "originals")
+    folders, loaded = {}, {}
+    for name in names or list(originals):
+        files, options = originals[name]
+        loaded[name] = imagereward.load(name, files=files, device="cpu", num_workers=0, **options)
+        folders[name] = imagereward.save_pretrained(loaded[name], str(root / "saved" / name))
+    return originals, folders, loaded

@@ -32,7 +32,7 @@ from helpers import BERT_VOCAB, CLIP_BPE, run_cli
 from imagereward.items import decode
 from imagereward.refl.reward import Reward
 from imagereward.tokenizers.clip_bpe import BPE_ENV
-from scorer_files import write_all
+from scorer_files import save_all
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("ray.data")
@@ -81,46 +81,34 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Saved tiny scorers, the images, and a private Ray running one server per scorer."""
-    import os
-
+    """Saved tiny scorers, the images, and a private Ray running one server with every scorer."""
     import ray
     from ray import serve
 
     from imagereward.runners.serve import build_app
 
-    saved_env = {key: os.environ.get(key) for key in ENV}
-    os.environ.update(ENV)
-    root = tmp_path_factory.mktemp("every-runner")
-    originals = write_all(root / "originals")
-    assert sorted(originals) == sorted(imagereward.available_models()), "a scorer has no tiny checkpoint"
-    folders, direct = {}, {}
-    for name, (files, options) in originals.items():
-        model = imagereward.load(name, files=files, device="cpu", num_workers=0, **options)
-        folders[name] = imagereward.save_pretrained(model, str(root / "saved" / name))
-        direct[name] = model
-    images = write_awkward_images(root / "images")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20,
-             runtime_env={"env_vars": ENV}, log_to_driver=False)
-    port = _free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        # One server holding every scorer, each its own deployment behind one ingress.
-        models = [{"model": name, "checkpoint": folder} for name, folder in folders.items()]
-        serve.run(build_app(dict(models=models, cpus_per_replica=0, gpus_per_replica=0, ingress_cpus=0,
-                                 max_batch_size=32, batch_wait_ms=300)), name="every", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        yield {"root": root, "folders": folders, "direct": direct, "images": images, "url": url,
-               "originals": originals}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        root = tmp_path_factory.mktemp("every-runner")
+        originals, folders, direct = save_all(root)
+        assert sorted(originals) == sorted(imagereward.available_models()), "a scorer has no tiny checkpoint"
+        images = write_awkward_images(root / "images")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20,
+                 runtime_env={"env_vars": ENV}, log_to_driver=False)
+        port = _free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            # One server holding every scorer, each its own deployment behind one ingress.
+            models = [{"model": name, "checkpoint": folder} for name, folder in folders.items()]
+            serve.run(build_app(dict(models=models, cpus_per_replica=0, gpus_per_replica=0, ingress_cpus=0,
+                                     max_batch_size=32, batch_wait_ms=300)), name="every", route_prefix="/")
+            url = f"http://127.0.0.1:{port}"
+            yield {"root": root, "folders": folders, "direct": direct, "images": images, "url": url,
+                   "originals": originals}
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 NAMES = imagereward.available_models()
 

@@ -30,7 +30,7 @@ from helpers import BERT_VOCAB, CLIP_BPE
 from imagereward import cli
 from imagereward.reward_stats import RewardStats
 from imagereward.tokenizers.clip_bpe import BPE_ENV
-from scorer_files import write_all
+from scorer_files import save_all
 
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
@@ -73,54 +73,43 @@ def _close(got, expected, what: str, tolerance: float = SAME) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    import os
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        root = tmp_path_factory.mktemp("multi-reward")
+        _, folders, _ = save_all(root, MODELS)
+        scorers = {name: imagereward.load(name, checkpoint=folders[name], device="cpu") for name in MODELS}
+        # Statistics through the command users run, over pairs of their own.
+        pairs = root / "pairs.jsonl"
+        with open(pairs, "w") as handle:
+            for i, pixels in enumerate(_images(100, 6)):
+                Image.fromarray(pixels).save(root / f"stat{i}.png")
+                handle.write(json.dumps({"prompt": PROMPTS[i % len(PROMPTS)], "image": str(root / f"stat{i}.png")}) + "\n")
+        stats_file = root / "stats.json"
+        code = cli.main(["reward-stats", str(pairs), "--models", ",".join(MODELS), "--output", str(stats_file),
+                         *[f"--checkpoint={name}={folders[name]}" for name in MODELS]])
+        assert code == 0
+        fault = {name: shutil.copytree(folders[name], root / "fault" / name) for name in ("ImageReward-v1.0", "PickScore")}
 
-    saved_env = {key: os.environ.get(key) for key in ENV}
-    os.environ.update(ENV)
-    root = tmp_path_factory.mktemp("multi-reward")
-    originals = write_all(root / "originals")
-    folders, scorers = {}, {}
-    for name in MODELS:
-        files, options = originals[name]
-        model = imagereward.load(name, files=files, device="cpu", num_workers=0, **options)
-        folders[name] = imagereward.save_pretrained(model, str(root / "saved" / name))
-        scorers[name] = imagereward.load(name, checkpoint=folders[name], device="cpu")
-    # Statistics through the command users run, over pairs of their own.
-    pairs = root / "pairs.jsonl"
-    with open(pairs, "w") as handle:
-        for i, pixels in enumerate(_images(100, 6)):
-            Image.fromarray(pixels).save(root / f"stat{i}.png")
-            handle.write(json.dumps({"prompt": PROMPTS[i % len(PROMPTS)], "image": str(root / f"stat{i}.png")}) + "\n")
-    stats_file = root / "stats.json"
-    code = cli.main(["reward-stats", str(pairs), "--models", ",".join(MODELS), "--output", str(stats_file),
-                     *[f"--checkpoint={name}={folders[name]}" for name in MODELS]])
-    assert code == 0
-    fault = {name: shutil.copytree(folders[name], root / "fault" / name) for name in ("ImageReward-v1.0", "PickScore")}
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20,
-             runtime_env={"env_vars": ENV}, log_to_driver=False)
-    port = _free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        common = dict(cpus_per_replica=0, gpus_per_replica=0, ingress_cpus=0)
-        serve.run(build_app(dict(common, models=[{"model": n, "checkpoint": folders[n]} for n in MODELS],
-                                 stats=str(stats_file), batch_wait_ms=20)), name="main", route_prefix="/")
-        serve.run(build_app(dict(common, max_pairs=2, request_timeout_s=20, models=[
-            {"model": "ImageReward-v1.0", "checkpoint": str(fault["ImageReward-v1.0"])},
-            {"model": "PickScore", "checkpoint": str(fault["PickScore"]), "max_queue_pairs": 2,
-             "batch_wait_ms": 3000},
-        ])), name="fault", route_prefix="/fault")
-        yield {"url": f"http://127.0.0.1:{port}", "scorers": scorers, "folders": folders,
-               "stats": RewardStats.load(str(stats_file)), "stats_file": str(stats_file),
-               "pairs": pairs, "fault": fault, "root": root}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20,
+                 runtime_env={"env_vars": ENV}, log_to_driver=False)
+        port = _free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            common = dict(cpus_per_replica=0, gpus_per_replica=0, ingress_cpus=0)
+            serve.run(build_app(dict(common, models=[{"model": n, "checkpoint": folders[n]} for n in MODELS],
+                                     stats=str(stats_file), batch_wait_ms=20)), name="main", route_prefix="/")
+            serve.run(build_app(dict(common, max_pairs=2, request_timeout_s=20, models=[
+                {"model": "ImageReward-v1.0", "checkpoint": str(fault["ImageReward-v1.0"])},
+                {"model": "PickScore", "checkpoint": str(fault["PickScore"]), "max_queue_pairs": 2,
+                 "batch_wait_ms": 3000},
+            ])), name="fault", route_prefix="/fault")
+            yield {"url": f"http://127.0.0.1:{port}", "scorers": scorers, "folders": folders,
+                   "stats": RewardStats.load(str(stats_file)), "stats_file": str(stats_file),
+                   "pairs": pairs, "fault": fault, "root": root}
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 # -- statistics ---------------------------------------------------------------------------

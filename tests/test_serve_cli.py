@@ -210,7 +210,7 @@ def test_serve_settings_from_options_a_settings_file_and_per_model_entries(tmp_p
 
     def settings(*argv, cpus=None):
         args = build_parser("serve").parse_args(["serve", *argv])
-        return ServeSettings(**settings_from_args(args, cpus))
+        return settings_from_args(args, cpus)
 
     two = settings("--models", "PickScore,hpsv2.1", "--dtype", "bf16", "--max-batch-size", "8",
                    "--checkpoint", "PickScore=/w/pick", cpus=2.0)

@@ -24,20 +24,29 @@ from helpers import run_cli
 from test_train_synthetic import write_model_config
 
 SIZE = 32
-HALVES = {"left": (slice(None), slice(0, SIZE // 2)), "right": (slice(None), slice(SIZE // 2, SIZE)),
-          "top": (slice(0, SIZE // 2), slice(None)), "bottom": (slice(SIZE // 2, SIZE), slice(None))}
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 WORDINGS = ("the bright half is on the {}", "a picture lit on the {}", "light on the {} side", "{} half bright")
 
 
-def _image(side: str, rng: np.random.Generator) -> Image.Image:
-    pixels = rng.integers(20, 90, (SIZE, SIZE, 3)).astype(np.uint8)
-    pixels[HALVES[side]] = rng.integers(170, 250, pixels[HALVES[side]].shape)
+def halves(size: int) -> dict:
+    """The pixels of each half of a ``size`` square, by side."""
+    half = size // 2
+    return {"left": (slice(None), slice(0, half)), "right": (slice(None), slice(half, size)),
+            "top": (slice(0, half), slice(None)), "bottom": (slice(half, size), slice(None))}
+
+
+HALVES = halves(SIZE)
+
+
+def _image(side: str, rng: np.random.Generator, size: int) -> Image.Image:
+    pixels = rng.integers(20, 90, (size, size, 3)).astype(np.uint8)
+    bright = halves(size)[side]
+    pixels[bright] = rng.integers(170, 250, pixels[bright].shape)
     return Image.fromarray(pixels)
 
 
-def write_task(root: Path, name: str, prompts: int, seed: int) -> Path:
-    """``<root>/<name>.json`` in the test.json format: 4 images per prompt, 4 pairs."""
+def write_task(root: Path, name: str, prompts: int, seed: int, size: int = SIZE) -> Path:
+    """``<root>/<name>.json`` in the test.json format: 4 images of ``size`` px per prompt, 4 pairs."""
     rng, choose = np.random.default_rng(seed), random.Random(seed)
     (root / name).mkdir(parents=True, exist_ok=True)
     items = []
@@ -49,7 +58,7 @@ def write_task(root: Path, name: str, prompts: int, seed: int) -> Path:
         paths = []
         for k in order:
             path = f"{name}/{index}_{k}.png"
-            _image(kinds[k], rng).save(root / path)
+            _image(kinds[k], rng, size).save(root / path)
             paths.append(path)
         items.append({"id": str(index), "prompt": choose.choice(WORDINGS).format(side), "generations": paths,
                       "ranking": [1 if kinds[k] == side else 2 for k in order]})
