@@ -125,7 +125,7 @@ def compare(name: str, ours: torch.Tensor, ours_rank: torch.Tensor, ref: Dict[st
     ours_cut, theirs_cut = map(through_end, (our_ids.tolist(), ref["token_ids"]))
     ids_equal = ours_cut == theirs_cut
     bad_ids = [i for i, (a, b) in enumerate(zip(ours_cut, theirs_cut)) if a != b]
-    pixel_diff = max(abs(a - b) for a, b in zip(our_pixels, ref["pixel_sums"]))
+    pixel_diff = max((abs(a - b) for a, b in zip(our_pixels, ref["pixel_sums"])), default=0.0)
     row = {
         "model": name, "pairs": theirs.numel(), "scale": scale,
         "max_abs_diff_matrix": diff, "max_abs_diff_rank": diff_rank,

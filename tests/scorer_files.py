@@ -16,6 +16,7 @@ import torch
 from helpers import random_state_dict, tiny_config
 from imagereward.models.head import RewardHead
 from test_baselines import TINY_CLIP, _perturb, blip_pretrain_state, tiny_blip_config, write_clip_archive
+from newmodel_files import write_hpsv3, write_mps
 from test_prefmodels import random_clip, to_hf, write_hps, write_pickscore
 
 Written = Dict[str, Tuple[Dict[str, str], Dict[str, Any]]]
@@ -67,6 +68,8 @@ WRITERS = {
     "PickScore": _pickscore,
     "HPSv2": _hps("HPS_v2_compressed.pt", 10),
     "HPSv2.1": _hps("HPS_v2.1_compressed.pt", 11),
+    "MPS": write_mps,
+    "HPSv3": write_hpsv3,
 }
 
 

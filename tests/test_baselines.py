@@ -159,7 +159,7 @@ def aesthetic_score(aesthetic_file, clip_archive):
 
 
 def test_available_scores_and_unknown_name():
-    assert imagereward.available_scores() == ["CLIP", "BLIP", "Aesthetic", "PickScore", "HPSv2", "HPSv2.1"]
+    assert imagereward.available_scores() == ["CLIP", "BLIP", "Aesthetic", "PickScore", "HPSv2", "HPSv2.1", "MPS", "HPSv3"]
     with pytest.raises(RuntimeError, match=r"Score CLAP not found; available scores = \['CLIP'"):
         load_score("CLAP")
 

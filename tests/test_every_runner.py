@@ -125,12 +125,18 @@ def _pairs(images: List[Path]):
     return prompts, [str(p) for p in images]
 
 
+# Scores that are a learnt temperature (100) times a cosine range over +-100 whatever
+# the random tiny weights give: float32 resolves their cosines to about 1e-7, i.e. 1e-5.
+SCORE_RANGE = {"PickScore": 100.0, "MPS": 100.0}
+
+
 def _close(got, expected, tolerance: float, what: str) -> None:
-    """Within ``tolerance`` of the scores' scale (max |score|, at least 1): PickScore's
-    scores are about 100 x a cosine, where float32 itself resolves only about 1e-5."""
+    """Within ``tolerance`` of the scores' scale: max |score|, at least 1, at least the
+    scorer's range where it has one (:data:`SCORE_RANGE`; ``what`` starts with the name)."""
     got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     assert got.shape == expected.shape, what
-    worst, bound = float(np.abs(got - expected).max()), tolerance * _scale(expected)
+    scale = max(_scale(expected), SCORE_RANGE.get(what.split(":")[0], 1.0))
+    worst, bound = float(np.abs(got - expected).max()), tolerance * scale
     assert worst <= bound, f"{what}: max |difference| {worst:.3g} > {bound:.3g}"
 
 

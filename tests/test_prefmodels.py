@@ -266,7 +266,7 @@ def test_hps_strict_loading(tmp_path):
     with pytest.raises(DownloadError, match="HPS_v2_compressed.pt"):
         load_hps("HPSv2", device="cpu", download_root=str(tmp_path / "empty"))
     with pytest.raises(imagereward.UnknownModelError, match="HPSv2.1"):
-        load_hps("HPSv3", device="cpu")
+        load_hps("HPSv4", device="cpu")
 
 
 # -- gradients and dtypes --------------------------------------------------------------------

@@ -142,10 +142,12 @@ class PreprocessConfig:
     (``convert_rgb="after_crop"``), scale to [0, 1] and normalise with ``mean``/``std``.
 
     ``crop`` is ``"center"`` (torchvision's ``CenterCrop`` offsets, rounded),
-    ``"center_floor"`` (Hugging Face ``CLIPImageProcessor``'s, floored; PickScore) or
+    ``"center_floor"`` (Hugging Face ``CLIPImageProcessor``'s, floored; PickScore),
     ``"pad"`` (HPSv2: the *longer* side to ``image_size`` on float pixels with torch's
-    antialiased ``interpolation``, then black padding to a square). ``convert_rgb``
-    is ``"after_crop"`` (OpenAI CLIP, BLIP) or ``"first"`` (Hugging Face, HPSv2).
+    antialiased ``interpolation``, then black padding to a square) or ``"native"``
+    (Qwen2-VL, HPSv3: the aspect ratio kept, both sides multiples of ``size_factor`` and
+    ``min_pixels <= H * W <= max_pixels``; ``image_size`` is unused). ``convert_rgb``
+    is ``"after_crop"`` (OpenAI CLIP, BLIP) or ``"first"`` (Hugging Face, HPSv2, Qwen2-VL).
     """
 
     image_size: int = 224
@@ -154,6 +156,9 @@ class PreprocessConfig:
     convert_rgb: str = "after_crop"
     mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    min_pixels: int = 0
+    max_pixels: int = 0
+    size_factor: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return config_to_dict(self)
@@ -237,3 +242,55 @@ class BLIPScoreConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     max_text_length: int = 35
+
+
+# MPS's "overall" condition: the preference dimensions its released checkpoint was trained on.
+MPS_OVERALL_CONDITION = (
+    "light, color, clarity, tone, style, ambiance, artistry, shape, face, hair, hands, limbs, "
+    "structure, instance, texture, quantity, attributes, position, number, location, word, things."
+)
+
+
+@dataclass(frozen=True)
+class MPSConfig:
+    """MPS: a CLIP ViT-H-14 and the condition-aware cross-modeling module on its tokens.
+
+    ``condition`` is the text whose similarity to the prompt's tokens selects which of them
+    the image attends to (``MPS_OVERALL_CONDITION``, the released checkpoint's); a prompt
+    token is kept when its highest similarity to a condition token, divided by the
+    prompt's highest, exceeds ``condition_threshold`` (0.3 in MPS's scoring code).
+    """
+
+    clip: CLIPConfig = field(default_factory=lambda: openclip_vit_h_14())
+    cross_layers: int = 4
+    cross_heads: int = 16
+    cross_head_width: int = 64
+    cross_ff_mult: int = 4
+    condition: str = MPS_OVERALL_CONDITION
+    condition_threshold: float = 0.3
+
+    @property
+    def context_length(self) -> int:
+        return self.clip.context_length
+
+    @property
+    def image_size(self) -> int:
+        return self.clip.image_size
+
+
+def _qwen2_vl_7b() -> Dict[str, Any]:
+    from .models.qwen2_vl import QWEN2_VL_7B  # plain data; imports nothing heavy
+
+    return json.loads(json.dumps(QWEN2_VL_7B))
+
+
+@dataclass(frozen=True)
+class HPSv3Config:
+    """HPSv3: Qwen2-VL (``vlm``, a Qwen2-VL ``config.json`` dict) and a float32 reward MLP
+    (``head_widths`` hidden layers with ReLU, then ``outputs``: the mean and the log of the
+    standard deviation) read at the reward token. (Its image sizes are preprocessing:
+    the registry's ``PreprocessConfig``.)"""
+
+    vlm: Dict[str, Any] = field(default_factory=_qwen2_vl_7b)
+    head_widths: Tuple[int, ...] = (1024, 16)
+    outputs: int = 2

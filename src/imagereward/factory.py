@@ -34,8 +34,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# Registry names of the CLIP BPE tokenizer and the text front end each stands for.
-CLIP_TEXT_STYLES = {"clip_bpe": "openai", "clip_bpe_openclip": "open_clip", "clip_bpe_hf": "hf"}
+# Registry names of the CLIP BPE tokenizer: the text front end each stands for, and
+# whether rows are padded with the end-of-text id (else with 0).
+CLIP_TEXT_STYLES = {
+    "clip_bpe": ("openai", False), "clip_bpe_openclip": ("open_clip", False),
+    "clip_bpe_hf": ("hf", False), "clip_bpe_hf_eot_pad": ("hf", True),
+}
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
@@ -94,8 +98,10 @@ class BuildRequest:
         if self.entry.tokenizer in CLIP_TEXT_STYLES:
             from .tokenizers.clip_bpe import CLIPTokenizer, resolve_clip_bpe
 
-            style = CLIP_TEXT_STYLES[self.entry.tokenizer]
-            return CLIPTokenizer(resolve_clip_bpe(self.bpe_file), max_length, text_style=style)
+            style, pad_with_eot = CLIP_TEXT_STYLES[self.entry.tokenizer]
+            return CLIPTokenizer(
+                resolve_clip_bpe(self.bpe_file), max_length, text_style=style, pad_with_eot=pad_with_eot
+            )
         raise ValueError(f"{self.entry.name} has no text tokenizer")
 
     def config_of(self, expected: type) -> Any:
@@ -296,7 +302,8 @@ def load(
     when it holds a file, else ``~/.cache/imagereward``). ``config`` overrides the
     registered architecture; ``med_config`` is an original BERT config JSON (ImageReward
     only). ``dtype`` (``"fp32"``, ``"bf16"``, ``"fp16"`` or a ``torch.dtype``) sets the
-    precision of the encoders; reward heads stay float32. ``vocab_file`` / ``bpe_file``
+    precision of the encoders; reward heads stay float32. Unset, it is float32, except
+    on a GPU for scorers registered with a GPU precision (HPSv3: bfloat16). ``vocab_file`` / ``bpe_file``
     replace the bundled tokenizer files. ``batch_size``, ``num_workers`` (decoding
     threads) and ``limits`` (accepted images) set the engine. ``compile=True`` runs the
     encoders through ``torch.compile``.
@@ -308,6 +315,8 @@ def load(
     if checkpoint is not None:
         given["weights"] = checkpoint
     resolved = _resolve(name, download_root, given)
+    if dtype is None and target_device.type == "cuda" and resolved.entry.gpu_dtype is not None:
+        target_dtype = resolve_dtype(resolved.entry.gpu_dtype)
     if config is not None:
         resolved = dataclasses.replace(resolved, config=config)
     if preprocess is not None:

@@ -149,7 +149,15 @@ def decode(
     name: Optional[str] = None,
 ) -> "torch.Tensor":
     """The scorer's pixels ``[3, S, S]`` of one item (``uint8``; ``float32`` for padding chains)."""
-    return preprocess.to_pixels(open_image(item, limits, name))
+    return _through(preprocess, open_image(item, limits, name), name or item_name(item))
+
+
+def _through(chain: PixelChain, image: Image.Image, name: str) -> "torch.Tensor":
+    """``chain.to_pixels(image)``; an image the chain refuses is named in the error."""
+    try:
+        return chain.to_pixels(image)
+    except ImageLoadError as error:
+        raise ImageLoadError(f"{name}: {error}") from None
 
 
 def decode_for(
@@ -162,7 +170,7 @@ def decode_for(
     each chain; ``chains`` maps a key (a scorer, or a preprocessing config that several
     scorers share) to its chain."""
     image = open_image(item, limits, name)
-    return {key: chain.to_pixels(image) for key, chain in chains.items()}
+    return {key: _through(chain, image, name or item_name(item)) for key, chain in chains.items()}
 
 
 def decode_all(
@@ -194,10 +202,8 @@ def decoded_batches(
     limits: ImageLimits = DEFAULT_LIMITS,
     workers: int = 0,
 ) -> Iterator[Tuple[int, "torch.Tensor"]]:
-    """``(start, pixels [B, 3, S, S])`` in order, decoding up to two batches ahead in
-    ``workers`` threads; the first bad item raises its :class:`InputError`."""
-    import torch
-
+    """``(start, pixels [B, 3, S, S])`` in order (see :func:`collate_pixels`), decoding up
+    to two batches ahead in ``workers`` threads; the first bad item raises its :class:`InputError`."""
     size = max(1, int(batch_size))
     chunks = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
 
@@ -206,15 +212,34 @@ def decoded_batches(
 
     if workers <= 0:
         for chunk in chunks:
-            yield chunk[0], torch.stack([one(i) for i in chunk])
+            yield chunk[0], collate_pixels([one(i) for i in chunk])
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = [pool.map(one, chunk) for chunk in chunks[:2]]
         for position, chunk in enumerate(chunks):
-            batch = torch.stack(list(pending.pop(0)))
+            batch = collate_pixels(list(pending.pop(0)))
             if position + 2 < len(chunks):
                 pending.append(pool.map(one, chunks[position + 2]))
             yield chunk[0], batch
+
+
+def collate_pixels(pixels: Sequence["torch.Tensor"]) -> "torch.Tensor":
+    """One batch ``[B, 3, H, W]`` of decoded images: stacked, or, where the chain keeps
+    each image's own size (Qwen2-VL's), padded right and below to the largest with NaN,
+    which marks each image's extent for the network."""
+    import torch
+
+    shapes = {tuple(p.shape) for p in pixels}
+    if len(shapes) <= 1:
+        return torch.stack(list(pixels))
+    if not all(p.is_floating_point() for p in pixels):
+        raise ValueError(f"pixels of different shapes {sorted(shapes)} must be float to be padded")
+    height = max(p.shape[-2] for p in pixels)
+    width = max(p.shape[-1] for p in pixels)
+    batch = pixels[0].new_full((len(pixels), pixels[0].shape[0], height, width), float("nan"))
+    for row, image in enumerate(pixels):
+        batch[row, :, : image.shape[-2], : image.shape[-1]] = image
+    return batch
 
 
 def score_items(
@@ -229,8 +254,6 @@ def score_items(
     Items are decoded with the scorer's own chain (its decode threads, its limits unless
     ``limits`` is given) and the good ones scored together, ``scorer.batch_size`` at a time.
     """
-    import torch
-
     if len(prompts) != len(items):
         raise InputError(f"got {len(prompts)} prompts for {len(items)} images")
     decoded = decode_all(scorer.preprocess, items, limits or scorer.limits, scorer.num_workers, names)
@@ -239,7 +262,7 @@ def score_items(
     size = max(1, int(scorer.batch_size))
     for start in range(0, len(good), size):
         rows = good[start : start + size]
-        pixels = torch.stack([decoded[i] for i in rows])  # type: ignore[misc]
+        pixels = collate_pixels([decoded[i] for i in rows])  # type: ignore[misc]
         for index, value in zip(rows, scorer.score_pixels([prompts[i] for i in rows], pixels)):
             results[index] = value
     return results
@@ -251,6 +274,7 @@ __all__ = [
     "ImageInput",
     "ImageLimits",
     "check_item",
+    "collate_pixels",
     "decode",
     "decode_all",
     "decode_for",

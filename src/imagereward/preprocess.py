@@ -10,6 +10,7 @@ The tensor chain is the differentiable counterpart for pixels that are already t
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -23,7 +24,9 @@ from .items import ImageInput, open_image
 
 # Supported values of the PreprocessConfig fields that name a step of the chain.
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
-CROPS = ("center", "center_floor", "pad")
+CROPS = ("center", "center_floor", "pad", "native")
+# Qwen2-VL's limit on the ratio of the longer to the shorter side.
+MAX_ASPECT_RATIO = 200
 RGB_ORDERS = ("after_crop", "first")
 
 
@@ -52,6 +55,27 @@ def padded_size(width: int, height: int, size: int) -> Tuple[int, int]:
     return round(width * scale), round(height * scale)
 
 
+def native_size(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> Tuple[int, int]:
+    """``(width, height)`` for Qwen2-VL: the aspect ratio kept, each side a multiple of
+    ``factor``, the area within ``[min_pixels, max_pixels]`` (its ``smart_resize`` rule)."""
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageLoadError(
+            f"image of {width}x{height} pixels: the longer side is over {MAX_ASPECT_RATIO} "
+            "times the shorter, which this scorer's chain refuses"
+        )
+    new_h = max(factor, round(height / factor) * factor)
+    new_w = max(factor, round(width / factor) * factor)
+    if new_h * new_w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        new_h = math.floor(height / beta / factor) * factor
+        new_w = math.floor(width / beta / factor) * factor
+    elif new_h * new_w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_h = math.ceil(height * beta / factor) * factor
+        new_w = math.ceil(width * beta / factor) * factor
+    return new_w, new_h
+
+
 def pad_box(width: int, height: int, size: int) -> Tuple[int, int, int, int]:
     """``(left, top, right, bottom)`` padding that centres a ``width x height`` image in
     a ``size`` square (the odd pixel goes right / bottom)."""
@@ -75,11 +99,21 @@ class ImagePreprocessor:
         ):
             if value not in allowed:
                 raise ValueError(f"PreprocessConfig.{field} {value!r} is not one of {sorted(allowed)}")
+        if config.crop == "native" and not (0 < config.min_pixels <= config.max_pixels and config.size_factor > 0):
+            raise ValueError("PreprocessConfig with crop='native' needs 0 < min_pixels <= max_pixels "
+                             "and a positive size_factor")
         self.config = config
         self._filter = INTERPOLATIONS[config.interpolation]
         self._rounding = "floor" if config.crop == "center_floor" else "round"
         self._mean = torch.tensor(config.mean).view(3, 1, 1)
         self._std = torch.tensor(config.std).view(3, 1, 1)
+
+    @property
+    def fixed_size(self) -> Optional[int]:
+        """The side ``S`` of every image's pixels ``[3, S, S]``; ``None`` for the native chain,
+        whose pixels keep each image's aspect ratio (batches of them are padded with NaN,
+        see :func:`imagereward.items.collate_pixels`)."""
+        return None if self.config.crop == "native" else self.config.image_size
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         size = self.config.image_size
@@ -104,6 +138,8 @@ class ImagePreprocessor:
             image = open_image(image)
         if self.config.crop == "pad":
             return self.to_padded(image)
+        if self.config.crop == "native":
+            return self.to_native(image)
         return self.to_uint8(image)
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
@@ -121,6 +157,29 @@ class ImagePreprocessor:
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
         pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
         return self._resize_and_pad(pixels[None])[0]
+
+    def native_size(self, width: int, height: int) -> Tuple[int, int]:
+        config = self.config
+        return native_size(width, height, config.size_factor, config.min_pixels, config.max_pixels)
+
+    def to_native(self, image: Image.Image) -> torch.Tensor:
+        """Qwen2-VL's chain for a PIL image (as HPSv3 feeds it): RGB, resized with PIL's
+        ``interpolation`` to :func:`native_size`, as ``float32 [3, H, W]`` in [0, 1]."""
+        _check_sides(image)
+        image = image.convert("RGB")
+        target = self.native_size(image.width, image.height)
+        if target != image.size:
+            image = image.resize(target, self._filter)
+        array = np.asarray(image, dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+    def _resize_native_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        height, width = pixels.shape[-2:]
+        new_w, new_h = self.native_size(width, height)
+        if (new_h, new_w) == (height, width):
+            return pixels
+        return F.interpolate(pixels, size=(new_h, new_w), mode=self.config.interpolation,
+                             align_corners=False, antialias=True)
 
     def _resize_and_pad(self, pixels: torch.Tensor) -> torch.Tensor:
         size = self.config.image_size
@@ -140,7 +199,7 @@ class ImagePreprocessor:
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels from :meth:`to_pixels` ``[..., 3, S, S]`` -> normalised ``float32``, on their device.
 
-        ``uint8`` pixels are divided by 255 first. Scoring sends the batches to the
+        ``uint8`` pixels are divided by 255 first; NaN padding (native chains) stays NaN. Scoring sends the batches to the
         model's device and normalises there: fewer bytes to move, and the same float32
         operations in the same order.
         """
@@ -158,6 +217,8 @@ class ImagePreprocessor:
             raise TypeError(f"pixels must be a float tensor in [0, 1], got {pixels.dtype}")
         if self.config.crop == "pad":
             pixels = self._resize_and_pad(pixels)
+        elif self.config.crop == "native":
+            pixels = self._resize_native_tensor(pixels)
         else:
             pixels = self._resize_and_crop_tensor(pixels)
         mean = self._mean.to(pixels.device, pixels.dtype)

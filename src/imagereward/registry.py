@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import BLIPScoreConfig, CLIPConfig, ImageRewardConfig, PreprocessConfig
+from .config import BLIPScoreConfig, CLIPConfig, HPSv3Config, ImageRewardConfig, MPSConfig, PreprocessConfig
 from .errors import UnknownModelError
 
 
@@ -42,8 +42,10 @@ class WeightsFile:
 
 # Text tokenizers a scorer may name; the token length comes from its model config.
 # The CLIP BPE comes with three front ends: OpenAI's (clip_bpe), OpenCLIP's
-# (clip_bpe_openclip) and Hugging Face's fast tokenizer's (clip_bpe_hf).
-TOKENIZERS = ("bert", "clip_bpe", "clip_bpe_openclip", "clip_bpe_hf")
+# (clip_bpe_openclip) and Hugging Face's fast tokenizer's (clip_bpe_hf; clip_bpe_hf_eot_pad
+# pads to the full length with the end-of-text id, as MPS tokenises). "qwen2_vl" is
+# HPSv3's chat prompt on Qwen2-VL's tokenizer (a file the scorer downloads).
+TOKENIZERS = ("bert", "clip_bpe", "clip_bpe_openclip", "clip_bpe_hf", "clip_bpe_hf_eot_pad", "qwen2_vl")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class ScorerEntry:
     original_api: str = "load_score"  # which drop-in function of image-reward 1.5 lists it
     # Published preference accuracy (%) on ImageReward's test set, for reports.
     published_accuracy: Optional[float] = None
+    # The precision load() picks on a GPU when none is asked for (None: float32).
+    gpu_dtype: Optional[str] = None
 
 
 _REGISTRY: Dict[str, ScorerEntry] = {}
@@ -290,6 +294,57 @@ for _name, _file, _accuracy in (
             published_accuracy=_accuracy,  # by the HPSv2 authors' count
         )
     )
+
+register(
+    ScorerEntry(
+        name="MPS",
+        builder="imagereward.scoring.mps:build",
+        files={
+            "weights": WeightsFile(
+                filename="MPS_overall_checkpoint.pth",
+                what="the MPS (overall) weights",
+                # The authors publish this file on Google Drive only (Kwai-Kolors/MPS README).
+                url="https://drive.usercontent.google.com/download?"
+                "id=17qrK_aJkVNM75ZEvMEePpLj6L867MLkN&export=download&confirm=t",
+            )
+        },
+        config=None,  # CLIP sizes read from the weights; MPSConfig's defaults otherwise
+        config_type=MPSConfig,
+        # MPS's processor is laion/CLIP-ViT-H-14's CLIPImageProcessor, as PickScore's.
+        preprocess=PreprocessConfig(crop="center_floor", convert_rgb="first"),
+        tokenizer="clip_bpe_hf_eot_pad",
+        description="MPS (overall): CLIP ViT-H-14 with a condition-aware cross-modeling head, "
+        "trained on 918k multi-dimensional preferences; logit_scale.exp() * cosine (about 100 x cos)",
+        aliases=("MPS-overall",),
+        published_accuracy=67.5,  # MPS paper, ImageReward test set
+    )
+)
+
+register(
+    ScorerEntry(
+        name="HPSv3",
+        builder="imagereward.scoring.hpsv3:build",
+        files={
+            "weights": WeightsFile(filename="HPSv3.safetensors", what="the HPSv3 weights", repo_id="MizzenAI/HPSv3"),
+            "tokenizer": WeightsFile(
+                filename="tokenizer.json", what="Qwen2-VL's tokenizer", repo_id="Qwen/Qwen2-VL-7B-Instruct"
+            ),
+        },
+        config=None,  # a Qwen2-VL config.json beside local weights, else Qwen2-VL-7B's
+        config_type=HPSv3Config,
+        # HPSv3's scoring: RGB, PIL bicubic to 256 x 28 x 28 pixels at the image's aspect
+        # ratio (sides multiples of 28), Qwen2-VL's (= OpenAI CLIP's) mean and std.
+        preprocess=PreprocessConfig(
+            crop="native", convert_rgb="first", min_pixels=256 * 28 * 28, max_pixels=256 * 28 * 28, size_factor=28,
+        ),
+        tokenizer="qwen2_vl",
+        description="HPSv3: Qwen2-VL-7B with an uncertainty-aware reward head, trained on HPDv3 "
+        "(needs imagereward[vlm]; score is the mean, score_details also the sigma)",
+        ignore_keys=(r"lm_head\.weight",),
+        published_accuracy=67.0,  # HPSv3 paper, ImageReward test set
+        gpu_dtype="bf16",
+    )
+)
 
 # The paper's order of the four scorers (Table 3), used for reports and ``--models all``.
 PAPER_SCORERS = ("ImageReward-v1.0", "CLIP", "BLIP", "Aesthetic")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -114,4 +115,7 @@ def save_pretrained(
     }
     with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
+    for filename, source in getattr(getattr(model, "tokenizer", None), "saved_files", {}).items():
+        if os.path.abspath(source) != os.path.abspath(os.path.join(directory, filename)):
+            shutil.copyfile(source, os.path.join(directory, filename))  # a tokenizer the package does not ship
     return directory

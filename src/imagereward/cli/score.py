@@ -207,7 +207,7 @@ def _reward_rows(args: argparse.Namespace) -> Tuple[List[str], List[List[float]]
     import torch
 
     from ..errors import InputError
-    from ..items import decode_all
+    from ..items import collate_pixels, decode_all
 
     scorer = _load(args)
     chunk = 4 * args.batch_size  # images per step: keeps decoding a few batches ahead
@@ -228,7 +228,7 @@ def _reward_rows(args: argparse.Namespace) -> Tuple[List[str], List[List[float]]
                     kept.append(image)
                     good.append(pixels)
             if good:
-                columns.append(scorer.score_pixel_matrix(args.prompt, torch.stack(good)))
+                columns.append(scorer.score_pixel_matrix(args.prompt, collate_pixels(good)))
             progress.update(len(part))
     finally:
         progress.close()

@@ -129,7 +129,9 @@ class CLIPVisionTransformer(nn.Module):
         self.ln_post = LayerNormFP32(width, eps=config.layer_norm_eps)
         self.proj = nn.Parameter(torch.zeros(width, config.embed_dim))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The transformer's output for the class token and every patch ``[B, 1 + P, width]``,
+        before ``ln_post`` (Hugging Face's ``last_hidden_state``)."""
         size = self.image_size
         if pixels.shape[-2:] != (size, size):
             raise ValueError(
@@ -138,8 +140,10 @@ class CLIPVisionTransformer(nn.Module):
         x = self.conv1(pixels.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat((cls, x), dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0, :]) @ self.proj
+        return self.transformer(self.ln_pre(x))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.ln_post(self.tokens(pixels)[:, 0, :]) @ self.proj
 
 
 class CLIPModel(nn.Module):
@@ -166,15 +170,20 @@ class CLIPModel(nn.Module):
         """Unnormalised image embeddings ``[B, embed_dim]`` in the model's dtype."""
         return self.visual(pixels)
 
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Unnormalised text embeddings ``[B, embed_dim]`` of ids ``[B, L]`` (L <= context)."""
+    def text_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The normalised output of the text transformer for every position ``[B, L, width]``
+        of ids ``[B, L]`` (L <= context), before the projection."""
         length = input_ids.shape[1]
         if length > self.config.context_length:
             raise ValueError(
                 f"token ids have {length} positions, CLIP takes {self.config.context_length}"
             )
         x = self.token_embedding(input_ids) + self.positional_embedding[:length]
-        x = self.ln_final(self.transformer(x))
+        return self.ln_final(self.transformer(x))
+
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Unnormalised text embeddings ``[B, embed_dim]`` of ids ``[B, L]`` (L <= context)."""
+        x = self.text_tokens(input_ids)
         eot = input_ids.argmax(dim=-1)
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
 
@@ -326,6 +335,24 @@ def convert_hf_clip_state_dict(
         if key not in consumed:
             converted[key] = value
     return converted, names
+
+
+def infer_hf_clip_config(
+    state_dict: Mapping[str, torch.Tensor], source: str, **options: Any
+) -> CLIPConfig:
+    """:func:`infer_clip_config` of Hugging Face ``CLIPModel`` weights (``options``: its
+    head widths and activation)."""
+    ours: Dict[str, torch.Tensor] = {}
+    for key in ("visual.conv1.weight", "visual.positional_embedding", "visual.proj",
+                "text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight"):
+        name = hf_clip_names(key)[0]
+        if name in state_dict:
+            ours[key] = state_dict[name].t() if key in _HF_TRANSPOSED else state_dict[name]
+    layer = re.compile(r"(vision|text)_model\.encoder\.layers\.(\d+)\.self_attn\.q_proj\.weight")
+    for match in filter(None, map(layer.fullmatch, state_dict)):
+        prefix = "visual." if match.group(1) == "vision" else ""
+        ours[f"{prefix}transformer.resblocks.{match.group(2)}.attn.in_proj_weight"] = state_dict[match.group(0)]
+    return infer_clip_config(ours, source, **options)
 
 
 # ``CLIPTextConfig`` / ``CLIPVisionConfig`` defaults, for config.json files that omit them.

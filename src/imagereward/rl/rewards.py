@@ -217,15 +217,13 @@ def _load(names: Sequence[str], device: Optional[str], dtype: Optional[str],
 
 def _score_locally(scorers: Mapping[str, Any], prompts: List[str], items: List[Item]) -> Dict[str, List[float]]:
     """Each scorer's scores, every item decoded once and run through each distinct chain."""
-    import torch
-
-    from ..items import decode_for
+    from ..items import collate_pixels, decode_for
 
     keys = {name: scorer.preprocess.config for name, scorer in scorers.items()}
     chains = {scorer.preprocess.config: scorer.preprocess for scorer in scorers.values()}  # equal configs, one chain
     decoded = [decode_for(chains, item, name=f"images[{i}]") for i, item in enumerate(items)]
     scores: Dict[str, List[float]] = {}
     for name, scorer in scorers.items():
-        pixels = torch.stack([pixels_of[keys[name]] for pixels_of in decoded])
+        pixels = collate_pixels([pixels_of[keys[name]] for pixels_of in decoded])
         scores[name] = scorer.score_pixels(prompts, pixels)
     return scores

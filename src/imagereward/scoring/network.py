@@ -38,6 +38,11 @@ class RewardNetwork(nn.Module):
         """Scores ``[B]`` of row-aligned text rows and normalised pixels ``[B, 3, S, S]``."""
         raise NotImplementedError
 
+    def details(self, text: TextRows, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Every output of :meth:`score_rows`'s pass by name (``{"score": [B]}`` unless the
+        network has more to say, like HPSv3's uncertainty)."""
+        return {"score": self.score_rows(text, pixels)}
+
     def image_features(self, pixels: torch.Tensor) -> Any:
         """What :meth:`score_grid` needs of a batch of normalised pixels, computed once."""
         raise NotImplementedError

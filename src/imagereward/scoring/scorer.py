@@ -16,7 +16,7 @@ are reachable on the scorer.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -26,6 +26,15 @@ from ..items import DEFAULT_LIMITS, ImageInput, ImageLimits, decoded_batches
 from ..prompts import check_prompt, check_prompts, expand_prompts
 from .base import RankResult, check_images, check_pixels, distinct_prompts, ranks_from_rewards
 from .network import RewardNetwork, ScorerParts, TextRows
+
+
+def _cat_rows(parts: List[torch.Tensor]) -> torch.Tensor:
+    """Rows of several text passes; rows of token ids padded to different widths are
+    right-padded with 0 to the widest (their lengths travel with them)."""
+    width = max(part.shape[1] for part in parts) if parts[0].ndim == 2 else None
+    if width is not None and parts[0].dtype == torch.long:
+        parts = [torch.nn.functional.pad(part, (0, width - part.shape[1])) for part in parts]
+    return torch.cat(parts)
 
 
 def default_decode_workers() -> int:
@@ -169,6 +178,16 @@ class RewardScorer(nn.Module):
             raise PromptError(f"got {len(prompts)} prompts but {len(images)} images")
         return self._score_pairs(prompts, images)
 
+    def score_details(self, prompts: Sequence[str], images: Sequence[ImageInput]) -> Dict[str, List[float]]:
+        """Everything the network says of N pairs, by name: ``{"score": [...]}`` for most
+        scorers; ``{"mean": [...], "sigma": [...]}`` for HPSv3 (the reward and its
+        uncertainty; ``score_batch`` gives the mean)."""
+        prompts = check_prompts(prompts)
+        images = check_images(images)
+        if len(prompts) != len(images):
+            raise PromptError(f"got {len(prompts)} prompts but {len(images)} images")
+        return self._pairs(prompts, self._batches(images), self.network.details)
+
     def score_matrix(self, prompts: Sequence[str], images: Sequence[ImageInput]) -> torch.Tensor:
         """Scores of every prompt with every image: a float32 CPU tensor ``[P, I]``.
 
@@ -235,36 +254,46 @@ class RewardScorer(nn.Module):
             chunks.append(self.network.encode_text(tokens))
         if len(chunks) == 1:
             return chunks[0]
-        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+        return {key: _cat_rows([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
     def _check_decoded(self, pixels: Any, count: Optional[int]) -> None:
-        size = self.preprocess.config.image_size
+        size = self.preprocess.fixed_size
         rows = "B" if count is None else str(count)
+        sides = ("H", "W") if size is None else (size, size)
         if (
             not isinstance(pixels, torch.Tensor) or pixels.ndim != 4
             or (count is not None and pixels.shape[0] != count)
-            or tuple(pixels.shape[1:]) != (3, size, size)
+            or pixels.shape[1] != 3
+            or (size is not None and tuple(pixels.shape[2:]) != sides)
         ):
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
-            raise InputError(f"pixels must be [{rows}, 3, {size}, {size}] as decoded for this scorer, got {shape}")
+            raise InputError(
+                f"pixels must be [{rows}, 3, {sides[0]}, {sides[1]}] as decoded for this scorer, got {shape}"
+            )
 
     def _score_pairs(self, prompts: List[str], images: List[ImageInput]) -> List[float]:
         """Scores of row-aligned prompts and images; the callers have checked the images."""
         return self._pairs(prompts, self._batches(images))
 
-    def _pairs(self, prompts: List[str], batches: Iterable[Tuple[int, torch.Tensor]]) -> List[float]:
+    def _pairs(self, prompts: List[str], batches: Iterable[Tuple[int, torch.Tensor]], outputs: Any = None) -> Any:
         """Scores of row-aligned prompts and ``(start, decoded pixels)`` batches, in order;
-        each distinct prompt is encoded once."""
+        each distinct prompt is encoded once. ``outputs`` (the network's ``details``)
+        gives named lists instead."""
         unique, prompt_rows = distinct_prompts(prompts)
         scores: List[float] = []
+        named: Dict[str, List[float]] = {}
         with torch.inference_mode():
             text = self.text_rows(unique)
             for start, pixels in batches:
                 rows = prompt_rows[start : start + pixels.shape[0]].to(self.device)
                 batch_text = {k: v.index_select(0, rows) for k, v in text.items()}
-                out = self.network.score_rows(batch_text, self._normalized(pixels))
-                scores.extend(out.float().cpu().tolist())
-        return scores
+                if outputs is None:
+                    out = self.network.score_rows(batch_text, self._normalized(pixels))
+                    scores.extend(out.float().cpu().tolist())
+                    continue
+                for key, value in outputs(batch_text, self._normalized(pixels)).items():
+                    named.setdefault(key, []).extend(value.float().cpu().tolist())
+        return scores if outputs is None else named
 
     def _grid(self, prompts: List[str], batches: Iterable[torch.Tensor]) -> torch.Tensor:
         """Scores ``[P, I]`` of every prompt with every image of the decoded pixel batches;

@@ -108,10 +108,15 @@ def _read_merges(path: str) -> List[Tuple[str, str]]:
 
 
 class CLIPTokenizer:
-    """Callable: prompts -> ``int64`` ids ``[N, context_length]`` exactly as ``clip.tokenize``."""
+    """Callable: prompts -> ``int64`` ids ``[N, context_length]`` exactly as ``clip.tokenize``.
+
+    Rows are padded with 0, or with the end-of-text id where ``pad_with_eot`` (as the
+    Hugging Face tokenizers of OpenAI's and LAION's CLIP models pad with ``padding="max_length"``).
+    """
 
     def __init__(
-        self, bpe_file: Optional[str] = None, context_length: int = 77, text_style: str = "openai"
+        self, bpe_file: Optional[str] = None, context_length: int = 77, text_style: str = "openai",
+        pad_with_eot: bool = False,
     ) -> None:
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2, got {context_length}")
@@ -140,6 +145,7 @@ class CLIPTokenizer:
         self.sot_token_id = self.encoder[SOT_TOKEN]
         self.eot_token_id = self.encoder[EOT_TOKEN]
         self.context_length = context_length
+        self.pad_token_id = self.eot_token_id if pad_with_eot else 0
         self.bpe_file = path
         self._cache: Dict[str, List[int]] = {}
 
@@ -211,7 +217,7 @@ class CLIPTokenizer:
         if isinstance(prompts, str):
             prompts = [prompts]
         length = self.context_length
-        result = torch.zeros(len(prompts), length, dtype=torch.long)
+        result = torch.full((len(prompts), length), self.pad_token_id, dtype=torch.long)
         for row, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise TypeError(f"prompts[{row}] must be a str, got {type(prompt).__name__}")

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image
 
 from ...spec import ModelSpec
 from .inputs import ERROR, IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR, PROMPT, read_image_bytes
@@ -24,9 +25,9 @@ def pixels_column(group: int) -> str:
 
 
 def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Table:
-    """Add ``error`` and one pixel column ``[3, S, S]`` per preprocessing (what
-    :func:`imagereward.items.decode` makes: ``uint8``, or ``float32`` for padding chains);
-    drop the encoded bytes.
+    """Add ``error`` and one pixel column per preprocessing (what
+    :func:`imagereward.items.decode` makes: ``uint8 [3, S, S]``, ``float32`` for padding
+    chains, each image's own ``[3, H, W]`` for native ones); drop the encoded bytes.
 
     A row whose image is missing, unreadable or corrupt gets zero pixels and its
     error text; any other exception fails the task (Ray retries it).
@@ -38,8 +39,7 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
 
     chains = [ImagePreprocessor(PreprocessConfig.from_dict(c)) for c in preprocess]
     count = table.num_rows
-    pixels = [np.zeros((count, 3, c.config.image_size, c.config.image_size),
-                       np.float32 if c.config.crop == "pad" else np.uint8) for c in chains]
+    pixels: List[List[Any]] = [[None] * count for _ in chains]
     errors: List[Optional[str]] = table.column(INPUT_ERROR).to_pylist()
     data = table.column(IMAGE_BYTES).to_pylist()
     paths = table.column(IMAGE_PATH).to_pylist()
@@ -54,13 +54,23 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
                 out[row] = decode(chain, image, name=name).numpy()
         except InputError as error:
             errors[row] = str(error) or type(error).__name__
-    from ray.data.extensions import ArrowTensorArray
-
     table = table.drop_columns([IMAGE_BYTES, IMAGE_PATH, INPUT_ERROR])
     table = table.append_column(ERROR, pa.array(errors, pa.string()))
-    for group, array in enumerate(pixels):
-        table = table.append_column(pixels_column(group), ArrowTensorArray.from_numpy(array))
+    for group, (column, chain) in enumerate(zip(pixels, chains)):
+        table = table.append_column(pixels_column(group), _tensor_column(column, chain))
     return table
+
+
+def _tensor_column(rows: List[Any], chain: Any) -> Any:
+    """Decoded pixels as one Arrow tensor column (rows of an error get zeros): fixed-shape,
+    or variable-shaped where the chain keeps each image's own size."""
+    from ray.data.extensions import ArrowTensorArray, ArrowVariableShapedTensorArray
+
+    blank = chain.to_pixels(Image.new("RGB", (28, 28))).numpy()
+    filled = [np.zeros_like(blank) if row is None else row for row in rows]
+    if chain.fixed_size is not None or len({a.shape for a in filled}) <= 1:
+        return ArrowTensorArray.from_numpy(np.stack(filled) if filled else blank[:0])
+    return ArrowVariableShapedTensorArray.from_numpy(filled)
 
 
 class ScoreActor:
@@ -93,6 +103,8 @@ class ScoreActor:
     def __call__(self, table: pa.Table) -> pa.Table:
         import torch
 
+        from ...items import collate_pixels
+
         ok = pc.is_null(table.column(ERROR)).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(ok)
         prompts = table.column(PROMPT).take(pa.array(rows, pa.int64())).to_pylist()
@@ -101,7 +113,7 @@ class ScoreActor:
             values: List[Optional[float]] = [None] * table.num_rows
             for start in range(0, len(rows), self.batch_size):
                 chunk = rows[start:start + self.batch_size]
-                batch = torch.from_numpy(np.ascontiguousarray(pixels[chunk]))
+                batch = collate_pixels([torch.from_numpy(np.ascontiguousarray(pixels[i])) for i in chunk])
                 scores = scorer.score_pixels(prompts[start:start + len(chunk)], batch)
                 for index, score in zip(chunk, scores):
                     values[int(index)] = score

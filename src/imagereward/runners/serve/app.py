@@ -31,7 +31,7 @@ from ray.serve import Application
 
 from ... import __version__
 from ...errors import InputError
-from ...items import decode_for
+from ...items import collate_pixels, decode_for
 from ...preprocess import ImagePreprocessor
 from ...reward_stats import RewardStats, check_scaling, check_weights, normalized, weighted_reward
 from ...scoring.base import ranks_from_rewards
@@ -338,7 +338,7 @@ class RewardServer:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        stacked = {config: torch.stack([result[config] for result in results]) for config in chains}
+        stacked = {config: collate_pixels([result[config] for result in results]) for config in chains}
         return {key: stacked[config] for key, config in configs.items()}
 
     def _chain(self, config: Hashable) -> ImagePreprocessor:

@@ -16,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List
 
 import torch
+from PIL import Image
 from ray import serve
 
+from ...items import collate_pixels
 from .limits import AdmissionGate, Refusal
 from .metrics import ModelMetrics
 from .settings import ModelSettings
@@ -48,8 +50,8 @@ class ModelReplica:
         self.metrics = ModelMetrics(self.settings.key, replica)
         self._batched.set_max_batch_size(self.settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
-        size = self.scorer.preprocess.config.image_size
-        self.scorer.score_pixels([""], torch.zeros(1, 3, size, size, dtype=torch.uint8))  # warm up
+        blank = self.scorer.preprocess.to_pixels(Image.new("RGB", (224, 224)))
+        self.scorer.score_pixels([""], blank[None])  # warm up
 
     async def describe(self) -> Dict[str, Any]:
         """What the ingress needs to feed this model: its preprocessing, and what it runs on."""
@@ -102,7 +104,7 @@ class ModelReplica:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(
-            self.model_thread, self.scorer.score_pixels, prompts, torch.stack(pixels)
+            self.model_thread, self.scorer.score_pixels, prompts, collate_pixels(pixels)
         )
         self.gate.observe_throughput(len(prompts), time.perf_counter() - start)
         return results
