@@ -13,6 +13,7 @@ Nothing here is imported by the package.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -120,12 +121,33 @@ def _tests_path() -> None:
     sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def make_hpsv3(req: Dict[str, Any]) -> Dict[str, Any]:
-    """A folder that hpsv3 reads as ``model_name_or_path`` (processor + a Qwen2-VL), and the
-    reward model's own state dict as ``HPSv3.safetensors`` (keys of the released file)."""
+def hpsv3_folder(out: Path, tokenizer_file: Path, vlm: Dict[str, Any]) -> int:
+    """What hpsv3 reads as ``model_name_or_path`` (Qwen2-VL's processor with the given
+    tokenizer, a Qwen2-VL of config ``vlm``) and its settings file ``hpsv3.yaml``; returns
+    the vocabulary size of the reward model (the tokenizer's, plus ``<|Reward|>``)."""
     import yaml
+    from transformers import Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = Qwen2TokenizerFast(tokenizer_file=str(tokenizer_file), pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", unk_token=None, bos_token=None)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
+                                 chat_template=QWEN2_VL_CHAT_TEMPLATE)
+    processor.save_pretrained(out)
+    base = Qwen2VLConfig(**{**vlm, "vocab_size": len(tokenizer)})
+    Qwen2VLForConditionalGeneration(base).save_pretrained(out)  # replaced by the checkpoint's tensors
+    settings = yaml.safe_load((HERE / "hpsv3_parity.yaml").read_text())
+    settings["model_name_or_path"] = str(out)
+    (out / "hpsv3.yaml").write_text(yaml.safe_dump(settings))
+    return len(tokenizer) + 1
+
+
+def make_hpsv3(req: Dict[str, Any]) -> Dict[str, Any]:
+    """A tiny Qwen2-VL folder for hpsv3, and a random reward model's own state dict as
+    ``HPSv3.safetensors`` (the keys of the released file), written by hpsv3's class."""
     from safetensors.torch import save_file
-    from transformers import Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import Qwen2VLConfig
 
     _tests_path()
     from qwen_files import tiny_vlm_config, write_config, write_tokenizer
@@ -134,27 +156,30 @@ def make_hpsv3(req: Dict[str, Any]) -> Dict[str, Any]:
 
     out = Path(req["out"])
     ids = write_tokenizer(out / "tokenizer.json")
-    tokenizer = Qwen2TokenizerFast(tokenizer_file=str(out / "tokenizer.json"), pad_token="<|endoftext|>",
-                                   eos_token="<|im_end|>", unk_token=None, bos_token=None)
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
-                                 chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    vocab = len(tokenizer) + 1  # hpsv3 adds <|Reward|> and resizes the embeddings to it
-    vlm = tiny_vlm_config(ids, len(tokenizer))
-    Qwen2VLConfig(**vlm).save_pretrained(out)
+    vocab = hpsv3_folder(out, out / "tokenizer.json", tiny_vlm_config(ids, 0))
+    vlm = tiny_vlm_config(ids, vocab)
     torch.manual_seed(req["seed"])
-    model = Qwen2VLRewardModelBT(Qwen2VLConfig(**{**vlm, "vocab_size": vocab}), output_dim=2,
-                                 reward_token="special", special_token_ids=[vocab - 1], rm_head_type="ranknet")
+    model = Qwen2VLRewardModelBT(Qwen2VLConfig(**vlm), output_dim=2, reward_token="special",
+                                 special_token_ids=[vocab - 1], rm_head_type="ranknet")
     perturb(model, req["seed"], req["noise"])
-    model.save_pretrained(out)  # what from_pretrained reads before the checkpoint replaces it
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "HPSv3.safetensors"))
-    write_config(out / "model-config.json", {**vlm, "vocab_size": vocab})
-    with open(Path(__file__).resolve().parent / "hpsv3_parity.yaml", "r") as handle:
-        settings = yaml.safe_load(handle)
-    settings["model_name_or_path"] = str(out)
-    (out / "hpsv3.yaml").write_text(yaml.safe_dump(settings))
+    write_config(out / "model-config.json", vlm)
     return {"checkpoint": str(out / "HPSv3.safetensors"), "keys": len(state), "vocab": vocab}
+
+
+def hpsv3_rewards(out: Path, checkpoint: Path, prompts: List[str], images: List[str]) -> List[List[List[float]]]:
+    """hpsv3's ``HPSv3RewardInferencer.reward`` of every image for each prompt: ``[mu, log sigma]``."""
+    inferencer = _inferencer(str(out), str(checkpoint))
+    with torch.no_grad():
+        return [inferencer.reward(list(images), [prompt] * len(images)).tolist() for prompt in prompts]
+
+
+@functools.lru_cache(maxsize=None)
+def _inferencer(out: str, checkpoint: str) -> Any:
+    from hpsv3.inference import HPSv3RewardInferencer
+
+    return HPSv3RewardInferencer(str(Path(out) / "hpsv3.yaml"), checkpoint, device="cpu")
 
 
 def score_hpsv3(req: Dict[str, Any]) -> Dict[str, Any]:

@@ -4,7 +4,9 @@
 checkpoints, made in reference environments, never here: image-reward 1.5 for
 ImageReward, BLIP, CLIP and Aesthetic (``tests/golden/make_golden.py``); transformers'
 ``CLIPModel`` with PickScore's scoring code, and the ``hpsv2`` package, for PickScore,
-HPSv2 and HPSv2.1 (``tests/golden/make_golden_prefmodels.py``). Each test regenerates the checkpoint, checks that its
+HPSv2 and HPSv2.1 (``tests/golden/make_golden_prefmodels.py``); MPS's repository code
+and the ``hpsv3`` package (with its own transformers 4.45.2) for MPS and HPSv3
+(``tests/golden/make_golden_newmodels.py``; HPSv3's goldens also hold its uncertainty). Each test regenerates the checkpoint, checks that its
 tensors are the ones the golden outputs came from, loads it through the public API
 and compares ``inference_rank``, ``score``, ``score_batch`` and ``score_matrix``:
 values within 1e-5, rankings identical.
@@ -23,15 +25,19 @@ import torch
 import imagereward
 from golden import inputs, weights
 from helpers import BERT_VOCAB, CLIP_BPE, REFERENCE_DATA
-from imagereward.config import BLIPScoreConfig, ImageRewardConfig, TextConfig, VisionConfig
+from imagereward.config import BLIPScoreConfig, CLIPConfig, ImageRewardConfig, MPSConfig, TextConfig, VisionConfig
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
-SCORERS = ["ImageReward", "BLIP", "CLIP", "Aesthetic", "PickScore", "HPSv2", "HPSv2.1"]
+SCORERS = ["ImageReward", "BLIP", "CLIP", "Aesthetic", "PickScore", "HPSv2", "HPSv2.1", "MPS", "HPSv3"]
 PREFERENCE_MODELS = ("PickScore", "HPSv2", "HPSv2.1")
+NEW_MODELS = ("MPS", "HPSv3")
+HPSV3_TOKENIZER = "HPSv3-tokenizer.json"
 TOLERANCE = 1e-5  # relative to the scores' scale (PickScore's are about 100 x a cosine)
 
 
 def regenerate(scorer: str) -> str:
+    if scorer in NEW_MODELS:
+        return "~/.cache/imagereward-bench/hps3venv/bin/python tests/golden/make_golden_newmodels.py"
     if scorer in PREFERENCE_MODELS:
         return "~/.cache/imagereward-bench/prefvenv/bin/python tests/golden/make_golden_prefmodels.py"
     return "~/.cache/imagereward-bench/refvenv/bin/python tests/golden/make_golden.py"
@@ -71,6 +77,15 @@ def load_ours(scorer: str, config: Dict, files: Dict[str, Path]) -> torch.nn.Mod
             "BLIP", device="cpu", checkpoint=str(files["checkpoint"]), vocab_file=str(BERT_VOCAB),
             config=BLIPScoreConfig(vision=vision, text=text),
         )
+    if scorer == "MPS":  # CLIP sizes from the weights; the cross model's from the config
+        cross = config["mps"]["cross"]
+        return imagereward.load("MPS", device="cpu", checkpoint=str(files["checkpoint"]), bpe_file=str(CLIP_BPE),
+                                config=MPSConfig(clip=_vit_h(config["mps"]["clip"]), cross_layers=cross["layers"],
+                                                 cross_heads=cross["heads"], cross_head_width=cross["head_dim"],
+                                                 cross_ff_mult=cross["ff_mult"]))
+    if scorer == "HPSv3":  # the Qwen2-VL config.json beside the weights, the golden run's tokenizer
+        return imagereward.load("HPSv3", device="cpu", batch_size=4,
+                                files={"weights": str(files["checkpoint"]), "tokenizer": str(GOLDEN / HPSV3_TOKENIZER)})
     if scorer in PREFERENCE_MODELS:  # sizes from config.json (PickScore) or the weights (HPS)
         return imagereward.load(scorer, device="cpu", checkpoint=str(files["checkpoint"]),
                                 bpe_file=str(CLIP_BPE))
@@ -109,9 +124,23 @@ def golden(request, tmp_path_factory) -> Golden:
     return Golden(scorer, data, model, [str(p) for p in images])
 
 
+def _vit_h(clip: Dict) -> CLIPConfig:
+    sizes = {k: v for k, v in clip.items() if k not in ("vision_head_width", "text_heads")}
+    return CLIPConfig.from_widths(vision_head_width=clip["vision_head_width"],
+                                  text_head_width=clip["text_width"] // clip["text_heads"], act="gelu", **sizes)
+
+
 def write_checkpoint(scorer: str, checkpoint, root: Path, name: str, config: Dict) -> Path:
-    """The file in the original's format: PickScore's with its Hugging Face config.json."""
+    """The file in the original's format: PickScore's with its Hugging Face config.json;
+    MPS's as a state dict of its model's keys (the whole-model pickle needs MPS's classes
+    to write; its reading is tested in test_newmodels.py); HPSv3's with Qwen2-VL's config.json."""
     path = root / name
+    if scorer == "HPSv3":
+        from safetensors.torch import save_file
+
+        (root / "config.json").write_text(json.dumps(config["vlm"]))
+        save_file({k: v.contiguous() for k, v in checkpoint.items()}, str(path))
+        return path
     if scorer == "PickScore":
         from safetensors.torch import save_file
 
@@ -135,6 +164,9 @@ def test_inference_rank_matches_the_original(golden):
         ranking, rewards = golden.model.inference_rank(prompt, golden.images)
         assert ranking == row["ranking"], f"{golden.scorer}, prompt {row['prompt']}"
         assert_close(rewards, row["rewards"], f"{golden.scorer} inference_rank, prompt {row['prompt']}")
+        if "sigmas" in row:  # HPSv3's uncertainty
+            sigma = golden.model.score_details([prompt] * len(golden.images), golden.images)["sigma"]
+            assert_close(sigma, row["sigmas"], f"{golden.scorer} sigma, prompt {row['prompt']}")
     assert golden.model.score(prompt, golden.images) == rewards  # the list form of score
 
 
@@ -166,10 +198,13 @@ def test_golden_files_cover_the_odd_inputs(golden):
     assert data["prompts"] == inputs.PROMPTS
     assert {"RGBA", "P", "L", "RGB"} <= {image["mode"] for image in data["images"]}
     versions = data["reference_versions"]
-    if golden.scorer == "PickScore":
+    if golden.scorer in NEW_MODELS:
+        assert versions["transformers"] == "4.45.2" and versions["hpsv3"] == "1.0.0"
+    elif golden.scorer == "PickScore":
         assert versions["transformers"] != "absent"
     elif golden.scorer in PREFERENCE_MODELS:
         assert versions["hpsv2"] != "absent"
     else:
         assert versions["image-reward"] == "1.5"
     assert len(data["inference_rank"]) == len(inputs.PROMPTS)
+

@@ -77,7 +77,8 @@ def uniform(key: str, shape: Shape, std: float, seed: int) -> torch.Tensor:
     return steps.to(torch.float32) * (std * math.sqrt(3.0) / 2**15)
 
 
-HF_NORMS = ("LayerNorm", "final_layer_norm", "pre_layrnorm", "post_layernorm")
+HF_NORMS = ("LayerNorm", "final_layer_norm", "pre_layrnorm", "post_layernorm", "input_layernorm",
+            "post_attention_layernorm")
 
 
 def _is_norm(key: str) -> bool:
@@ -384,6 +385,92 @@ def openclip_checkpoint(clip: Mapping, seed: int) -> Dict[str, StateDict]:
     return {"state_dict": state}
 
 
+# MPS at tiny sizes: ViT-H-14's peculiarities, and a cross-modeling module of the width of
+# the projection. ``gains`` spread the prompt tokens' features so that MPS's condition (a
+# 0.3 similarity threshold, fixed in its scoring code) drops a token of some prompts;
+# random towers make the tokens much alike, so it keeps nearly all of them.
+TINY_MPS = {
+    "clip": TINY_VIT_H, "cross": {"layers": 2, "heads": 4, "head_dim": 16, "ff_mult": 2},
+    "gains": {"model.text_model.embeddings.token_embedding.weight": 40.0,
+              "model.text_model.final_layer_norm.bias": 0.0},
+}
+
+
+def mps_cross_shapes(width: int, cross: Mapping[str, int]) -> Dict[str, Shape]:
+    """MPS's ``cross_model`` (its ``Cross_model`` class's names); the LayerNorms' bias
+    buffers and rotary frequencies are set by :func:`mps_checkpoint`."""
+    heads, head, ff = cross["heads"], cross["head_dim"], cross["ff_mult"] * width
+    shapes: Dict[str, Shape] = {}
+    for i in range(cross["layers"]):
+        cross_attn, block = f"cross_model.layers.{i}.0.fn", f"cross_model.layers.{i}.1.fn"
+        shapes.update({
+            f"{cross_attn}.norm.weight": (width,), f"{cross_attn}.to_q.weight": (heads * head, width),
+            f"{cross_attn}.to_kv.weight": (2 * head, width), f"{cross_attn}.to_out.weight": (width, heads * head),
+            f"{cross_attn}.ff.0.weight": (2 * ff, width), f"{cross_attn}.ff.2.weight": (width, ff),
+            f"{block}.norm.weight": (width,),
+            f"{block}.fused_attn_ff_proj.weight": (heads * head + 2 * head + 2 * ff, width),
+            f"{block}.attn_out.weight": (width, heads * head), f"{block}.ff_out.1.weight": (width, ff),
+        })
+    return shapes
+
+
+def mps_checkpoint(config: Mapping, seed: int) -> StateDict:
+    """MPS's model as its ``state_dict``: ``model.*`` a Hugging Face ``CLIPModel``, the
+    temperature at ln 100, and ``cross_model.*``, float32."""
+    clip, cross = config["clip"], config["cross"]
+    shapes = {f"model.{k}": v for k, v in hf_clip_shapes(clip).items()}
+    shapes.update(mps_cross_shapes(clip["embed_dim"], cross))
+    state = fill(shapes, seed, config.get("gains"))
+    state["model.logit_scale"] = torch.tensor(math.log(100.0))
+    head = cross["head_dim"]
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head, 2).float() / head))
+    for i in range(cross["layers"]):
+        state[f"cross_model.layers.{i}.0.fn.norm.bias"] = torch.zeros(clip["embed_dim"])
+        state[f"cross_model.layers.{i}.1.fn.norm.bias"] = torch.zeros(clip["embed_dim"])
+        state[f"cross_model.layers.{i}.1.fn.rotary_emb.inv_freq"] = inv_freq.clone()
+    return state
+
+
+def qwen2_vl_reward_shapes(vlm: Mapping, head_widths: Tuple[int, int] = (1024, 16)) -> Dict[str, Shape]:
+    """HPSv3's ``Qwen2VLRewardModelBT`` (transformers 4.45's Qwen2-VL names): vision tower,
+    language model, ``lm_head`` and the reward head."""
+    vision = vlm["vision_config"]
+    embed, depth, hidden = vision["embed_dim"], vision["depth"], vlm["hidden_size"]
+    mlp, patch, frames = embed * vision["mlp_ratio"], vision["patch_size"], vision["temporal_patch_size"]
+    merged = embed * vision["spatial_merge_size"] ** 2
+    shapes: Dict[str, Shape] = {"visual.patch_embed.proj.weight": (embed, 3, frames, patch, patch)}
+    for i in range(depth):
+        block = f"visual.blocks.{i}"
+        shapes.update({**_norm(f"{block}.norm1", embed), **_norm(f"{block}.norm2", embed),
+                       **_linear(f"{block}.attn.qkv", 3 * embed, embed), **_linear(f"{block}.attn.proj", embed, embed),
+                       **_linear(f"{block}.mlp.fc1", mlp, embed), **_linear(f"{block}.mlp.fc2", embed, mlp)})
+    shapes.update({**_norm("visual.merger.ln_q", embed), **_linear("visual.merger.mlp.0", merged, merged),
+                   **_linear("visual.merger.mlp.2", hidden, merged)})
+    heads, kv = vlm["num_attention_heads"], vlm["num_key_value_heads"]
+    head, inner = hidden // heads, vlm["intermediate_size"]
+    shapes["model.embed_tokens.weight"] = (vlm["vocab_size"], hidden)
+    for i in range(vlm["num_hidden_layers"]):
+        layer = f"model.layers.{i}"
+        shapes.update({**_linear(f"{layer}.self_attn.q_proj", heads * head, hidden),
+                       **_linear(f"{layer}.self_attn.k_proj", kv * head, hidden),
+                       **_linear(f"{layer}.self_attn.v_proj", kv * head, hidden),
+                       f"{layer}.self_attn.o_proj.weight": (hidden, heads * head),
+                       f"{layer}.mlp.gate_proj.weight": (inner, hidden), f"{layer}.mlp.up_proj.weight": (inner, hidden),
+                       f"{layer}.mlp.down_proj.weight": (hidden, inner),
+                       f"{layer}.input_layernorm.weight": (hidden,),
+                       f"{layer}.post_attention_layernorm.weight": (hidden,)})
+    shapes.update({"model.norm.weight": (hidden,), "lm_head.weight": (vlm["vocab_size"], hidden),
+                   **_linear("rm_head.0", head_widths[0], hidden), **_linear("rm_head.3", head_widths[1], head_widths[0]),
+                   **_linear("rm_head.5", 2, head_widths[1])})
+    return shapes
+
+
+def hpsv3_checkpoint(config: Mapping, seed: int) -> StateDict:
+    """HPSv3's ``HPSv3.safetensors`` of a tiny Qwen2-VL (``config["vlm"]``), float32; the
+    reward head's last layer scaled by ``head_gain`` so that rewards spread."""
+    return fill(qwen2_vl_reward_shapes(config["vlm"]), seed, {"rm_head.5.weight": config["head_gain"]})
+
+
 def file_state(checkpoint: Mapping) -> Mapping[str, torch.Tensor]:
     """The tensors a digest covers: the ``"model"`` or ``"state_dict"`` entry of a wrapped checkpoint."""
     for entry in ("model", "state_dict"):
@@ -413,5 +500,9 @@ def build(scorer: str, config: Mapping) -> Dict[str, Mapping]:
         return {"checkpoint": hf_clip_checkpoint(config["clip"], seed)}
     if scorer in ("HPSv2", "HPSv2.1"):
         return {"checkpoint": openclip_checkpoint(config["clip"], seed)}
+    if scorer == "MPS":
+        return {"checkpoint": mps_checkpoint(config["mps"], seed)}
+    if scorer == "HPSv3":
+        return {"checkpoint": hpsv3_checkpoint(config, seed)}
     raise ValueError(f"no golden checkpoints for {scorer!r}")
 
