@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,7 @@ from imagereward.errors import CheckpointError, ExtraMissingError, ImageLoadErro
 from imagereward.module_pickle import read_module_tensors
 from imagereward.tokenizers.clip_bpe import BPE_ENV
 from newmodel_files import TINY_MPS, mps_state, write_hpsv3, write_mps
+from test_eval import subset  # noqa: F401  (a fixture)
 
 pytest.importorskip("transformers")
 
@@ -243,3 +245,30 @@ def test_hpsv3_without_transformers_says_which_extra(hpsv3, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers.models.qwen2_vl", None)
     with pytest.raises(ExtraMissingError, match=r"imagereward\[vlm\]"):
         imagereward.load("HPSv3", files=files, device="cpu")
+
+
+# -- the commands that compare models -----------------------------------------------------------
+def test_eval_and_benchmark_take_mps_and_hpsv3(capsys, subset, mps, hpsv3, tmp_path):
+    from helpers import REFERENCE_DATA, run_cli
+    from test_eval import eval_argv, write_images
+
+    root, _ = subset
+    mps_model = imagereward.load("MPS", files=mps[1], device="cpu", num_workers=0, **mps[2])
+    mps_folder = imagereward.save_pretrained(mps_model, str(tmp_path / "mps"))
+    hps_files = hpsv3[1]
+    checkpoints = ["--checkpoint", f"MPS={mps_folder}", "--checkpoint", f"HPSv3={hps_files['weights']}",
+                   "--checkpoint", f"HPSv3:tokenizer={hps_files['tokenizer']}"]
+    code, table, err = run_cli(capsys, *eval_argv(root, tmp_path / "out", "--models", "MPS,HPSv3", *checkpoints))
+    assert code == 0, err
+    assert "| MPS (" in table and "| HPSv3 (" in table
+    prompts = json.loads((REFERENCE_DATA / "benchmark-prompts.json").read_text())[:2]
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    for index, generator in enumerate(("sd1-4", "openjourney")):
+        write_images(tmp_path / "gens", [f"{generator}/{p['id']}_{k}.png" for p in prompts for k in range(2)], index)
+    code, table, err = run_cli(capsys, "benchmark", "--prompts", tmp_path / "prompts.json", "--images",
+                               tmp_path / "gens", "--models", "all", "--metrics", "MPS,HPSv3",
+                               "--output-dir", tmp_path / "bench", "--no-progress", *checkpoints)
+    assert code == 0, err
+    for metric in ("MPS", "HPSv3"):
+        assert sorted(json.loads((tmp_path / "bench" / f"{metric}-benchmark-results.json").read_text())) == [
+            "openjourney", "sd1-4"]

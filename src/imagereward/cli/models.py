@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     for record in records:
         aliases = f" (also: {', '.join(record['aliases'])})" if record["aliases"] else ""
         print(f"{record['name']}{aliases}\n  {record['description']}")
+        if record["published_accuracy"] is not None:
+            print(f"  published preference accuracy on ImageReward's test set: {record['published_accuracy']}%")
         for role, source in record["files"].items():
             print(f"  {role}: {source}")
     return 0

@@ -194,7 +194,12 @@ def build(request: "BuildRequest") -> ScorerParts:
         tokenizer_file = request.files["tokenizer"]
     tokenizer = HPSv3Tokenizer(tokenizer_file)
     network = HPSv3Score(config)
-    load_state_dict_strict(network, state, source=weights, ignore=request.entry.ignore_keys)
+    # The towers keep the checkpoint's precision (bfloat16 for the released file, mapped, not
+    # copied): load() casts them once to the precision asked for, the head to float32.
+    embeddings = state.get("model.embed_tokens.weight")
+    load_state_dict_strict(network, state, source=weights, ignore=request.entry.ignore_keys,
+                           dtype=embeddings.dtype if embeddings is not None else None)
+    network.rm_head.float()
     network.prefix_ids = tokenizer.prefix
     network.reward_token_id = tokenizer.reward_token_id
     if tokenizer.image_token_id != network.image_token_id:

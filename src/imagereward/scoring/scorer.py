@@ -73,7 +73,7 @@ class RewardScorer(nn.Module):
         self.batch_size = batch_size
         self.num_workers = default_decode_workers() if num_workers is None else num_workers
         self.limits = limits
-        self._compute_dtype = torch.float32
+        self._compute_dtype = self._encoder_dtype() or torch.float32
 
     network: RewardNetwork
 
@@ -114,19 +114,22 @@ class RewardScorer(nn.Module):
             super().to(device=device, non_blocking=non_blocking)
         return self
 
+    def _encoder_dtype(self) -> Optional[torch.dtype]:
+        weights = [p for module in self.network.encoders() for p in module.parameters()]
+        return weights[0].dtype if weights and weights[0].is_floating_point() else None
+
     def _apply(self, fn: Any, recurse: bool = True) -> "RewardScorer":
         """Every cast of ``nn.Module`` (``.half()``, ``.double()``, ...) keeps the recorded
         compute dtype equal to the encoders' own."""
         super()._apply(fn, recurse)
-        weights = [p for module in self.network.encoders() for p in module.parameters()]
-        if weights and weights[0].is_floating_point():
-            self._compute_dtype = weights[0].dtype
+        self._compute_dtype = self._encoder_dtype() or self._compute_dtype
         return self
 
     def place(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "RewardScorer":
-        """Eval mode, the encoders' precision, then the device."""
+        """Eval mode, the encoders' precision (builders may leave them in the checkpoint's),
+        then the device."""
         self.eval()
-        if dtype != torch.float32:
+        if dtype != self._encoder_dtype():
             self.set_compute_dtype(dtype)
         super().to(device)
         return self
