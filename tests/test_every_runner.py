@@ -284,12 +284,24 @@ def _decoded(url: str) -> float:
 def test_refl_reward_on_pixels_at_the_scorers_resolution(world, scorers, name):
     scorer = scorers[name]
     prompts, paths = _pairs(world["images"])
-    decoded = torch.stack([decode(scorer.preprocess, p) for p in paths])
-    pixels = decoded.float() / 255 if decoded.dtype == torch.uint8 else decoded
     reward = Reward([(name, scorer, 1.0)])
-    pixels.requires_grad_(True)
-    values = reward(pixels, prompts)
-    _close(values.detach().tolist(), scorer.score_pixels(prompts, decoded), SAME_SHAPE,
-           f"{name}: ReFL reward against score_pixels")
-    values.sum().backward()
-    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    by_shape = {}  # a batch of generated images has one size; HPSv3's chain keeps each image's own
+    for index, path in enumerate(paths):
+        pixels = decode(scorer.preprocess, path)
+        by_shape.setdefault(tuple(pixels.shape), []).append((index, pixels))
+    if scorer.preprocess.fixed_size is None:
+        # Qwen2-VL's resize rule is not idempotent (an image resized to 728x280, 203,840
+        # pixels, would be resized again, as the original resizes tensors): compare at the
+        # sizes it leaves as they are.
+        by_shape = {shape: group for shape, group in by_shape.items()
+                    if scorer.preprocess.native_size(shape[2], shape[1]) == (shape[2], shape[1])}
+        assert by_shape, f"{name}: no image decodes to a size its chain keeps"
+    for group in by_shape.values():
+        decoded = torch.stack([pixels for _, pixels in group])
+        chosen = [prompts[index] for index, _ in group]
+        pixels = (decoded.float() / 255 if decoded.dtype == torch.uint8 else decoded).requires_grad_(True)
+        values = reward(pixels, chosen)
+        _close(values.detach().tolist(), scorer.score_pixels(chosen, decoded), SAME_SHAPE,
+               f"{name}: ReFL reward against score_pixels")
+        values.sum().backward()
+        assert pixels.grad is not None and pixels.grad.abs().sum() > 0
