@@ -150,14 +150,15 @@ def make_hpsv3(req: Dict[str, Any]) -> Dict[str, Any]:
     from transformers import Qwen2VLConfig
 
     _tests_path()
-    from qwen_files import tiny_vlm_config, write_config, write_tokenizer
+    from qwen_files import full_width_vlm_config, tiny_vlm_config, write_config, write_tokenizer
 
     from hpsv3.model.qwen2vl_trainer import Qwen2VLRewardModelBT
 
+    sizes = full_width_vlm_config if req.get("size") == "full" else tiny_vlm_config
     out = Path(req["out"])
     ids = write_tokenizer(out / "tokenizer.json")
-    vocab = hpsv3_folder(out, out / "tokenizer.json", tiny_vlm_config(ids, 0))
-    vlm = tiny_vlm_config(ids, vocab)
+    vocab = hpsv3_folder(out, out / "tokenizer.json", sizes(ids, 0))
+    vlm = sizes(ids, vocab)
     torch.manual_seed(req["seed"])
     model = Qwen2VLRewardModelBT(Qwen2VLConfig(**vlm), output_dim=2, reward_token="special",
                                  special_token_ids=[vocab - 1], rm_head_type="ranknet")

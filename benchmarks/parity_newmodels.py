@@ -12,7 +12,9 @@ the released file is; HPSv3: ``Qwen2VLRewardModelBT`` as safetensors) and scores
 odd images of fixtures.py for each prompt with its own inference function; ours loads
 the same files and scores with ``rank`` and ``score_matrix``. ``--size tiny`` uses
 two-layer CLIP towers of ViT-H-14's widths for MPS (the cross model is always full
-size) and a tiny Qwen2-VL for HPSv3; ``--size full`` the whole ViT-H-14 for MPS.
+size) and a tiny Qwen2-VL for HPSv3; ``--size full`` the whole ViT-H-14 for MPS and, for
+HPSv3, Qwen2-VL-7B's widths with one layer per tower (a full-size layer stack; the
+whole 7B model does not fit this machine's memory in float32 on both sides).
 Exit status 1 when a score differs by more than 1e-4 of the score scale, or a ranking
 or a token id differs.
 """
@@ -103,7 +105,7 @@ def run_mps(args, sizes, common, workdir: Path) -> Dict[str, Any]:
 def run_hpsv3(args, sizes, common, workdir: Path) -> Dict[str, Any]:
     out = workdir / "hpsv3"
     if not (out / "HPSv3.safetensors").exists():
-        run_side("make-hpsv3", {"out": str(out), "seed": 4, "noise": 0.02}, workdir)
+        run_side("make-hpsv3", {"out": str(out), "seed": 4, "noise": 0.02, "size": args.size}, workdir)
     ref = run_side("score-hpsv3", {**common, "out": str(out)}, workdir)
     files = {"weights": str(out / "HPSv3.safetensors"), "tokenizer": str(out / "tokenizer.json")}
     (out / "ours").mkdir(exist_ok=True)

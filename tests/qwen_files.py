@@ -71,5 +71,18 @@ def tiny_vlm_config(ids: Dict[str, int], vocab_size: int) -> Dict[str, Any]:
     }
 
 
+def full_width_vlm_config(ids: Dict[str, int], vocab_size: int) -> Dict[str, Any]:
+    """Qwen2-VL-7B's widths (language 3584 wide, 28 heads of 128 with 4 key/value heads,
+    MLP 18944, M-RoPE sections 16/24/24; vision 1280 wide, 16 heads, merged to 3584) with
+    one language layer and one vision block: a full-size layer stack of each tower."""
+    config = tiny_vlm_config(ids, vocab_size)
+    config.update({"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 1,
+                   "num_attention_heads": 28, "num_key_value_heads": 4, "max_window_layers": 1,
+                   "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}})
+    config["vision_config"] = {**config["vision_config"], "depth": 1, "embed_dim": 1280, "mlp_ratio": 4,
+                               "num_heads": 16, "hidden_size": 3584}
+    return config
+
+
 def write_config(path: Path, config: Dict[str, Any]) -> None:
     path.write_text(json.dumps(config, indent=2))
