@@ -40,6 +40,7 @@ import inputs  # noqa: E402
 import newmodels_side  # noqa: E402
 import weights  # noqa: E402
 from make_golden import PAIRS, check_gaps, golden_record, versions, write_goldens  # noqa: E402
+from make_golden_prefmodels import _ranking  # noqa: E402
 from qwen_files import tiny_vlm_config, write_tokenizer  # noqa: E402
 
 SHARED = Path(os.environ.get("IMAGEREWARD_SHARED", REPO.parent / "shared"))
@@ -126,14 +127,6 @@ def make(scorer: str, workdir: Path, images: List[Path], repo: str, out: Path) -
     checkpoints = {"checkpoint": {"format": FORMATS[scorer], "tensors_sha256": weights.tensor_digest(state),
                                   "keys": len(state)}}
     return golden_record(scorer, made_by, versions(VERSIONS), config, checkpoints, images, rows, pairs)
-
-
-def _ranking(rewards: List[float]) -> List[int]:
-    order = sorted(range(len(rewards)), key=lambda i: -rewards[i])
-    ranks = [0] * len(rewards)
-    for position, index in enumerate(order):
-        ranks[index] = position + 1
-    return ranks
 
 
 def main() -> None:
