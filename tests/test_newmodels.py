@@ -248,7 +248,7 @@ def test_hpsv3_without_transformers_says_which_extra(hpsv3, monkeypatch):
 
 
 # -- the commands that compare models -----------------------------------------------------------
-def test_eval_and_benchmark_take_mps_and_hpsv3(capsys, subset, mps, hpsv3, tmp_path):
+def test_eval_and_benchmark_take_mps_and_hpsv3(capsys, subset, mps, hpsv3, tmp_path):  # noqa: F811
     from helpers import REFERENCE_DATA, run_cli
     from test_eval import eval_argv, write_images
 

@@ -63,12 +63,13 @@ def decode_batch(table: pa.Table, preprocess: Sequence[Dict[str, Any]]) -> pa.Ta
 
 def _tensor_column(rows: List[Any], chain: Any) -> Any:
     """Decoded pixels as one Arrow tensor column (rows of an error get zeros): fixed-shape,
-    or variable-shaped where the chain keeps each image's own size."""
+    or, where the chain keeps each image's own size, always variable-shaped (so that every
+    block of the job has the same column type, whatever sizes it happens to hold)."""
     from ray.data.extensions import ArrowTensorArray, ArrowVariableShapedTensorArray
 
     blank = chain.to_pixels(Image.new("RGB", (28, 28))).numpy()
     filled = [np.zeros_like(blank) if row is None else row for row in rows]
-    if chain.fixed_size is not None or len({a.shape for a in filled}) <= 1:
+    if chain.fixed_size is not None or not filled:
         return ArrowTensorArray.from_numpy(np.stack(filled) if filled else blank[:0])
     return ArrowVariableShapedTensorArray.from_numpy(filled)
 
