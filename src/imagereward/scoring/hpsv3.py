@@ -26,7 +26,7 @@ from ..config import HPSv3Config
 from ..errors import CheckpointError
 from ..preprocess import ImagePreprocessor
 from ..models.qwen2_vl import build_towers, text_setting, vision_embeddings, vision_settings
-from .network import RewardNetwork, ScorerParts, TextRows
+from .network import RewardNetwork, ScorerParts, TextRows, repeated_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..factory import BuildRequest
@@ -137,11 +137,10 @@ class HPSv3Score(RewardNetwork):
     def score_grid(self, text: TextRows, features: Tuple[torch.Tensor, List[int]]) -> torch.Tensor:
         """Every prompt with every image: the vision tower once, the language model per pair."""
         tokens, counts = features
-        rows = []
-        for row in range(text["input_ids"].shape[0]):
-            one = {key: value[row : row + 1].expand(len(counts), *value.shape[1:]) for key, value in text.items()}
-            rows.append(self.head_outputs(one, tokens, counts)[:, 0])
-        return torch.stack(rows)
+        prompts = text["input_ids"].shape[0]
+        return torch.stack([
+            self.head_outputs(repeated_row(text, row, len(counts)), tokens, counts)[:, 0] for row in range(prompts)
+        ])
 
 
 def read_hpsv3_checkpoint(path: str) -> Dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from ..errors import CheckpointError
 from ..models.clip import CLIPModel, convert_hf_clip_state_dict, infer_hf_clip_config
 from ..models.mps_cross import CrossModel
 from ..module_pickle import read_module_tensors
-from .network import RewardNetwork, ScorerParts, TextRows
+from .network import RewardNetwork, ScorerParts, TextRows, repeated_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..factory import BuildRequest
@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class MPSScore(RewardNetwork):
     """The MPS network; ``condition_ids`` (the tokenised condition) is set by the builder."""
+
+    FLOAT32_PARAMETERS = ("clip_model.logit_scale",)  # the temperature, as PickScore's
 
     def __init__(self, config: MPSConfig) -> None:
         super().__init__()
@@ -43,13 +45,6 @@ class MPSScore(RewardNetwork):
 
     def encoders(self) -> List[nn.Module]:
         return [self.clip_model.visual, self.clip_model.transformer, self.cross_model]
-
-    def set_compute_dtype(self, dtype: torch.dtype) -> None:
-        """Encoders in ``dtype``; the temperature stays float32 (as PickScore's)."""
-        scale = self.clip_model.logit_scale
-        kept = scale.data.float().clone()
-        super().set_compute_dtype(dtype)
-        scale.data = kept.to(scale.device)
 
     # -- the two towers, projected token by token ----------------------------------------
     def text_tokens(self, ids: torch.Tensor) -> torch.Tensor:
@@ -101,12 +96,8 @@ class MPSScore(RewardNetwork):
 
     def score_grid(self, text: TextRows, features: torch.Tensor) -> torch.Tensor:
         """Every prompt with every image: the cross model runs once per pair."""
-        count = features.shape[0]
-        rows = []
-        for row in range(text["text_embeds"].shape[0]):
-            one = {key: value[row : row + 1].expand(count, *value.shape[1:]) for key, value in text.items()}
-            rows.append(self._scores(one, features))
-        return torch.stack(rows)
+        prompts = text["text_embeds"].shape[0]
+        return torch.stack([self._scores(repeated_row(text, row, features.shape[0]), features) for row in range(prompts)])
 
 
 # HF buffers of transformers < 4.31 that no computation reads.

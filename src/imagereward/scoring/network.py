@@ -19,15 +19,22 @@ from ..preprocess import ImagePreprocessor
 TextRows = Dict[str, torch.Tensor]
 
 
+def repeated_row(text: TextRows, row: int, count: int) -> TextRows:
+    """Row ``row`` of text rows, repeated for ``count`` images (views, no copies)."""
+    return {key: value[row : row + 1].expand(count, *value.shape[1:]) for key, value in text.items()}
+
+
 class RewardNetwork(nn.Module):
     """Base of every scorer network; subclasses implement the methods below.
 
     ``FLOAT32_MODULES`` name submodules that stay float32 whatever the encoders'
-    precision (reward heads). A network keeps no parameters or buffers of its own,
+    precision (reward heads); ``FLOAT32_PARAMETERS`` name single parameters that do
+    (PickScore's and MPS's temperature). A network keeps no parameters or buffers of its own,
     only in submodules, so that a scorer can hold the same modules under the same names.
     """
 
     FLOAT32_MODULES: Tuple[str, ...] = ()
+    FLOAT32_PARAMETERS: Tuple[str, ...] = ()
     config: Any
 
     def encode_text(self, tokens: Any) -> TextRows:
@@ -61,10 +68,15 @@ class RewardNetwork(nn.Module):
         return next(self.parameters()).device
 
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
-        """Cast to ``dtype``; :attr:`FLOAT32_MODULES` stay float32."""
+        """Cast to ``dtype``; :attr:`FLOAT32_MODULES` stay float32, and so do the values of
+        :attr:`FLOAT32_PARAMETERS` (kept from before the cast, which would round them)."""
+        kept = {name: self.get_parameter(name).data.float().clone() for name in self.FLOAT32_PARAMETERS}
         self.to(dtype)
         for name in self.FLOAT32_MODULES:
             getattr(self, name).float()
+        for name, value in kept.items():
+            parameter = self.get_parameter(name)
+            parameter.data = value.to(parameter.device)
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,12 @@ class PickScore(CLIPScore):
     100 times a cosine.
     """
 
+    # The temperature stays float32 like every head here (ln 100 in bfloat16 would scale
+    # scores by 98.9).
+    FLOAT32_PARAMETERS = ("clip_model.logit_scale",)
+
     def similarity_scale(self) -> torch.Tensor:
         return self.clip_model.logit_scale.float().exp()
-
-    def set_compute_dtype(self, dtype: torch.dtype) -> None:
-        """Encoders in ``dtype``; the temperature stays float32 like every head here
-        (ln 100 in bfloat16 would scale scores by 98.9)."""
-        scale = self.clip_model.logit_scale
-        kept = scale.data.float().clone()
-        super().set_compute_dtype(dtype)
-        scale.data = kept.to(scale.device)
 
 
 def read_hf_config(path: str) -> CLIPConfig:
