@@ -16,7 +16,7 @@ are reachable on the scorer.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -31,8 +31,8 @@ from .network import RewardNetwork, ScorerParts, TextRows
 def _cat_rows(parts: List[torch.Tensor]) -> torch.Tensor:
     """Rows of several text passes; rows of token ids padded to different widths are
     right-padded with 0 to the widest (their lengths travel with them)."""
-    width = max(part.shape[1] for part in parts) if parts[0].ndim == 2 else None
-    if width is not None and parts[0].dtype == torch.long:
+    if parts[0].dtype == torch.long and parts[0].ndim == 2:
+        width = max(part.shape[1] for part in parts)
         parts = [torch.nn.functional.pad(part, (0, width - part.shape[1])) for part in parts]
     return torch.cat(parts)
 
@@ -189,7 +189,7 @@ class RewardScorer(nn.Module):
         images = check_images(images)
         if len(prompts) != len(images):
             raise PromptError(f"got {len(prompts)} prompts but {len(images)} images")
-        return self._pairs(prompts, self._batches(images), self.network.details)
+        return self._outputs(prompts, self._batches(images), self.network.details)
 
     def score_matrix(self, prompts: Sequence[str], images: Sequence[ImageInput]) -> torch.Tensor:
         """Scores of every prompt with every image: a float32 CPU tensor ``[P, I]``.
@@ -278,25 +278,30 @@ class RewardScorer(nn.Module):
         """Scores of row-aligned prompts and images; the callers have checked the images."""
         return self._pairs(prompts, self._batches(images))
 
-    def _pairs(self, prompts: List[str], batches: Iterable[Tuple[int, torch.Tensor]], outputs: Any = None) -> Any:
+    def _pairs(self, prompts: List[str], batches: Iterable[Tuple[int, torch.Tensor]]) -> List[float]:
         """Scores of row-aligned prompts and ``(start, decoded pixels)`` batches, in order;
-        each distinct prompt is encoded once. ``outputs`` (the network's ``details``)
-        gives named lists instead."""
+        each distinct prompt is encoded once."""
+        def score(text: TextRows, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
+            return {"score": self.network.score_rows(text, pixels)}
+
+        return self._outputs(prompts, batches, score).get("score", [])
+
+    def _outputs(
+        self, prompts: List[str], batches: Iterable[Tuple[int, torch.Tensor]],
+        outputs: Callable[[TextRows, torch.Tensor], Dict[str, torch.Tensor]],
+    ) -> Dict[str, List[float]]:
+        """``outputs(text rows, normalised pixels)`` (named tensors ``[B]``) of row-aligned
+        prompts and ``(start, decoded pixels)`` batches, as named lists in order."""
         unique, prompt_rows = distinct_prompts(prompts)
-        scores: List[float] = []
         named: Dict[str, List[float]] = {}
         with torch.inference_mode():
             text = self.text_rows(unique)
             for start, pixels in batches:
                 rows = prompt_rows[start : start + pixels.shape[0]].to(self.device)
                 batch_text = {k: v.index_select(0, rows) for k, v in text.items()}
-                if outputs is None:
-                    out = self.network.score_rows(batch_text, self._normalized(pixels))
-                    scores.extend(out.float().cpu().tolist())
-                    continue
                 for key, value in outputs(batch_text, self._normalized(pixels)).items():
                     named.setdefault(key, []).extend(value.float().cpu().tolist())
-        return scores if outputs is None else named
+        return named
 
     def _grid(self, prompts: List[str], batches: Iterable[torch.Tensor]) -> torch.Tensor:
         """Scores ``[P, I]`` of every prompt with every image of the decoded pixel batches;
