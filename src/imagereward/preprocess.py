@@ -146,16 +146,13 @@ class ImagePreprocessor:
         """Resized, cropped RGB pixels ``[3, S, S]`` of a PIL image as ``uint8``, not yet normalised."""
         if self.config.convert_rgb == "first":
             image = image.convert("RGB")
-        image = self.resize_and_crop(image).convert("RGB")
-        array = np.asarray(image, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        return _channels_first(self.resize_and_crop(image).convert("RGB"))
 
     def to_padded(self, image: Image.Image) -> torch.Tensor:
         """HPSv2's chain for a PIL image: RGB, to float in [0, 1], longer side to ``S`` (torch
         bicubic, antialiased), zero padding to ``S x S``; ``float32 [3, S, S]``."""
         _check_sides(image)
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
+        pixels = _channels_first(image.convert("RGB")).float().div(255)
         return self._resize_and_pad(pixels[None])[0]
 
     def native_size(self, width: int, height: int) -> Tuple[int, int]:
@@ -170,8 +167,7 @@ class ImagePreprocessor:
         target = self.native_size(image.width, image.height)
         if target != image.size:
             image = image.resize(target, self._filter)
-        array = np.asarray(image, dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return _channels_first(image).float().div_(255.0)
 
     def _resize_native_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
         height, width = pixels.shape[-2:]
@@ -236,6 +232,11 @@ class ImagePreprocessor:
             )
         left, top, right, bottom = center_crop_box(new_w, new_h, size, self._rounding)
         return pixels[:, :, top:bottom, left:right]
+
+
+def _channels_first(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as ``uint8 [3, H, W]`` (its own memory)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
 def _check_sides(image: Image.Image) -> None:

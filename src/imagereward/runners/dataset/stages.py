@@ -67,8 +67,10 @@ def _tensor_column(rows: List[Any], chain: Any) -> Any:
     block of the job has the same column type, whatever sizes it happens to hold)."""
     from ray.data.extensions import ArrowTensorArray, ArrowVariableShapedTensorArray
 
-    blank = chain.to_pixels(Image.new("RGB", (28, 28))).numpy()
-    filled = [np.zeros_like(blank) if row is None else row for row in rows]
+    filled = rows
+    if not rows or any(row is None for row in rows):  # the chain's shape and dtype, for zeros
+        blank = np.zeros_like(chain.to_pixels(Image.new("RGB", (28, 28))).numpy())
+        filled = [blank if row is None else row for row in rows]
     if chain.fixed_size is not None or not filled:
         return ArrowTensorArray.from_numpy(np.stack(filled) if filled else blank[:0])
     return ArrowVariableShapedTensorArray.from_numpy(filled)
