@@ -10,8 +10,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..options import load_options, option, updated
 
 INITS = ("blip", "imagereward", "scratch")
-HEAD_INITS = ("lecun", "original")
-DROPOUTS = ("auto", "on", "off")  # as imagereward.models.head (not imported: keeps --help light)
+HEAD_INITS = ("lecun", "original")  # as imagereward.models.head (not imported: keeps --help light)
+DROPOUTS = ("auto", "on", "off")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("cosine", "constant")
 

@@ -46,17 +46,16 @@ def _init_scratch(model: ImageRewardNet) -> None:
     nn.init.trunc_normal_(vision.cls_token, std=0.02)
 
 
-def dropout_on(config: TrainConfig) -> bool:
-    """Whether the model trains with its dropout and drop-path (``--dropout``).
+def trained_architecture(config: TrainConfig, architecture: ImageRewardConfig) -> ImageRewardConfig:
+    """``architecture`` with its dropout and drop-path, or without them (``--dropout``).
 
     ``auto`` turns them off from random weights (``--init scratch``): there the text
     encoder's and the head's dropout each keep a small model at chance on a task only the
     prompt decides (``benchmarks/train_original.py``, docs/training.md); the paper's recipe
     from BLIP or ImageReward weights keeps them.
     """
-    if config.dropout == "auto":
-        return config.init != "scratch"
-    return config.dropout == "on"
+    keep = config.init != "scratch" if config.dropout == "auto" else config.dropout == "on"
+    return architecture if keep else without_dropout(architecture)
 
 
 def without_dropout(config: ImageRewardConfig) -> ImageRewardConfig:
@@ -83,12 +82,10 @@ def build_model(config: TrainConfig) -> ImageRewardNet:
             config.init_checkpoint, device="cpu", config=model_config,
             vocab_file=config.vocab_file or None, num_workers=0,
         )
-        architecture = scorer.config if dropout_on(config) else without_dropout(scorer.config)
-        model = ImageRewardNet(architecture)
+        model = ImageRewardNet(trained_architecture(config, scorer.config))
         model.load_state_dict(scorer.state_dict())
     else:
-        architecture = model_config or ImageRewardConfig()
-        model = ImageRewardNet(architecture if dropout_on(config) else without_dropout(architecture))
+        model = ImageRewardNet(trained_architecture(config, model_config or ImageRewardConfig()))
         if config.init == "blip":
             if not os.path.isfile(config.init_checkpoint):
                 raise FileNotFoundError(2, "BLIP pretraining checkpoint not found", config.init_checkpoint)
