@@ -36,10 +36,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from fixtures import PROMPTS, odd_images  # noqa: E402
+from fixtures import PROMPTS  # noqa: E402
 from openai_clip import varied_prompts  # noqa: E402
 from parity_prefmodels import (  # noqa: E402
-    BPE, EXTRA_PROMPTS, TOLERANCE, compare, ensure_prefvenv, our_scores, pixel_sums, report,
+    EXTRA_PROMPTS, TOLERANCE, compare, ensure_prefvenv, our_scores, pixel_sums, prepare_run, report,
 )
 
 from imagereward.factory import load  # noqa: E402
@@ -151,19 +151,10 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="append the results table to this file")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir).resolve() / args.size
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.environ["IMAGEREWARD_CLIP_BPE"] = str(BPE)
-    os.environ["HF_HUB_OFFLINE"] = "1"
     sizes = TINY if args.size == "tiny" else FULL
-    images = odd_images(workdir.parent)
-    if args.images:
-        images = images[: args.images]
     prompts = PROMPTS + EXTRA_PROMPTS + MORE_PROMPTS
     token_prompts = prompts + varied_prompts(300, seed=25)
-    common = {"images": images, "prompts": prompts, "token_prompts": token_prompts,
-              "bpe": str(BPE), "workdir": str(workdir), "threads": args.threads}
+    workdir, common = prepare_run(args, prompts, token_prompts)
     rows: List[Dict[str, Any]] = []
     versions: Dict[str, str] = {}
     for name, run in (("MPS", run_mps), ("HPSv3", run_hpsv3)):
@@ -172,7 +163,7 @@ def main(argv=None) -> int:
             rows.append(result["row"])
             versions.update(result["versions"])
             print(json.dumps(rows[-1]), flush=True)
-    report(rows, versions, args, len(images), len(prompts), len(token_prompts))
+    report(rows, versions, args, len(common["images"]), len(prompts), len(token_prompts))
     return 0 if all(r["ok"] for r in rows) else 1
 
 

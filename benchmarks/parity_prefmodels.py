@@ -153,6 +153,22 @@ def pixel_sums(model, images: List[str]) -> List[float]:
     return [float(model.preprocess(p).double().sum()) for p in images]
 
 
+def prepare_run(args: argparse.Namespace, prompts: List[str], token_prompts: List[str]):
+    """Torch's threads, the work folder of ``args.size``, the CLIP BPE and offline mode for
+    our side, and what every request to the originals' side carries (the odd images,
+    ``args.images`` of them when given): ``(workdir, common request fields)``."""
+    torch.set_num_threads(args.threads)
+    workdir = Path(args.workdir).resolve() / args.size
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["IMAGEREWARD_CLIP_BPE"] = str(BPE)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    images = odd_images(workdir.parent)
+    if args.images:
+        images = images[: args.images]
+    return workdir, {"images": images, "prompts": prompts, "token_prompts": token_prompts,
+                     "bpe": str(BPE), "workdir": str(workdir), "threads": args.threads}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
@@ -170,19 +186,11 @@ def main(argv=None) -> int:
                         "of the tokenizer prompts here (tests/data/hf_clip_token_ids.json)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir).resolve() / args.size
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.environ["IMAGEREWARD_CLIP_BPE"] = str(BPE)
-    os.environ["HF_HUB_OFFLINE"] = "1"
     sizes = TINY if args.size == "tiny" else FULL
-    images = odd_images(workdir.parent)
-    if args.images:
-        images = images[: args.images]
     prompts = (PROMPTS + EXTRA_PROMPTS)[: args.prompts]
     token_prompts = PROMPTS + EXTRA_PROMPTS + varied_prompts(300, seed=15)
-    common = {"images": images, "prompts": prompts, "token_prompts": token_prompts,
-              "bpe": str(BPE), "workdir": str(workdir), "threads": args.threads}
+    workdir, common = prepare_run(args, prompts, token_prompts)
+    images = common["images"]
     rows: List[Dict[str, Any]] = []
     versions: Dict[str, str] = {}
     wanted = args.models.split(",")
