@@ -126,8 +126,10 @@ def test_bf16_linear_stays_on_f_linear_where_onednn_refuses_bf16(monkeypatch):
     assert layers._PACKED not in linear.__dict__
 
 
+@pytest.mark.parametrize("amx", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_bf16_cpu_attention_matches_the_fused_kernel(masked):
+def test_bf16_cpu_attention_matches_the_fused_kernel(masked, amx, monkeypatch):
+    monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)  # AMX: the fused kernel itself
     generator = torch.Generator().manual_seed(4)
     query, key, value = (torch.randn(2, 3, 9, 16, generator=generator) for _ in range(3))
     mask = None
@@ -140,3 +142,48 @@ def test_bf16_cpu_attention_matches_the_fused_kernel(masked):
                                mask=None if mask is None else mask.bfloat16())
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.float(), expected, atol=3e-2), (got.float() - expected).abs().max()
+
+
+@pytest.mark.parametrize("amx", [False, True])
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_linear_gelu_and_residual_match_the_separate_operations(gelu, with_residual, amx, monkeypatch):
+    """On AMX, bf16 GELU and residual additions run as oneDNN post-ops of the product."""
+    monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
+    torch.manual_seed(0)
+    linear = layers.Linear(64, 48)
+    x = torch.randn(2, 7, 64)
+    residual = torch.randn(2, 7, 48) if with_residual else None
+    expected = F.linear(x, linear.weight, linear.bias)
+    expected = F.gelu(expected) if gelu else expected
+    expected = expected if residual is None else expected + residual
+    with torch.no_grad():
+        got = linear(x, gelu=gelu, residual=residual)  # float32: the same operations
+        assert torch.allclose(got, expected, atol=1e-5)
+        linear.bfloat16()
+        half = linear(x.bfloat16(), gelu=gelu,
+                      residual=None if residual is None else residual.bfloat16())
+    assert half.dtype == torch.bfloat16 and half.shape == expected.shape
+    assert torch.allclose(half.float(), expected, atol=0.05, rtol=0.02), (half.float() - expected).abs().max()
+    y = layers.Linear(64, 48)(x.requires_grad_(), gelu=gelu, residual=residual)  # autograd path
+    y.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_vit_block_in_bf16_follows_float32_with_and_without_fused_post_ops(amx, monkeypatch):
+    from imagereward.config import VisionConfig
+    from imagereward.models.vit import Block
+
+    monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
+    torch.manual_seed(0)
+    block = Block(VisionConfig(width=64, heads=4, depth=1), drop_path=0.1).eval()
+    x = torch.randn(3, 11, 64)
+    with torch.no_grad():
+        expected = block(x)
+        got = copy.deepcopy(block).bfloat16()(x.bfloat16()).float()
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() < 0.03 * scale, (got - expected).abs().max()
+    block.train()  # stochastic depth: the residuals are added outside the products
+    torch.manual_seed(1)
+    assert not torch.equal(block(x), expected)

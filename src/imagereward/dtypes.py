@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -74,3 +76,20 @@ def cpu_has_fast(dtype: torch.dtype) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
     except (AttributeError, RuntimeError):  # private API: assume yes when unknown
         return True
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles for bfloat16 (Sapphire Rapids and later Xeons).
+
+    Read from the kernel's CPU flags (Linux); elsewhere ``False``. Some bfloat16 paths
+    that pay on AMX (fused post-ops, the fused attention kernel) were slower without it.
+    """
+    try:
+        with Path("/proc/cpuinfo").open() as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False

@@ -13,7 +13,7 @@ state dicts (PickScore) are translated by :func:`convert_hf_clip_state_dict`.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterable, Mapping, Set, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +51,15 @@ class SelfAttention(PackedWeightCache, nn.Module):
         self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, causal: bool, residual: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         batch, length, width = x.shape
         qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self)
         qkv = qkv.view(batch, length, 3, self.heads, width // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return self.out_proj(merge_heads(attention(query, key, value, causal=causal)))
+        attended = merge_heads(attention(query, key, value, causal=causal))
+        return self.out_proj(attended, residual=residual)
 
 
 def activation(name: str) -> nn.Module:
@@ -75,8 +78,13 @@ class FeedForward(nn.Module):
         self.gelu = activation(act)
         self.c_proj = Linear(width * 4, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``c_proj(act(c_fc(x)))``, plus ``residual`` if given."""
+        if isinstance(self.gelu, nn.GELU):  # the exact form, which c_fc can fuse
+            hidden = self.c_fc(x, gelu=True)
+        else:
+            hidden = self.gelu(self.c_fc(x))
+        return self.c_proj(hidden, residual=residual)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -88,8 +96,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNormFP32(width, eps=eps)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal)
-        return x + self.mlp(self.ln_2(x))
+        x = self.attn(self.ln_1(x), causal, residual=x)
+        return self.mlp(self.ln_2(x), residual=x)
 
 
 class Transformer(nn.Module):

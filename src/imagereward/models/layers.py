@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dtypes import cpu_has_fast
+from ..dtypes import cpu_has_amx, cpu_has_fast
 
 
 # "0" turns the oneDNN path of Linear off (for side-by-side measurements).
@@ -41,33 +41,59 @@ def _is_compiling() -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-           owner: nn.Module) -> torch.Tensor:
-    """``F.linear``; CPU inference runs on oneDNN, bfloat16 with a packed weight.
+           owner: nn.Module, *, gelu: bool = False,
+           residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear``, then GELU (the exact erf form) if ``gelu``, then ``+ residual`` if given.
 
-    PyTorch runs float32 linear layers on CPU through MKL, which on non-Intel CPUs (AMD
-    EPYC) picks slower kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer runs
-    about 1.15x faster through oneDNN. In bfloat16 (where oneDNN takes it: AVX-512 or
-    AVX-NE-CONVERT) the weight is also reordered once into oneDNN's blocked layout
-    (about 1.1x faster than ``F.linear`` there); the packed copy is cached on ``owner``
-    (one weight per module), outside its state dict, and made again whenever the
-    weight changes (another tensor, dtype or in-place update).
-    The same math up to float rounding. With gradients, under ``torch.compile``, or
-    elsewhere it is plain ``F.linear``.
+    CPU inference runs on oneDNN, bfloat16 with a packed weight. PyTorch runs float32
+    linear layers on CPU through MKL, which on non-Intel CPUs (AMD EPYC) picks slower
+    kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer runs about 1.15x faster
+    through oneDNN. In bfloat16 (where oneDNN takes it: AVX-512 or AVX-NE-CONVERT) the
+    weight is also reordered once into oneDNN's blocked layout (about 1.1x faster than
+    ``F.linear`` there); the packed copy is cached on ``owner`` (one weight per module),
+    outside its state dict, and made again whenever the weight changes (another tensor,
+    dtype or in-place update). On CPUs with AMX, bfloat16 GELU and residual additions
+    run inside the product as oneDNN post-ops, which saves a pass over the activations.
+    The same math up to float rounding. With gradients, under ``torch.compile``, for
+    weights that are tensor subclasses (torchao's quantised tensors), or elsewhere it is
+    plain ``F.linear``.
     """
     if (
-        (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16_available()))
+        not _is_compiling()
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16_available()))
         and x.device.type == "cpu"
         and weight.dtype == x.dtype
+        and type(weight) in _PLAIN_TENSORS  # not a subclass (a quantised or sharded weight)
         and (bias is None or bias.dtype == x.dtype)
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and torch.backends.mkldnn.enabled
-        and not _is_compiling()
         and _onednn_linear_available()
     ):
         if x.dtype == torch.bfloat16:
             weight = _packed(owner, weight)
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+            if cpu_has_amx():
+                if gelu and residual is None:
+                    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+                if residual is not None and not gelu and _can_add(residual, x, weight):
+                    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    else:
+        out = F.linear(x, weight, bias)
+    if gelu:
+        out = F.gelu(out)
+    return out if residual is None else out + residual
+
+
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+
+
+def _can_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN's binary post-op takes an operand of the output's own shape and dtype."""
+    return (
+        residual.dtype == x.dtype
+        and residual.shape == (*x.shape[:-1], weight.shape[0])
+        and residual.is_contiguous()
+    )
 
 
 _PACKED = "_packed_weight"
@@ -95,8 +121,11 @@ class PackedWeightCache:
 class Linear(PackedWeightCache, nn.Linear):
     """``nn.Linear`` through :func:`linear`: same parameters and state dict keys."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self)
+    def forward(
+        self, x: torch.Tensor, *, gelu: bool = False, residual: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``linear(x)``, then GELU if ``gelu``, then ``+ residual`` if given (see :func:`linear`)."""
+        return linear(x, self.weight, self.bias, self, gelu=gelu, residual=residual)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -121,19 +150,21 @@ def attention(
 ) -> torch.Tensor:
     """Scaled dot-product attention on ``[B, H, N, D]`` tensors (scale ``D**-0.5``).
 
-    bfloat16 inference on a CPU takes two batched matrix products around a softmax
-    (which computes in float32 inside): the query is scaled before the first product
-    (exact for a power-of-two scale such as ViT-L's 64**-0.5), keys and values are
-    made contiguous once, and no float32 copy of the scores is made. Inside ViT-L at
-    197 tokens this is about 1.5x faster than the fused kernel.
+    bfloat16 inference on a CPU without AMX takes two batched matrix products around a
+    softmax (which computes in float32 inside): the query is scaled before the first
+    product (exact for a power-of-two scale such as ViT-L's 64**-0.5), keys and values
+    are made contiguous once, and no float32 copy of the scores is made. Inside ViT-L
+    at 197 tokens this was faster than the fused kernel on an AVX512-BF16 EPYC; with
+    AMX the fused kernel is the faster one and is used.
     """
     if (
-        query.dtype == torch.bfloat16
+        not _is_compiling()
+        and query.dtype == torch.bfloat16
         and query.device.type == "cpu"
+        and not cpu_has_amx()
         and not causal
         and dropout == 0.0
         and not torch.is_grad_enabled()
-        and not _is_compiling()
     ):
         scores = torch.matmul(query * query.shape[-1] ** -0.5, key.contiguous().transpose(-1, -2))
         if mask is not None:

@@ -121,7 +121,9 @@ class BertResidualOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        if self.training and self.dropout.p > 0.0:
+            return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.LayerNorm(self.dense(x, residual=residual))
 
 
 class BertAttention(nn.Module):
@@ -147,10 +149,9 @@ class BertIntermediate(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         self.dense = Linear(config.hidden_size, config.intermediate_size)
-        self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(x))
+        return self.dense(x, gelu=True)
 
 
 class BertLayer(nn.Module):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.utils.checkpoint
@@ -28,22 +28,22 @@ class Attention(nn.Module):
         self.qkv = Linear(width, width * 3)
         self.proj = Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, length, width = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(merge_heads(attention(query, key, value)))
+        return self.proj(merge_heads(attention(query, key, value)), residual=residual)
 
 
 class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = Linear(width, hidden)
-        self.act = nn.GELU()
         self.fc2 = Linear(hidden, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``fc2(GELU(fc1(x)))``, plus ``residual`` if given."""
+        return self.fc2(self.fc1(x, gelu=True), residual=residual)
 
 
 class Block(nn.Module):
@@ -58,8 +58,12 @@ class Block(nn.Module):
         self.mlp = Mlp(config.width, int(config.width * config.mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training and self.drop_path.rate > 0.0:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # Without stochastic depth the residual additions go into the output projections.
+        x = self.attn(self.norm1(x), residual=x)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class VisionTransformer(nn.Module):
