@@ -75,10 +75,11 @@ def manifest(workdir: Path, count: int) -> Path:
     return path
 
 
-def in_process(model: Path, rows: List[Dict[str, Any]], root: Path, batch_size: int) -> Dict[str, Any]:
+def in_process(model: Path, rows: List[Dict[str, Any]], root: Path, batch_size: int,
+               dtype: str) -> Dict[str, Any]:
     import imagereward
 
-    scorer = imagereward.load(str(model), device="cpu", batch_size=batch_size)
+    scorer = imagereward.load(str(model), device="cpu", batch_size=batch_size, dtype=dtype)
     start = time.perf_counter()
     scores = scorer.score_batch([r["prompt"] for r in rows], [str(root / r["image"]) for r in rows])
     seconds = time.perf_counter() - start
@@ -89,7 +90,7 @@ def in_process(model: Path, rows: List[Dict[str, Any]], root: Path, batch_size: 
 
 
 def on_ray(model: Path, source: Path, output: Path, batch_size: int, threads: int,
-           fragment_rows: int) -> Dict[str, Any]:
+           fragment_rows: int, dtype: str) -> Dict[str, Any]:
     import pyarrow.parquet as pq
     import ray
 
@@ -98,7 +99,7 @@ def on_ray(model: Path, source: Path, output: Path, batch_size: int, threads: in
     shutil.rmtree(output, ignore_errors=True)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     finished: List[float] = []
-    job = DatasetJob(str(source), str(output), [ModelSpec("ImageReward-v1.0", {"weights": str(model)})],
+    job = DatasetJob(str(source), str(output), [ModelSpec("ImageReward-v1.0", {"weights": str(model)}, dtype=dtype)],
                      batch_size=batch_size, threads_per_actor=threads, fragment_rows=fragment_rows,
                      progress=False, on_fragment=lambda key: finished.append(time.perf_counter()))
     job.plan()
@@ -142,6 +143,7 @@ def main() -> int:
     parser.add_argument("--fragment-rows", type=int, default=32)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model: smoke run only")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="both sides")
     args = parser.parse_args()
     os.environ.setdefault("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
     os.environ["IMAGEREWARD_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
@@ -152,12 +154,14 @@ def main() -> int:
     rows = [json.loads(line) for line in source.read_text().splitlines()]
     threads = os.cpu_count() or 1
     results: Dict[str, Any] = {"machine": machine(), "images": len(rows), "batch_size": args.batch_size,
+                               "dtype": args.dtype,
                                "model": "tiny random" if args.tiny else "full-size random"}
     print(f"[ray_data] {results['machine']}", flush=True)
     print(f"[ray_data] in-process score_batch over {len(rows)} images", flush=True)
-    ours = in_process(model, rows, workdir, args.batch_size)
+    ours = in_process(model, rows, workdir, args.batch_size, args.dtype)
     print("[ray_data] Ray Data job over the same images", flush=True)
-    ray_side = on_ray(model, source, workdir / "out", args.batch_size, threads, args.fragment_rows)
+    ray_side = on_ray(model, source, workdir / "out", args.batch_size, threads, args.fragment_rows,
+                      args.dtype)
     diff = max(abs(ours["scores"][k] - ray_side["scores"][k]) for k in ours["scores"])
     results.update({
         "in_process_images_per_second": ours["images_per_second"],

@@ -122,7 +122,8 @@ def in_process(folder: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.
     import imagereward
 
     torch.set_num_threads(args.threads)
-    model = imagereward.load(folder, device="cpu", vocab_file=str(BERT_VOCAB), batch_size=args.max_batch_size)
+    model = imagereward.load(folder, device="cpu", vocab_file=str(BERT_VOCAB), batch_size=args.max_batch_size,
+                             dtype=args.dtype)
     prompts, images = [p for p, _ in pairs], [i for _, i in pairs]
     model.score_batch(prompts[:2], images[:2])  # warm-up
     start = time.perf_counter()
@@ -158,7 +159,7 @@ def start_server(folder: str, args: argparse.Namespace) -> str:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(dict(
         checkpoint=folder, cpus_per_replica=args.threads, gpus_per_replica=0, ingress_cpus=0,
-        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+        max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, dtype=args.dtype,
     )), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
@@ -333,6 +334,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--pairs-per-request", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="both sides")
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--latency-requests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
