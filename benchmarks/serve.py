@@ -153,6 +153,7 @@ def start_server(folder: str, args: argparse.Namespace) -> str:
     from imagereward.runners.serve import build_app
 
     env = {"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"}
+    env.update({k: os.environ[k] for k in ("OMP_WAIT_POLICY",) if k in os.environ})
     ray.init(address="local", num_cpus=args.threads, include_dashboard=False,
              object_store_memory=200 * 2**20, runtime_env={"env_vars": env}, log_to_driver=False)
     port = free_port()
@@ -209,7 +210,7 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
 def throughput(args: argparse.Namespace) -> Dict[str, Any]:
     workdir = args.workdir
     folder = make_model(workdir, args.tiny)
-    images = make_images(args.images)
+    images = make_images(args.images, args.image_size)
     pairs = [(PROMPTS[i % len(PROMPTS)], images[i % len(images)]) for i in range(args.pairs)]
     results: Dict[str, Any] = {"machine": machine(args.threads), "model": "tiny" if args.tiny else "full-size ImageReward (random weights)",
                                "settings": {k: v for k, v in vars(args).items() if k != "workdir"}, "rounds": []}
@@ -220,12 +221,14 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
         url = start_server(folder, args)
         try:
             remote = server_side(url, pairs, args)
+            remote["pairs_per_forward"] = pairs_per_forward(url)
         finally:
             stop_server()
         diff = float(np.max(np.abs(np.asarray(remote["scores"]) - np.asarray(local["scores"]))))
         results["rounds"].append({"in_process": local, "server": remote, "max_abs_diff": diff})
         print(f"[serve-bench]   in-process {local['pairs_per_second']:.3f} pairs/s, "
-              f"server {remote['pairs_per_second']:.3f} pairs/s, max |diff| {diff:.2e}", flush=True)
+              f"server {remote['pairs_per_second']:.3f} pairs/s ({remote['pairs_per_forward']:.1f} pairs "
+              f"per forward pass), max |diff| {diff:.2e}", flush=True)
     best_local = max(r["in_process"]["pairs_per_second"] for r in results["rounds"])
     best_remote = max(r["server"]["pairs_per_second"] for r in results["rounds"])
     lat_local = [s for r in results["rounds"] for s in r["in_process"]["latency_s"]]
@@ -245,6 +248,14 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
     lat["added_p99"] = lat["server_p99"] - lat["in_process_p99"]
     results["summary"] = summary
     return results
+
+
+def pairs_per_forward(url: str) -> float:
+    """Mean pairs per forward pass of the replica, from its batch-size histogram."""
+    values = metric_values(url)
+    total = sum(v for k, v in values.items() if k.startswith("imagereward_batch_size_sum"))
+    count = sum(v for k, v in values.items() if k.startswith("imagereward_batch_size_count"))
+    return total / count if count else float("nan")
 
 
 # -- soak -----------------------------------------------------------------------------------
@@ -330,7 +341,8 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a tiny random model instead of the full size")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads on each side")
     parser.add_argument("--pairs", type=int, default=64, help="pairs scored per side and round")
-    parser.add_argument("--images", type=int, default=16, help="distinct 512x512 images")
+    parser.add_argument("--images", type=int, default=16, help="distinct images")
+    parser.add_argument("--image-size", type=int, default=512, help="their side, in pixels")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--pairs-per-request", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, default=16)
