@@ -198,13 +198,15 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
             for future in [pool.submit(client_loop) for _ in range(args.clients)]:
                 future.result()
         seconds = time.perf_counter() - start
+        per_forward = pairs_per_forward(url)  # the throughput phase's passes (and one warm-up pair)
         latencies = []
         for index in range(args.latency_requests):
             prompt, image = pairs[index % len(pairs)]
             t0 = time.perf_counter()
             client.score([prompt], [image])
             latencies.append(time.perf_counter() - t0)
-    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores, "latency_s": latencies}
+    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores,
+            "latency_s": latencies, "pairs_per_forward": per_forward}
 
 
 def throughput(args: argparse.Namespace) -> Dict[str, Any]:
@@ -221,7 +223,6 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
         url = start_server(folder, args)
         try:
             remote = server_side(url, pairs, args)
-            remote["pairs_per_forward"] = pairs_per_forward(url)
         finally:
             stop_server()
         diff = float(np.max(np.abs(np.asarray(remote["scores"]) - np.asarray(local["scores"]))))

@@ -2,8 +2,8 @@
 
 The ingress (:mod:`imagereward.runners.serve.app`) checks and decodes every image and
 sends each model the pixels of its own preprocessing chain. Here the pairs of all
-concurrent requests join one ``@serve.batch`` queue and share forward passes; each
-call awaits exactly its own pairs, in order. A replica never decodes and never
+concurrent requests join one :class:`~imagereward.runners.serve.batcher.PairBatcher` and
+share forward passes; each call awaits exactly its own pairs, in order. A replica never decodes and never
 answers HTTP: it takes pixels and returns an :data:`Answer`, so a full queue is an
 answer (429 naming the model), not an exception that crosses processes.
 """
@@ -20,6 +20,7 @@ from PIL import Image
 from ray import serve
 
 from ...items import collate_pixels
+from .batcher import PairBatcher
 from .limits import AdmissionGate, Refusal
 from .metrics import ModelMetrics
 from .settings import ModelSettings
@@ -48,8 +49,7 @@ class ModelReplica:
         self.gate = AdmissionGate(self.settings.max_queue_pairs)
         replica = str(serve.get_replica_context().replica_id.unique_id)
         self.metrics = ModelMetrics(self.settings.key, replica)
-        self._batched.set_max_batch_size(self.settings.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.settings.batch_wait_ms / 1000.0)
+        self.batcher = PairBatcher(self._forward, self.settings.max_batch_size, self.settings.batch_wait_ms / 1000.0)
         blank = self.scorer.preprocess.to_pixels(Image.new("RGB", (224, 224)))
         self.scorer.score_pixels([""], blank[None])  # warm up
 
@@ -72,7 +72,7 @@ class ModelReplica:
             return refused(refusal)
         self.metrics.queue_depth.set(self.gate.depth)
         try:
-            scores = await asyncio.gather(*(self._batched(p, x) for p, x in zip(prompts, pixels)))
+            scores = await asyncio.gather(*(self.batcher.score(p, x) for p, x in zip(prompts, pixels)))
         finally:
             self.gate.release(count)
             self.metrics.queue_depth.set(self.gate.depth)
@@ -97,8 +97,7 @@ class ModelReplica:
     async def metric_families(self) -> List[Any]:
         return self.metrics.families()
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _batched(self, prompts: List[str], pixels: List[torch.Tensor]) -> List[float]:
+    async def _forward(self, prompts: List[str], pixels: List[torch.Tensor]) -> List[float]:
         """One forward pass for the pairs of any number of calls."""
         self.metrics.batch_size.observe(len(prompts))
         start = time.perf_counter()
