@@ -508,3 +508,12 @@ def test_repeated_manifest_ids_are_warned_about_once_with_the_count(tmp_path):
     finally:
         inputs.logger.removeHandler(handler)
     assert len(seen) == 1 and seen[0].startswith("2 manifest rows repeat the id")
+
+
+def test_scoring_actors_take_their_torch_threads_from_their_cpus(tmp_path):
+    """So that actors sharing a machine do not oversubscribe it (torch's default is every core)."""
+    job = DatasetJob(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
+    assert job.actor_threads == 1
+    assert DatasetJob("in", "out", cpus_per_actor=2.5).actor_threads == 2
+    assert DatasetJob("in", "out", cpus_per_actor=0.25).actor_threads == 1
+    assert DatasetJob("in", "out", cpus_per_actor=4, threads_per_actor=3).actor_threads == 3

@@ -88,7 +88,8 @@ class DatasetJob:
     cluster; it is not started when nothing is left to do.
     ``actors`` scoring actors run at once, each with ``gpus_per_actor`` GPUs (0: on CPUs;
     default: 1 when the cluster has GPUs) and ``cpus_per_actor`` logical CPUs; ``threads_per_actor`` sets torch's threads in
-    each (default: Ray's, i.e. ``cpus_per_actor``). ``batch_size`` rows go through a
+    each (default: its whole CPUs, at least one, so that actors sharing a machine do not
+    oversubscribe it). ``batch_size`` rows go through a
     model at once and through each stage per call. ``fragment_rows`` is the size of the
     restartable pieces of manifests and parquet files (tar shards are one piece each).
     ``on_fragment(key)`` is called after each part file is written.
@@ -238,10 +239,15 @@ class DatasetJob:
             ScoreActor, batch_format="pyarrow", batch_size=self.batch_size,
             fn_constructor_kwargs=dict(specs=self.models, groups=groups, preprocess=distinct,
                                        device="cuda" if gpus > 0 else "cpu", dtype=self.dtype,
-                                       batch_size=self.batch_size, threads=self.threads_per_actor),
+                                       batch_size=self.batch_size, threads=self.actor_threads),
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_gpus=gpus or None, num_cpus=self.cpus_per_actor, runtime_env=worker_env(),
         )
+
+    @property
+    def actor_threads(self) -> int:
+        """torch threads in each scoring actor: ``threads_per_actor``, else its whole CPUs (at least 1)."""
+        return self.threads_per_actor or max(1, int(self.cpus_per_actor))
 
     def _write(self, ledger: Ledger, fragment: Fragment, rows: pa.Table, schema: pa.Schema) -> None:
         rows = rows.select(schema.names).cast(schema)
