@@ -40,6 +40,10 @@ def _is_compiling() -> bool:
     return bool(check and check())
 
 
+# Weights the oneDNN path takes; tensor subclasses (torchao's int8 tensors) go to F.linear.
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
            owner: nn.Module, *, gelu: bool = False,
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -83,8 +87,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         out = F.gelu(out)
     return out if residual is None else out + residual
 
-
-_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
 
 
 def _can_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> bool:
