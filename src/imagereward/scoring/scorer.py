@@ -203,6 +203,13 @@ class RewardScorer(nn.Module):
         images = check_images(images)
         return self._grid(prompts, (pixels for _, pixels in self._batches(images)))
 
+    def warm_up(self) -> None:
+        """Score one blank pair, so that a long-running worker's first real batch does not
+        pay for reading the weights in, packing bf16 weights and choosing kernels."""
+        from PIL import Image
+
+        self.score_pixels([""], self.preprocess.to_pixels(Image.new("RGB", (224, 224)))[None])
+
     def score_pixels(self, prompts: Sequence[str], pixels: torch.Tensor) -> List[float]:
         """Rewards of row-aligned prompts and images already decoded by this scorer's chain.
 

@@ -100,6 +100,7 @@ class ScoreActor:
             if scorer.preprocess.config != PreprocessConfig.from_dict(preprocess[group]):
                 raise RuntimeError(f"{spec.name} preprocesses images differently from when the job "
                                    "was planned; were its weights replaced mid-job?")
+            scorer.warm_up()  # while Ray Data starts its other stages, not in the first batch
             self.scorers.append((spec.name, scorer, pixels_column(group)))
         self.batch_size = batch_size
 

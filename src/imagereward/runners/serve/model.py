@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List
 
 import torch
-from PIL import Image
 from ray import serve
 
 from ...items import collate_pixels
@@ -50,8 +49,7 @@ class ModelReplica:
         replica = str(serve.get_replica_context().replica_id.unique_id)
         self.metrics = ModelMetrics(self.settings.key, replica)
         self.batcher = PairBatcher(self._forward, self.settings.max_batch_size, self.settings.batch_wait_ms / 1000.0)
-        blank = self.scorer.preprocess.to_pixels(Image.new("RGB", (224, 224)))
-        self.scorer.score_pixels([""], blank[None])  # warm up
+        self.scorer.warm_up()
 
     async def describe(self) -> Dict[str, Any]:
         """What the ingress needs to feed this model: its preprocessing, and what it runs on."""
