@@ -276,3 +276,21 @@ def test_casts_keep_the_compute_dtype_of_the_encoders(model):
     assert model.compute_dtype == torch.bfloat16 and model.mlp.layers[0].weight.dtype == torch.float32
     model.float()  # (the bf16 round trip has rounded the encoders' weights)
     assert model.compute_dtype == torch.float32 and isinstance(model.score(PROMPT, PATHS[0]), float)
+
+
+def test_warm_up_scores_a_blank_pair_and_changes_nothing(model):
+    images = [Image.open(path) for path in ASSETS[:2]]
+    before = model.score_batch(["a cat", "a dog"], images)
+    calls = []
+    original = model.score_pixels
+
+    def recording(prompts, pixels):
+        calls.append((list(prompts), tuple(pixels.shape)))
+        return original(prompts, pixels)
+
+    model.score_pixels = recording
+    model.warm_up()
+    size = model.preprocess.config.image_size
+    assert calls == [([""], (1, 3, size, size))]
+    del model.score_pixels
+    assert model.score_batch(["a cat", "a dog"], images) == before
