@@ -27,6 +27,7 @@ from .inputs import (
 from .ledger import Ledger, Totals
 from ...errors import ExtraMissingError
 from ...spec import ModelSpec
+from ..cpu_share import threads_for
 from .models import preprocess_configs
 
 logger = logging.getLogger("imagereward")
@@ -88,8 +89,8 @@ class DatasetJob:
     cluster; it is not started when nothing is left to do.
     ``actors`` scoring actors run at once, each with ``gpus_per_actor`` GPUs (0: on CPUs;
     default: 1 when the cluster has GPUs) and ``cpus_per_actor`` logical CPUs; ``threads_per_actor`` sets torch's threads in
-    each (default: its whole CPUs, at least one, so that actors sharing a machine do not
-    oversubscribe it). ``batch_size`` rows go through a
+    each (default: its CPU share, rounded, at least one, so that actors sharing a machine do
+    not oversubscribe it). ``batch_size`` rows go through a
     model at once and through each stage per call. ``fragment_rows`` is the size of the
     restartable pieces of manifests and parquet files (tar shards are one piece each).
     ``on_fragment(key)`` is called after each part file is written.
@@ -246,8 +247,8 @@ class DatasetJob:
 
     @property
     def actor_threads(self) -> int:
-        """torch threads in each scoring actor: ``threads_per_actor``, else its whole CPUs (at least 1)."""
-        return self.threads_per_actor or max(1, int(self.cpus_per_actor))
+        """torch threads in each scoring actor: ``threads_per_actor``, else its CPU share."""
+        return self.threads_per_actor or threads_for(self.cpus_per_actor)
 
     def _write(self, ledger: Ledger, fragment: Fragment, rows: pa.Table, schema: pa.Schema) -> None:
         rows = rows.select(schema.names).cast(schema)

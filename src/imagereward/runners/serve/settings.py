@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ...items import DEFAULT_MAX_PIXELS, ImageLimits
+from ..cpu_share import threads_for
 
 # Fields of one model's deployment; at the top level of ServeSettings they are defaults.
 MODEL_FIELDS = (
@@ -108,7 +109,7 @@ class ModelSettings(BaseModel):
     @property
     def threads(self) -> int:
         """torch threads of a replica: its CPU share, at least one."""
-        return max(1, int(round(self.cpus_per_replica)))
+        return threads_for(self.cpus_per_replica)
 
     def spec(self, device: Optional[str] = None) -> Any:
         """The :class:`~imagereward.spec.ModelSpec` a replica loads."""
