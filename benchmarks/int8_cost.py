@@ -24,6 +24,7 @@ record of the measurement, and the starting point for a static scheme.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import itertools
 import json
@@ -125,6 +126,15 @@ def whole_model(checkpoint: str, images: int, rounds: int) -> Dict[str, Any]:
         out = int8_linear(x, weights[id(owner)], bias, gelu)
         return out if residual is None else out + residual
 
+    @contextlib.contextmanager
+    def linear_path(path):  # the models' linear layers run ``path`` inside the block
+        layers.linear = path
+        try:
+            yield
+        finally:
+            layers.linear = plain
+
+    variants = {"bf16": plain, "int8-dynamic": dynamic_int8}
     exact = imagereward.load("ImageReward-v1.0", checkpoint=checkpoint, vocab_file=str(BERT_VOCAB), device="cpu")
     model = imagereward.load("ImageReward-v1.0", checkpoint=checkpoint, vocab_file=str(BERT_VOCAB),
                              device="cpu", dtype="bf16")
@@ -134,22 +144,16 @@ def whole_model(checkpoint: str, images: int, rounds: int) -> Dict[str, Any]:
     with torch.no_grad():
         reference = exact.score_tensors(pixels, PROMPT).float()
         del exact
-        for name, path in (("bf16", plain), ("int8-dynamic", dynamic_int8)):
-            layers.linear = path
-            try:
+        for name, path in variants.items():
+            with linear_path(path):
                 scores = model.score_tensors(pixels, PROMPT).float()
-            finally:
-                layers.linear = plain
             error = (scores - reference).abs()
             results[name] = {"mean_abs_error": float(error.mean()), "max_abs_error": float(error.max()),
                              "pairs_ordered_as_fp32": pairs_ordered_alike(scores, reference), "seconds": []}
         for _ in range(rounds):  # alternating, so that drift hits both
-            for name, path in (("bf16", plain), ("int8-dynamic", dynamic_int8)):
-                layers.linear = path
-                try:
+            for name, path in variants.items():
+                with linear_path(path):
                     results[name]["seconds"].append(best_seconds(lambda: model.score_tensors(timed, PROMPT), 1))
-                finally:
-                    layers.linear = plain
     for name, entry in results.items():
         entry["seconds_per_image"] = min(entry["seconds"]) / len(timed)
         print(f"[int8] whole model {name}: {entry['seconds_per_image']:.4f} s/img, mean |err| vs fp32 "

@@ -153,7 +153,6 @@ def start_server(folder: str, args: argparse.Namespace) -> str:
     from imagereward.runners.serve import build_app
 
     env = {"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"}
-    env.update({k: os.environ[k] for k in ("OMP_WAIT_POLICY",) if k in os.environ})
     ray.init(address="local", num_cpus=args.threads, include_dashboard=False,
              object_store_memory=200 * 2**20, runtime_env={"env_vars": env}, log_to_driver=False)
     port = free_port()

@@ -88,7 +88,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return out if residual is None else out + residual
 
 
-
 def _can_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> bool:
     """oneDNN's binary post-op takes an operand of the output's own shape and dtype."""
     return (

@@ -97,7 +97,8 @@ class MPSScore(RewardNetwork):
     def score_grid(self, text: TextRows, features: torch.Tensor) -> torch.Tensor:
         """Every prompt with every image: the cross model runs once per pair."""
         prompts = text["text_embeds"].shape[0]
-        return torch.stack([self._scores(repeated_row(text, row, features.shape[0]), features) for row in range(prompts)])
+        count = features.shape[0]
+        return torch.stack([self._scores(repeated_row(text, row, count), features) for row in range(prompts)])
 
 
 # HF buffers of transformers < 4.31 that no computation reads.

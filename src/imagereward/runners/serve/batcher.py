@@ -38,11 +38,12 @@ class PairBatcher:
 
     async def score(self, prompt: str, pixels: torch.Tensor) -> float:
         """The score of one pair, from whichever forward pass it joins."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._pending.append((time.monotonic(), prompt, pixels, future))
         self._arrived.set()
         if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._serve())
+            self._loop_task = loop.create_task(self._serve())
         return await future
 
     async def _serve(self) -> None:
