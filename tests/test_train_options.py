@@ -50,3 +50,14 @@ def test_bf16_autocast_trains(tmp_path):
     assert result.finished and len(losses) == 5
     assert all(0.0 < loss < 2.0 for loss in losses)
     assert result.reward_std > 0
+
+
+def test_threads_on_the_cpu_are_the_processes_share(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # as torchrun says it: 8 processes on this machine
+    run(tmp_path, "shared")
+    assert torch.get_num_threads() == 1
+    run(tmp_path, "given", threads=2)
+    assert torch.get_num_threads() == 2

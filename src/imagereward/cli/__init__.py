@@ -155,6 +155,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from ..allocator import keep_freed_memory
 
         keep_freed_memory()  # the command's process is its own; set before anything is laid out
+        if hasattr(args, "threads"):  # a command that scores in this process
+            from ..cpu_share import use_allocated_threads
+
+            use_allocated_threads(args.threads or None)  # training's 0 means the same as none
         if getattr(args, "quiet", False):
             args.no_progress = True
         try:

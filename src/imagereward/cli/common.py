@@ -161,7 +161,7 @@ def add_general_options(parser: argparse.ArgumentParser) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> Any:
     """``--checkpoint``, ``--clip-checkpoint``, ``--vocab-file``, ``--device``, ``--dtype``,
-    ``--batch-size``, ``--compile``, ``--download-root``, ``--offline``."""
+    ``--batch-size``, ``--threads``, ``--compile``, ``--download-root``, ``--offline``."""
     group = parser.add_argument_group("model")
     add_file_options(group, checkpoint_help)
     group.add_argument(
@@ -178,6 +178,7 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
         "--batch-size", type=positive_int, default=16, metavar="N",
         help="images per forward pass (default: %(default)s)",
     )
+    add_threads_option(group)
     group.add_argument(
         "--compile", action="store_true",
         help="torch.compile the encoders: a minute or more of compiling first, then faster "
@@ -185,6 +186,17 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
     )
     add_download_options(group)
     return group
+
+
+def add_threads_option(group: Any) -> None:
+    """``--threads``: torch threads of a command that scores in its own process (``main``
+    applies it, or the default, before the command runs)."""
+    group.add_argument(
+        "--threads", type=positive_int, metavar="N",
+        help="torch threads on the CPU (default: OMP_NUM_THREADS when set, else the CPUs this "
+        "process may use: its affinity mask, capped by a cgroup CPU quota such as docker --cpus "
+        "or a Kubernetes CPU limit)",
+    )
 
 
 def add_file_options(group: Any, checkpoint_help: str) -> None:

@@ -19,6 +19,7 @@ from .common import (
     add_dtype_option,
     add_file_options,
     add_general_options,
+    add_threads_option,
     apply_offline,
     device_name,
     load_scorer,
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: CUDA when available)")
     add_file_options(parser, "local files instead of downloading")
     add_dtype_option(parser)
+    add_threads_option(parser)
     add_download_options(parser)
     add_general_options(parser)
     parser.set_defaults(func=run, parser=parser)

@@ -15,7 +15,6 @@ are reachable on the scorer.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,8 +37,11 @@ def _cat_rows(parts: List[torch.Tensor]) -> torch.Tensor:
 
 
 def default_decode_workers() -> int:
-    """Decoding threads: one per CPU core, at least 4, at most 16 (PIL releases the GIL)."""
-    return min(16, max(4, os.cpu_count() or 1))
+    """Decoding threads: one per CPU this process may use, at least 4, at most 16 (PIL
+    releases the GIL)."""
+    from ..cpu_share import cpu_allocation
+
+    return min(16, max(4, int(cpu_allocation())))
 
 
 class RewardScorer(nn.Module):

@@ -92,6 +92,10 @@ class TrainConfig:
     log_every: int = option(10, "print progress every N optimizer steps (the log file gets all)")
     plot: bool = option(True, "write training_curves.png (needs matplotlib)")
     device: str = option("", "cuda, cpu, ... (default: the local GPU when there is one)")
+    threads: int = option(
+        0, "torch threads of each process on the CPU (0: OMP_NUM_THREADS when set, else an even "
+        "share, among torchrun's processes on this machine, of the CPUs it may use: its affinity "
+        "mask, capped by a cgroup CPU quota)")
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -131,6 +135,7 @@ class TrainConfig:
             ("epochs", self.epochs > 0, "must be positive"),
             ("validations_per_epoch", self.validations_per_epoch >= 0, "must be >= 0"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("threads", self.threads >= 0, "must be >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0"),
             ("stop_after_steps", self.stop_after_steps >= 0, "must be >= 0"),
             ("num_workers", self.num_workers >= -1, "must be >= 0, or -1 for the CPUs this process may use"),

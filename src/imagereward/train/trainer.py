@@ -25,6 +25,7 @@ from ..preprocess import ImagePreprocessor
 from ..tokenizers.bert import BertTokenizer
 from .config import TrainConfig
 from .data import Batch, EpochSampler, ImageDataset, PairDataset, ShardSampler, collate, random_hflip
+from ..cpu_share import use_allocated_threads
 from ..distributed import DistContext, all_gather_objects, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import autocast, evaluate_pairs, pair_rewards, pairwise_loss, reward_statistics
 from ..options import require
@@ -87,6 +88,8 @@ def train(config: TrainConfig, on_record: Optional[Callable[[Record], None]] = N
     """
     config.validate()
     context = init_distributed(config.device)
+    if context.device.type == "cpu":  # processes of one machine share its CPUs
+        use_allocated_threads(config.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
     completed = False
     try:
         result = Trainer(config, context, on_record).run()  # the trainer and its DDP wrapper go here

@@ -27,7 +27,7 @@ from .inputs import (
 from .ledger import Ledger, Totals
 from ...errors import ExtraMissingError
 from ...spec import ModelSpec
-from ..cpu_share import threads_for
+from ...cpu_share import threads_for
 from .models import preprocess_configs
 
 logger = logging.getLogger("imagereward")

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ...items import DEFAULT_MAX_PIXELS, ImageLimits
-from ..cpu_share import threads_for
+from ...cpu_share import threads_for
 
 # Fields of one model's deployment; at the top level of ServeSettings they are defaults.
 MODEL_FIELDS = (
