@@ -510,10 +510,19 @@ def test_repeated_manifest_ids_are_warned_about_once_with_the_count(tmp_path):
     assert len(seen) == 1 and seen[0].startswith("2 manifest rows repeat the id")
 
 
-def test_scoring_actors_take_their_torch_threads_from_their_cpus(tmp_path):
-    """So that actors sharing a machine do not oversubscribe it (torch's default is every core)."""
+def test_scoring_actors_take_their_torch_threads_from_their_cpus(tmp_path, monkeypatch):
+    """On a cluster, an actor's CPU share, so that actors sharing a node do not oversubscribe
+    it (torch's default is every core); on a private Ray, the machine's CPUs shared among the
+    actors, as in-process scoring uses them."""
+    from imagereward.runners.dataset import job as job_module
+
     job = DatasetJob(str(tmp_path / "in.jsonl"), str(tmp_path / "out"))
-    assert job.actor_threads == 1
-    assert DatasetJob("in", "out", cpus_per_actor=2.5).actor_threads == 2
-    assert DatasetJob("in", "out", cpus_per_actor=0.25).actor_threads == 1
-    assert DatasetJob("in", "out", cpus_per_actor=4, threads_per_actor=3).actor_threads == 3
+    assert job.actor_threads(private_ray=False) == 1
+    assert DatasetJob("in", "out", cpus_per_actor=2.5).actor_threads(False) == 2
+    assert DatasetJob("in", "out", cpus_per_actor=0.25).actor_threads(False) == 1
+    assert DatasetJob("in", "out", cpus_per_actor=4, threads_per_actor=3).actor_threads(False) == 3
+    monkeypatch.setattr(job_module, "cpu_allocation", lambda: 8.0)
+    assert job.actor_threads(private_ray=True) == 8
+    assert DatasetJob("in", "out", actors=3).actor_threads(True) == 3
+    assert DatasetJob("in", "out", actors=16).actor_threads(True) == 1
+    assert DatasetJob("in", "out", threads_per_actor=2).actor_threads(True) == 2

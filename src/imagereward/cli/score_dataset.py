@@ -89,7 +89,8 @@ def register(subparsers: Any) -> None:
     cluster.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C",
                          help="CPUs Ray reserves per actor (default: %(default)s)")
     cluster.add_argument("--threads-per-actor", type=positive_int, metavar="T",
-                         help="torch threads in each actor on CPUs (default: --cpus-per-actor)")
+                         help="torch threads in each actor on CPUs (default: on a private Ray, the CPUs this "
+                         "machine gives the job, shared among the actors; on a cluster, --cpus-per-actor)")
     cluster.add_argument("--decode-cpus", type=float, default=1.0, metavar="C",
                          help="CPUs per decoding task (default: %(default)s)")
     model = parser.add_argument_group("model")

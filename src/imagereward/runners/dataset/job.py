@@ -27,7 +27,7 @@ from .inputs import (
 from .ledger import Ledger, Totals
 from ...errors import ExtraMissingError
 from ...spec import ModelSpec
-from ...cpu_share import threads_for
+from ...cpu_share import cpu_allocation, threads_for
 from .models import preprocess_configs
 
 logger = logging.getLogger("imagereward")
@@ -89,8 +89,7 @@ class DatasetJob:
     cluster; it is not started when nothing is left to do.
     ``actors`` scoring actors run at once, each with ``gpus_per_actor`` GPUs (0: on CPUs;
     default: 1 when the cluster has GPUs) and ``cpus_per_actor`` logical CPUs; ``threads_per_actor`` sets torch's threads in
-    each (default: its CPU share, rounded, at least one, so that actors sharing a machine do
-    not oversubscribe it). ``batch_size`` rows go through a
+    each (default: see :meth:`actor_threads`). ``batch_size`` rows go through a
     model at once and through each stage per call. ``fragment_rows`` is the size of the
     restartable pieces of manifests and parquet files (tar shards are one piece each).
     ``on_fragment(key)`` is called after each part file is written.
@@ -157,8 +156,10 @@ class DatasetJob:
         return summary
 
     def _score(self, plan: InputPlan, ledger: Ledger, pending: List[Fragment], summary: JobSummary) -> None:
-        ray = self._connect()
-        dataset = self._dataset(ray, plan, pending, self._preprocessing(ray, ledger))
+        ray, private = self._connect()
+        threads = self.actor_threads(private)
+        logger.info("scoring actors on CPUs run %d torch threads each", threads)
+        dataset = self._dataset(ray, plan, pending, self._preprocessing(ray, ledger), threads)
         schema = output_schema(self.models, plan)
         collector = Collector({f.key: f for f in pending})
         start = time.perf_counter()
@@ -187,8 +188,10 @@ class DatasetJob:
             return "a private Ray on this machine, for this job only"
         return f"the Ray cluster at {address}"
 
-    def _connect(self) -> Any:
+    def _connect(self) -> Tuple[Any, bool]:
+        """Ray, and whether this job started it (a private Ray on this machine)."""
         ray = require_ray()
+        private = False
         if not ray.is_initialized():
             address = self.ray_address()
             level = logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING
@@ -196,10 +199,13 @@ class DatasetJob:
                 from .. import private_ray
 
                 private_ray.start(logger.isEnabledFor(logging.INFO), logging_level=level)
+                private = True
             else:
                 ray.init(address=address, logging_level=level)
         ray.data.DataContext.get_current().enable_progress_bars = self.progress
-        return ray
+        if not logger.isEnabledFor(logging.INFO):  # Ray Data's notices (progress bars off, done)
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        return ray, private
 
     def _preprocessing(self, ray: Any, ledger: Ledger) -> List[Dict[str, Any]]:
         """Each model's ``PreprocessConfig`` fields, read from the loaded scorers once per job."""
@@ -214,7 +220,7 @@ class DatasetJob:
         return preprocess
 
     def _dataset(self, ray: Any, plan: InputPlan, pending: List[Fragment],
-                 preprocess: List[Dict[str, Any]]) -> Any:
+                 preprocess: List[Dict[str, Any]], threads: int) -> Any:
         """Read the pending fragments, decode once per distinct preprocessing, score in actors."""
         from .source import FragmentSource
         from .stages import ScoreActor, decode_batch
@@ -240,15 +246,23 @@ class DatasetJob:
             ScoreActor, batch_format="pyarrow", batch_size=self.batch_size,
             fn_constructor_kwargs=dict(specs=self.models, groups=groups, preprocess=distinct,
                                        device="cuda" if gpus > 0 else "cpu", dtype=self.dtype,
-                                       batch_size=self.batch_size, threads=self.actor_threads),
+                                       batch_size=self.batch_size, threads=threads),
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_gpus=gpus or None, num_cpus=self.cpus_per_actor, runtime_env=worker_env(),
         )
 
-    @property
-    def actor_threads(self) -> int:
-        """torch threads in each scoring actor: ``threads_per_actor``, else its CPU share."""
-        return self.threads_per_actor or threads_for(self.cpus_per_actor)
+    def actor_threads(self, private_ray: bool) -> int:
+        """torch threads in each scoring actor on CPUs: ``threads_per_actor``; else, on a
+        private Ray (this machine, this job only), an even share among the actors of the
+        CPUs this process may use, as in-process scoring takes them (the decoding tasks
+        are light beside the model: with ``cpus_per_actor`` threads, one of two cores
+        sat idle); else, on a cluster whose nodes other work shares, the actor's CPU
+        share, rounded, at least one, so that it does not oversubscribe its node."""
+        if self.threads_per_actor:
+            return self.threads_per_actor
+        if private_ray:
+            return threads_for(cpu_allocation() / self.actors)
+        return threads_for(self.cpus_per_actor)
 
     def _write(self, ledger: Ledger, fragment: Fragment, rows: pa.Table, schema: pa.Schema) -> None:
         rows = rows.select(schema.names).cast(schema)
