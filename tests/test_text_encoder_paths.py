@@ -187,3 +187,21 @@ def test_vit_block_in_bf16_follows_float32_with_and_without_fused_post_ops(amx, 
     block.train()  # stochastic depth: the residuals are added outside the products
     torch.manual_seed(1)
     assert not torch.equal(block(x), expected)
+
+
+@pytest.mark.parametrize("limit, allowed", [("AVX512_CORE_BF16", False), ("avx2", False),
+                                            ("AVX512_CORE_AMX", True), ("ALL", True), ("", True)])
+def test_amx_paths_follow_onednns_instruction_limit(limit, allowed, monkeypatch):
+    """With oneDNN kept off AMX (ONEDNN_MAX_CPU_ISA), the paths that pay only on AMX stay off."""
+    from pathlib import Path
+
+    from imagereward import dtypes
+
+    has_amx = "amx_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    dtypes.cpu_has_amx.cache_clear()
+    try:
+        assert dtypes.cpu_has_amx() == (allowed and has_amx)
+    finally:
+        monkeypatch.undo()
+        dtypes.cpu_has_amx.cache_clear()

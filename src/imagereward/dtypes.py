@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -78,13 +79,23 @@ def cpu_has_fast(dtype: torch.dtype) -> bool:
         return True
 
 
+# oneDNN's limit on the instructions it uses (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_``).
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles for bfloat16 (Sapphire Rapids and later Xeons).
+    """Whether oneDNN runs bfloat16 products on AMX tiles here (Sapphire Rapids and later Xeons).
 
-    Read from the kernel's CPU flags (Linux); elsewhere ``False``. Some bfloat16 paths
-    that pay on AMX (fused post-ops, the fused attention kernel) were slower without it.
+    The CPU's flags are read from the kernel (Linux; elsewhere ``False``), and an
+    ``ONEDNN_MAX_CPU_ISA`` below the AMX levels (``AVX512_CORE_BF16``, ``AVX2``, ...) keeps
+    oneDNN off them. Some bfloat16 paths that pay on AMX (fused post-ops, the fused
+    attention kernel) were slower without it.
     """
+    for name in ISA_LIMITS:
+        limit = os.environ.get(name, "").strip().upper()
+        if limit and limit not in ("ALL", "DEFAULT") and "AMX" not in limit:
+            return False
     try:
         with Path("/proc/cpuinfo").open() as info:
             for line in info:
