@@ -11,6 +11,12 @@ this machine and runs the whole ``score-dataset`` job: its time runs from the
 start of Ray Data's execution to the last part file written, so it includes the
 actor starting and loading the model; the rate after the first fragment is printed
 too. Scores of both sides are compared.
+
+``--commands`` times instead the two commands a user chooses between, as whole
+processes (Python start, imports, model load; for ``score-dataset`` also its private
+Ray), alternating for ``--rounds`` rounds, outputs removed before each run:
+``imagereward score --input M --output F`` and ``imagereward score-dataset M --output D``,
+both with their default threads, ``--batch-size``, ``--dtype`` and ``-q``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,6 +123,36 @@ def on_ray(model: Path, source: Path, output: Path, batch_size: int, threads: in
             "scores": dict(zip(table.column("id").to_pylist(), table.column("ImageReward-v1.0").to_pylist()))}
 
 
+def whole_commands(model: Path, source: Path, workdir: Path, args: argparse.Namespace) -> Dict[str, Any]:
+    """Both commands as whole processes, alternating; wall seconds per round and scores."""
+    import pyarrow.parquet as pq
+
+    command = [sys.executable, "-m", "imagereward"]
+    common = ["--checkpoint", str(model), "--dtype", args.dtype, "--batch-size", str(args.batch_size), "-q"]
+    scores_file, parts = workdir / "commands-scores.jsonl", workdir / "commands-parts"
+    sides = {
+        "score --input": (command + ["score", "--input", str(source), "--output", str(scores_file)] + common,
+                          lambda: scores_file.unlink(missing_ok=True)),
+        "score-dataset": (command + ["score-dataset", str(source), "--output", str(parts)] + common,
+                          lambda: shutil.rmtree(parts, ignore_errors=True)),
+    }
+    seconds: Dict[str, List[float]] = {name: [] for name in sides}
+    for round_index in range(args.rounds):
+        for name, (argv, clear) in sides.items():
+            clear()
+            start = time.perf_counter()
+            subprocess.run(argv, cwd=str(workdir), check=True, stdout=subprocess.DEVNULL)
+            seconds[name].append(time.perf_counter() - start)
+            print(f"[ray_data] round {round_index + 1} {name}: {seconds[name][-1]:.1f} s", flush=True)
+    local = {r["id"]: r["reward"] for r in map(json.loads, scores_file.read_text().splitlines())}
+    table = pq.read_table(str(parts))
+    remote = dict(zip(table.column("id").to_pylist(), table.column("ImageReward-v1.0").to_pylist()))
+    best = {name: min(values) for name, values in seconds.items()}
+    return {"seconds": seconds, "best_seconds": best,
+            "score_dataset_over_score_input": best["score --input"] / best["score-dataset"],
+            "max_abs_diff": max(abs(local[k] - remote[k]) for k in local)}
+
+
 def machine() -> Dict[str, Any]:
     import torch
 
@@ -144,6 +181,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model: smoke run only")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="both sides")
+    parser.add_argument("--commands", action="store_true",
+                        help="time `imagereward score --input` against `imagereward score-dataset` as whole commands")
+    parser.add_argument("--rounds", type=int, default=2, help="--commands: alternating rounds (the best counts)")
     args = parser.parse_args()
     os.environ.setdefault("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
     os.environ["IMAGEREWARD_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
@@ -157,6 +197,13 @@ def main() -> int:
                                "dtype": args.dtype,
                                "model": "tiny random" if args.tiny else "full-size random"}
     print(f"[ray_data] {results['machine']}", flush=True)
+    if args.commands:
+        results.update(whole_commands(model, source, workdir, args))
+        for key, value in results.items():
+            print(f"{key}: {value}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     print(f"[ray_data] in-process score_batch over {len(rows)} images", flush=True)
     ours = in_process(model, rows, workdir, args.batch_size, args.dtype)
     print("[ray_data] Ray Data job over the same images", flush=True)
