@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from serve import machine  # noqa: E402  (CPU flags, torch and Ray versions)
 CGROUP = Path("/sys/fs/cgroup")
 
 WORKER = """
@@ -89,14 +93,6 @@ def run(checkpoint: str, dtype: str, threads: str, cgroup: Optional[Path]) -> Di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cpu_flags() -> str:
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    return ""
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", default=str(HERE.parent / ".bench" / "speed" / "ImageReward.pt"))
@@ -110,7 +106,9 @@ def main() -> int:
     cgroup = make_cgroup(args.quota)
     if cgroup is None:
         return 2
-    print(f"[cpu-quota] CPU flags: {cpu_flags()}; {os.cpu_count()} CPUs; cgroup {cgroup} "
+    info = machine(1)
+    flags = info["cpu_flags"]
+    print(f"[cpu-quota] torch {info['torch']}; CPU flags: {flags}; {os.cpu_count()} CPUs; cgroup {cgroup} "
           f"with a quota of {args.quota:g} CPU", flush=True)
     sides = (("torch default, in the cgroup", "default", cgroup), ("allocated, in the cgroup", "allocated", cgroup),
              ("allocated, no quota", "allocated", None))
@@ -137,7 +135,7 @@ def main() -> int:
                                            "over_allocated": best / allocated}
             print(f"| {dtype} | {label} | {replies[0]['threads']} | {best:.4f} | {best / allocated:.2f}x |")
     if args.json:
-        args.json.write_text(json.dumps({"cpu_flags": cpu_flags(), "quota": args.quota, "results": results,
+        args.json.write_text(json.dumps({"cpu_flags": flags, "quota": args.quota, "results": results,
                                          "summary": summary}, indent=1))
     return 0
 

@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from serve import machine  # noqa: E402  (CPU flags, torch and Ray versions)
 REPO = HERE.parent
 
 WORKER = """
@@ -64,14 +68,6 @@ def side(src: Path, checkpoint: str, dtype: str, threads: int, env: Dict[str, st
     return reply
 
 
-def cpu_flags() -> str:
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
-    return ""
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", default=str(REPO / ".bench" / "speed" / "ImageReward.pt"))
@@ -82,7 +78,9 @@ def main() -> int:
     args = parser.parse_args()
     if not Path(args.checkpoint).is_file():
         sys.exit(f"no checkpoint at {args.checkpoint}: run benchmarks/speed.py first or pass one")
-    print(f"[isa-ab] CPU flags: {cpu_flags()}; {args.threads} threads", flush=True)
+    info = machine(1)
+    flags = info["cpu_flags"]
+    print(f"[isa-ab] torch {info['torch']}; CPU flags: {flags}; {args.threads} threads", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="isa-ab-") as tmp:
         worktree = Path(tmp) / "before"
@@ -112,7 +110,7 @@ def main() -> int:
         print(f"| {r['cpu']} | {r['dtype']} | {r['before_s_per_image']:.4f} | {r['now_s_per_image']:.4f} | "
               f"{r['before_over_now']:.2f}x | {'bitwise' if r['scores_bitwise_equal'] else 'no'} |")
     if args.json:
-        args.json.write_text(json.dumps({"cpu_flags": cpu_flags(), "before": args.before, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"cpu_flags": flags, "before": args.before, "rows": rows}, indent=1))
     return 0
 
 
