@@ -311,18 +311,9 @@ def load(
     from .scoring.scorer import RewardScorer
 
     target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
-    given = dict(files or {})
-    if checkpoint is not None:
-        given["weights"] = checkpoint
-    resolved = _resolve(name, download_root, given)
+    resolved = _resolve_with(name, download_root, med_config, config, checkpoint, files, preprocess)
     if dtype is None and target_device.type == "cuda" and resolved.entry.gpu_dtype is not None:
         target_dtype = resolve_dtype(resolved.entry.gpu_dtype)
-    if config is not None:
-        resolved = dataclasses.replace(resolved, config=config)
-    if preprocess is not None:
-        resolved = dataclasses.replace(resolved, preprocess=preprocess)
-    if med_config is not None:
-        resolved = dataclasses.replace(resolved, config=_with_med_config(resolved, med_config))
     logger.info("load checkpoint from %s", resolved.files["weights"])
     parts = _build(resolved, vocab_file, bpe_file)
     scorer = RewardScorer(
@@ -339,6 +330,48 @@ def load(
         scorer.compile_encoders()
     logger.info("checkpoint loaded")
     return scorer
+
+
+def preprocessing(
+    name: str = "ImageReward-v1.0",
+    download_root: Optional[str] = None,
+    med_config: Optional[str] = None,
+    *,
+    config: Any = None,
+    checkpoint: Optional[str] = None,
+    files: Optional[Mapping[str, str]] = None,
+    preprocess: Optional[PreprocessConfig] = None,
+    vocab_file: Optional[str] = None,
+    bpe_file: Optional[str] = None,
+) -> PreprocessConfig:
+    """The image preprocessing of the scorer that :func:`load` with these arguments gives.
+
+    The network is built from its checkpoint as the file holds it (a bfloat16 file stays
+    mapped) and dropped: it is never cast to float32 nor placed on a device, so asking
+    costs the file's size in memory at most, not a float32 copy of the model (HPSv3's
+    7B weights would be 30 GB). Runners ask where the weights are, to decode images
+    before any scorer loads.
+    """
+    resolved = _resolve_with(name, download_root, med_config, config, checkpoint, files, preprocess)
+    return _build(resolved, vocab_file, bpe_file).preprocess.config
+
+
+def _resolve_with(
+    name: str, download_root: Optional[str], med_config: Optional[str], config: Any,
+    checkpoint: Optional[str], files: Optional[Mapping[str, str]], preprocess: Optional[PreprocessConfig],
+) -> _Resolved:
+    """What :func:`load` builds: the scorer's files, config and preprocessing, with the overrides."""
+    given = dict(files or {})
+    if checkpoint is not None:
+        given["weights"] = checkpoint
+    resolved = _resolve(name, download_root, given)
+    if config is not None:
+        resolved = dataclasses.replace(resolved, config=config)
+    if preprocess is not None:
+        resolved = dataclasses.replace(resolved, preprocess=preprocess)
+    if med_config is not None:
+        resolved = dataclasses.replace(resolved, config=_with_med_config(resolved, med_config))
+    return resolved
 
 
 def locate(

@@ -72,6 +72,14 @@ class ModelSpec:
 
         return imagereward.load(self.name, device=self.device, dtype=self.dtype, files=self.files, **self.options)
 
+    def preprocessing(self) -> Any:
+        """The scorer's :class:`~imagereward.config.PreprocessConfig`, without placing it
+        (through :func:`imagereward.factory.preprocessing`)."""
+        from .factory import preprocessing
+
+        wanted = ("download_root", "vocab_file", "bpe_file", "config", "med_config")
+        return preprocessing(self.name, files=self.files, **{k: v for k, v in self.options.items() if k in wanted})
+
     def to_dict(self) -> Dict[str, Any]:
         """Plain data (configs as ``{"type", "fields"}``), for Ray, job records and files."""
         options = dict(self.options)

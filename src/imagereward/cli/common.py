@@ -319,11 +319,22 @@ def locate_files(specs: List[Any]) -> None:
 
 def load_scorer(spec: Any) -> Any:
     """The ready scorer of ``spec`` (``main`` has set the allocator for the command's process)."""
+    return _loading(spec, spec.load)
+
+
+def check_scorer(spec: Any) -> None:
+    """Build ``spec``'s network from its files strictly, as :func:`load_scorer` would, and drop
+    it: a missing, junk or mis-shaped file fails here with the same message and exit code.
+    The weights are neither cast nor placed (:meth:`ModelSpec.preprocessing`)."""
+    _loading(spec, spec.preprocessing)
+
+
+def _loading(spec: Any, load: Any) -> Any:
     import imagereward
 
     check_spec_files(spec)
     try:
-        return spec.load()
+        return load()
     except (imagereward.ImageRewardError, FileNotFoundError):
         raise  # documented errors: main() gives each its exit code
     except (OSError, RuntimeError, ValueError) as error:

@@ -19,8 +19,8 @@ from .common import (
     IMAGEREWARD,
     CliError,
     HelpFormatter,
+    check_scorer,
     check_spec_files,
-    load_scorer,
     add_download_options,
     add_dtype_option,
     add_file_options,
@@ -140,15 +140,15 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def check_models(settings: Any) -> None:
-    """Load each model once on the CPU before Ray starts, so that missing, junk or mis-shaped
-    files give the same one-line message and exit code (3) as ``score``, in seconds."""
+    """Build each model once from its files before Ray starts, so that missing, junk or
+    mis-shaped files give the same one-line message and exit code (3) as ``score``, in
+    seconds (neither cast nor placed: the replicas do that)."""
     import gc
 
     for entry in settings.models:
         check_spec_files(entry.spec())
     for entry in settings.models:
-        scorer = load_scorer(entry.spec("cpu"))
-        del scorer
+        check_scorer(entry.spec("cpu"))
         gc.collect()
 
 

@@ -14,17 +14,16 @@ def worker_spec(spec: ModelSpec, device: str, dtype: Any, batch_size: int) -> Mo
 
 
 def preprocess_configs(specs: Sequence[ModelSpec]) -> List[Dict[str, Any]]:
-    """Each scorer's preprocessing (``PreprocessConfig`` fields), read from the loaded scorer.
+    """Each scorer's preprocessing (``PreprocessConfig`` fields), from its checkpoint as the
+    file holds it (:meth:`ModelSpec.preprocessing`: never cast to float32 or placed).
 
     Runs where it is called (the job runs it as a Ray task on a worker, where the
-    weights are); models load one after the other, on the CPU.
+    weights are); models are read one after the other.
     """
     import gc
 
     configs = []
     for spec in specs:
-        scorer = spec.replace(device="cpu", dtype=None).load()
-        configs.append(scorer.preprocess.config.to_dict())
-        del scorer
+        configs.append(spec.preprocessing().to_dict())
         gc.collect()
     return configs
