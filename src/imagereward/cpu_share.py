@@ -50,11 +50,6 @@ def cpu_quota() -> Optional[float]:
     return min(quotas) if quotas else None
 
 
-def allocated_threads(processes: int = 1) -> int:
-    """torch threads for each of ``processes`` processes that share this allocation."""
-    return threads_for(cpu_allocation() / max(1, processes))
-
-
 def use_allocated_threads(threads: Optional[int] = None, processes: int = 1) -> int:
     """Set torch's threads for this process and return them.
 
@@ -66,13 +61,14 @@ def use_allocated_threads(threads: Optional[int] = None, processes: int = 1) -> 
     import torch
 
     current = torch.get_num_threads()
+    if threads is None and any(os.environ.get(name) for name in USER_SETTINGS):
+        return current
+    allocation = cpu_allocation()
     if threads is None:
-        if any(os.environ.get(name) for name in USER_SETTINGS):
-            return current
-        threads = min(current, allocated_threads(processes))
+        threads = min(current, threads_for(allocation / max(1, processes)))
     if threads != current:
         torch.set_num_threads(threads)
-    logger.info("torch threads: %d (CPUs this process may use: %g)", threads, cpu_allocation())
+    logger.info("torch threads: %d (CPUs this process may use: %g)", threads, allocation)
     return threads
 
 

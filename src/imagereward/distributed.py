@@ -22,6 +22,7 @@ class DistContext:
     world_size: int
     device: torch.device
     owns_group: bool = False
+    local_world_size: int = 1  # this job's processes on this machine
 
     @property
     def is_main(self) -> bool:
@@ -61,7 +62,8 @@ def init_distributed(device: str = "") -> DistContext:
         importlib.import_module("torch._dynamo")  # not "import torch._dynamo": that would make torch local
 
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
-    return DistContext(rank, local_rank, world_size, target, owns_group)
+    local_world_size = _env_int("LOCAL_WORLD_SIZE", 1)
+    return DistContext(rank, local_rank, world_size, target, owns_group, local_world_size)
 
 
 def shutdown(context: DistContext, wait_for_others: bool = True) -> None:

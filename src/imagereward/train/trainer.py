@@ -89,7 +89,7 @@ def train(config: TrainConfig, on_record: Optional[Callable[[Record], None]] = N
     config.validate()
     context = init_distributed(config.device)
     if context.device.type == "cpu":  # processes of one machine share its CPUs
-        use_allocated_threads(config.threads or None, processes=int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+        use_allocated_threads(config.threads or None, processes=context.local_world_size)
     completed = False
     try:
         result = Trainer(config, context, on_record).run()  # the trainer and its DDP wrapper go here
