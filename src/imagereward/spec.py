@@ -19,11 +19,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from .config import config_from_dict, config_to_dict
 from .registry import find_entry, get_entry, sharing_roles
 
-# load() keywords a spec may carry in ``options`` (``config`` is a config dataclass).
-LOAD_OPTIONS = (
-    "download_root", "vocab_file", "bpe_file", "batch_size", "num_workers", "compile",
-    "config", "med_config",
-)
+# load() keywords a spec may carry in ``options`` (``config`` is a config dataclass): those
+# that decide what is built from the files, and those of the engine around it.
+BUILD_OPTIONS = ("download_root", "vocab_file", "bpe_file", "config", "med_config")
+ENGINE_OPTIONS = ("batch_size", "num_workers", "compile")
+LOAD_OPTIONS = BUILD_OPTIONS + ENGINE_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ class ModelSpec:
         (through :func:`imagereward.factory.preprocessing`)."""
         from .factory import preprocessing
 
-        wanted = ("download_root", "vocab_file", "bpe_file", "config", "med_config")
-        return preprocessing(self.name, files=self.files, **{k: v for k, v in self.options.items() if k in wanted})
+        built = {key: value for key, value in self.options.items() if key in BUILD_OPTIONS}
+        return preprocessing(self.name, files=self.files, **built)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data (configs as ``{"type", "fields"}``), for Ray, job records and files."""
