@@ -38,25 +38,7 @@ sys.path.insert(0, str(HERE))
 from serve import machine  # noqa: E402  (CPU flags, torch and Ray versions)
 CGROUP = Path("/sys/fs/cgroup")
 
-WORKER = """
-import json, sys, time, torch
-import imagereward
-from imagereward.cpu_share import cpu_allocation, use_allocated_threads
-if sys.argv[3] == "allocated":
-    use_allocated_threads()
-model = imagereward.load(sys.argv[1], device="cpu", dtype=sys.argv[2])
-pixels = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-prompt = "a photograph of an astronaut riding a horse on the moon"
-with torch.inference_mode():
-    model.score_tensors(pixels[:2], prompt)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        model.score_tensors(pixels, prompt)
-        times.append(time.perf_counter() - t0)
-print(json.dumps({"threads": torch.get_num_threads(), "allocation": cpu_allocation(),
-                  "s_per_image": min(times) / 8, "torch": torch.__version__}))
-"""
+WORKER = HERE / "tensors_timing.py"  # one process's timing, shared with isa_ab.py
 
 
 def make_cgroup(quota: float) -> Optional[Path]:
@@ -88,7 +70,7 @@ def run(checkpoint: str, dtype: str, threads: str, cgroup: Optional[Path]) -> Di
         if cgroup is not None:
             (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
 
-    out = subprocess.run([sys.executable, "-c", WORKER, checkpoint, dtype, threads], env=env,
+    out = subprocess.run([sys.executable, str(WORKER), checkpoint, dtype, threads], env=env,
                          preexec_fn=enter, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -32,23 +32,7 @@ sys.path.insert(0, str(HERE))
 from serve import machine  # noqa: E402  (CPU flags, torch and Ray versions)
 REPO = HERE.parent
 
-WORKER = """
-import json, sys, time, torch
-torch.set_num_threads(int(sys.argv[3]))
-import imagereward
-model = imagereward.load("ImageReward-v1.0", checkpoint=sys.argv[1], dtype=sys.argv[2], device="cpu")
-pixels = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-prompt = "a photograph of an astronaut riding a horse on the moon, highly detailed, 4k"
-with torch.no_grad():
-    model.score_tensors(pixels[:2], prompt)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        scores = model.score_tensors(pixels, prompt)
-        times.append(time.perf_counter() - t0)
-print(json.dumps({"s_per_image": min(times) / 8, "scores": [float(s) for s in scores],
-                  "torch": torch.__version__, "code": imagereward.__file__}))
-"""
+WORKER = HERE / "tensors_timing.py"  # one process's timing, shared with cpu_quota.py
 
 # (label, environment, dtypes)
 CPUS: List[Tuple[str, Dict[str, str], Tuple[str, ...]]] = [
@@ -60,7 +44,7 @@ CPUS: List[Tuple[str, Dict[str, str], Tuple[str, ...]]] = [
 
 def side(src: Path, checkpoint: str, dtype: str, threads: int, env: Dict[str, str]) -> Dict[str, object]:
     clean = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")}
-    out = subprocess.run([sys.executable, "-c", WORKER, checkpoint, dtype, str(threads)],
+    out = subprocess.run([sys.executable, str(WORKER), checkpoint, dtype, str(threads)],
                          env={**clean, **env, "PYTHONPATH": str(src)}, capture_output=True, text=True, check=True)
     reply = json.loads(out.stdout.strip().splitlines()[-1])
     if not str(reply["code"]).startswith(str(src)):
