@@ -18,6 +18,7 @@ would keep); the figures bound the cost, they do not predict it for trained weig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import json
@@ -167,17 +168,20 @@ def main() -> int:
                        "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"})
     names = list(WRITERS) if args.scorers == "all" else [s.strip() for s in args.scorers.split(",")]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imagereward-dtype-cost-"))
-    images = odd_images(workdir / "images")
-    report: Dict[str, Any] = {"machine": machine(args.threads), "images": len(images), "prompts": len(PROMPTS),
-                              "scorers": {}}
-    for name in names:
-        folder = workdir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        files, _ = WRITERS[name](folder)
-        gc.collect()
-        report["scorers"][name] = measure(name, files, images, dtypes, args.threads)
-        print(json.dumps({name: report["scorers"][name]}), file=sys.stderr, flush=True)
+    # Full-size checkpoints of seven scorers take about 20 GB: a folder made here goes at the end.
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="imagereward-dtype-cost-")))
+        images = odd_images(workdir / "images")
+        report: Dict[str, Any] = {"machine": machine(args.threads), "images": len(images), "prompts": len(PROMPTS),
+                                  "scorers": {}}
+        for name in names:
+            folder = workdir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            files, _ = WRITERS[name](folder)
+            gc.collect()
+            report["scorers"][name] = measure(name, files, images, dtypes, args.threads)
+            print(json.dumps({name: report["scorers"][name]}), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2))
     return 0
 

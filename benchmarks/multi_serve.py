@@ -25,6 +25,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -208,6 +209,7 @@ def main() -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)  # three full-size checkpoints
     one, three = best["one server"], best["three servers"]
     difference = max(abs(a - b) for x, y in zip(one["scores"], three["scores"]) for name in MODELS
                      for a, b in zip(x[name], y[name]))

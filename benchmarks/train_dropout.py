@@ -36,7 +36,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--dropouts", default="auto,on")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="imagereward-train-dropout-"))
+    with tempfile.TemporaryDirectory(prefix="imagereward-train-dropout-") as folder:
+        run(Path(folder), args)
+    return 0
+
+
+def run(root: Path, args: argparse.Namespace) -> None:
     train, valid = write_task(root, "train", 320, 0, SIZE), write_task(root, "valid", 64, 1, SIZE)
     config = ImageRewardConfig(
         vision=VisionConfig(image_size=32, patch_size=8, width=48, depth=2, heads=2),
@@ -59,7 +64,6 @@ def main() -> int:
         accuracy = [round(r["accuracy"], 3) for r in records if r["type"] == "valid"]
         print(json.dumps({"dropout": dropout, "held_out_accuracy_by_epoch": accuracy,
                           "seconds": round(time.perf_counter() - started, 1)}), flush=True)
-    return 0
 
 
 if __name__ == "__main__":
