@@ -526,3 +526,23 @@ def test_scoring_actors_take_their_torch_threads_from_their_cpus(tmp_path, monke
     assert DatasetJob("in", "out", actors=3).actor_threads(True) == 3
     assert DatasetJob("in", "out", actors=16).actor_threads(True) == 1
     assert DatasetJob("in", "out", threads_per_actor=2).actor_threads(True) == 2
+
+
+def test_a_fragment_is_read_in_blocks_of_a_scoring_batch(tmp_path):
+    """A fragment is the unit of restart, not of work: read as one block, it would be decoded
+    by one task on one CPU while the scoring actors wait; in batch-sized blocks, in order,
+    every row once."""
+    from imagereward.runners.dataset.source import FragmentSource
+
+    image = _bytes(ASSETS[0])
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(7)], "prompt": ["p"] * 7, "image": [image] * 7}),
+                   tmp_path / "rows.parquet")
+    plan = plan_input(str(tmp_path / "rows.parquet"), fragment_rows=10)
+    assert len(plan.fragments) == 1
+    source = FragmentSource(plan.fragments, plan.columns, plan.keep_types, {}, block_rows=3)
+    (task,) = source.get_read_tasks(1)
+    blocks = list(task())
+    assert [block.num_rows for block in blocks] == [3, 3, 1]
+    assert [i for block in blocks for i in block.column("id").to_pylist()] == [f"r{i}" for i in range(7)]
+    with pytest.raises(ValueError, match="block_rows"):
+        FragmentSource(plan.fragments, plan.columns, plan.keep_types, {}, block_rows=0)

@@ -236,7 +236,7 @@ class DatasetJob:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         manifests = {path: ray.put(table) for path, table in plan.manifests.items()
                      if any(f.path == path for f in pending)}
-        source = FragmentSource(pending, plan.columns, plan.keep_types, manifests)
+        source = FragmentSource(pending, plan.columns, plan.keep_types, manifests, block_rows=self.batch_size)
         dataset = ray.data.read_datasource(source, override_num_blocks=len(pending))
         dataset = dataset.map_batches(
             decode_batch, batch_format="pyarrow", batch_size=self.batch_size,
