@@ -162,7 +162,9 @@ def test_jsonl_manifest_three_models_with_bad_items(cluster, models, rows, expec
               {"id": "noprompt", "prompt": None, "image": os.path.relpath(rows[0]["file"], folder)}]
     manifest = folder / "prompts.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    summary = run_job(manifest, tmp_path / "out", models, fragment_rows=4)
+    # Quarter-CPU decoding tasks leave 4 slots beside the actor: fragments of 4 rows are
+    # read in blocks of 3 (a batch), and each fragment's rows come back in two pieces.
+    summary = run_job(manifest, tmp_path / "out", models, fragment_rows=4, decode_cpus=0.25)
     assert summary.complete and summary.fragments == 3
     assert (summary.rows_in, summary.rows_out, summary.errors) == (11, 11, 3)
     check_output(tmp_path / "out", expected,
@@ -528,10 +530,8 @@ def test_scoring_actors_take_their_torch_threads_from_their_cpus(tmp_path, monke
     assert DatasetJob("in", "out", threads_per_actor=2).actor_threads(True) == 2
 
 
-def test_a_fragment_is_read_in_blocks_of_a_scoring_batch(tmp_path):
-    """A fragment is the unit of restart, not of work: read as one block, it would be decoded
-    by one task on one CPU while the scoring actors wait; in batch-sized blocks, in order,
-    every row once."""
+def test_a_fragment_is_read_in_blocks_in_order(tmp_path):
+    """Blocks of ``block_rows`` rows, in order, every row once."""
     from imagereward.runners.dataset.source import FragmentSource
 
     image = _bytes(ASSETS[0])
@@ -546,3 +546,24 @@ def test_a_fragment_is_read_in_blocks_of_a_scoring_batch(tmp_path):
     assert [i for block in blocks for i in block.column("id").to_pylist()] == [f"r{i}" for i in range(7)]
     with pytest.raises(ValueError, match="block_rows"):
         FragmentSource(plan.fragments, plan.columns, plan.keep_types, {}, block_rows=0)
+
+
+def test_fragments_are_split_so_that_decoding_fills_the_cpus_the_actors_leave():
+    """Ray Data decodes a block in one task: a 10,000-row fragment read whole was decoded on
+    one CPU of however many. Blocks never go below a batch, and where only one decoding task
+    fits beside the actors (2 CPUs, one actor), fragments stay whole."""
+    from imagereward.runners.dataset.inputs import Fragment
+
+    def fragments(*rows):
+        return [Fragment(key=f"m{i}", layout="manifest", path=f"m{i}.jsonl", stop=n or 0, rows=n)
+                for i, n in enumerate(rows)]
+
+    job = DatasetJob("in", "out", batch_size=16)
+    assert job.read_block_rows(fragments(10_000), cpus=2) == 10_000  # one decoding slot
+    assert job.read_block_rows(fragments(10_000, 10_000), cpus=2) == 20_000  # whole fragments
+    assert job.read_block_rows(fragments(10_000), cpus=41) == 250  # 40 slots, 40 blocks
+    assert job.read_block_rows(fragments(*[10_000] * 100), cpus=41) == 25_000  # enough fragments
+    assert job.read_block_rows(fragments(100), cpus=64) == 16  # never below a batch
+    gpus = DatasetJob("in", "out", batch_size=64, actors=8, cpus_per_actor=1, decode_cpus=0.5)
+    assert gpus.read_block_rows(fragments(50_000), cpus=96) == 285  # 176 half-CPU slots
+    assert job.read_block_rows(fragments(None), cpus=11) == 1_000  # a shard counts as a fragment

@@ -1,16 +1,14 @@
 """The Ray Data datasource of a job: one read task per pending fragment, which hands on
-its rows in blocks of a scoring batch.
+its rows in blocks.
 
 Ray's own file readers split work by file and do not say where in its file a row
 was; the restart ledger needs both the fragment and the row's position in it, and
 large manifests split into row ranges, so fragments are read by this datasource.
 
 A fragment (10,000 rows by default) is the unit of restart, not of work: Ray Data runs
-one decoding task per block, and a decoding task hands on its pixels only when it ends
-or has made 128 MiB of them. Read as one block, a fragment was decoded by one task on
-one CPU while the scoring actors waited for its first ~870 images; in blocks of a batch,
-decoding spreads over the free CPUs and the first batch is scored as soon as it is
-decoded.
+one decoding task per block, so a fragment read as one block is decoded on one CPU.
+The job chooses the block size (:meth:`~.job.DatasetJob.read_block_rows`) so that
+decoding fills the CPUs its scoring actors leave free.
 """
 
 from __future__ import annotations
