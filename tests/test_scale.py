@@ -17,7 +17,7 @@ import tarfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -122,8 +122,9 @@ def _read(output: Path) -> "pa.Table":
     return pq.read_table(str(output), schema=None)
 
 
-def check_output(output: Path, expected, bad: Dict[str, str] = {}, id_of=lambda i: i) -> "pa.Table":
+def check_output(output: Path, expected, bad: Optional[Dict[str, str]] = None, id_of=lambda i: i) -> "pa.Table":
     """Every input row once; good rows equal in-process scores; bad rows carry their error."""
+    bad = bad or {}
     table = _read(output)
     ids = table.column("id").to_pylist()
     assert sorted(ids) == sorted([id_of(i) for i in expected] + list(bad)), "rows lost or duplicated"
