@@ -568,3 +568,13 @@ def test_fragments_are_split_so_that_decoding_fills_the_cpus_the_actors_leave():
     gpus = DatasetJob("in", "out", batch_size=64, actors=8, cpus_per_actor=1, decode_cpus=0.5)
     assert gpus.read_block_rows(fragments(50_000), cpus=96) == 285  # 176 half-CPU slots
     assert job.read_block_rows(fragments(None), cpus=11) == 1_000  # a shard counts as a fragment
+    assert DatasetJob("in", "out", decode_cpus=0).read_block_rows(fragments(10_000), cpus=5) == 2_500
+    with pytest.raises(ValueError, match="decode_cpus must not be negative"):
+        DatasetJob("in", "out", decode_cpus=-1)
+
+
+@pytest.mark.parametrize("option", ["--decode-cpus", "--cpus-per-actor", "--gpus-per-actor"])
+def test_cli_refuses_negative_cpu_shares_naming_the_option(option, tmp_path, capsys):
+    (tmp_path / "m.jsonl").write_text('{"prompt": "a", "image": "x.png"}\n')
+    assert main(["score-dataset", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "out"), option, "-1"]) == 2
+    assert f"argument {option}: expected a number >= 0, got '-1'" in capsys.readouterr().err

@@ -134,6 +134,16 @@ def positive_int(value: str) -> int:
     return number
 
 
+def non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if not number >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
 def note(args: argparse.Namespace, message: str) -> None:
     """A line for people on stderr (what was written, where a job runs), unless ``--quiet``."""
     if not getattr(args, "quiet", False):

@@ -23,6 +23,7 @@ from .common import (
     model_files,
     model_spec,
     model_list,
+    non_negative_float,
     positive_int,
     split_list,
 )
@@ -84,14 +85,14 @@ def register(subparsers: Any) -> None:
                          "for this job only, never a cluster that happens to run here)")
     cluster.add_argument("--actors", type=positive_int, default=1, metavar="N",
                          help="scoring actors, each loading the models once (default: %(default)s)")
-    cluster.add_argument("--gpus-per-actor", type=float, metavar="G",
+    cluster.add_argument("--gpus-per-actor", type=non_negative_float, metavar="G",
                          help="GPUs per actor; 0 scores on CPUs (default: 1 if the cluster has GPUs, else 0)")
-    cluster.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C",
+    cluster.add_argument("--cpus-per-actor", type=non_negative_float, default=1.0, metavar="C",
                          help="CPUs Ray reserves per actor (default: %(default)s)")
     cluster.add_argument("--threads-per-actor", type=positive_int, metavar="T",
                          help="torch threads in each actor on CPUs (default: on a private Ray, the CPUs this "
                          "machine gives the job, shared among the actors; on a cluster, --cpus-per-actor)")
-    cluster.add_argument("--decode-cpus", type=float, default=1.0, metavar="C",
+    cluster.add_argument("--decode-cpus", type=non_negative_float, default=1.0, metavar="C",
                          help="CPUs per decoding task (default: %(default)s)")
     model = parser.add_argument_group("model")
     add_file_options(model, "local files of the models (a bare PATH is the only model's "

@@ -123,6 +123,9 @@ class DatasetJob:
         for name, value in (("actors", self.actors), ("batch_size", self.batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
+        for name, value in (("cpus_per_actor", self.cpus_per_actor), ("decode_cpus", self.decode_cpus)):
+            if value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
 
     # -- the parts a caller may want on their own ----------------------------------------------
     def plan(self) -> InputPlan:
@@ -259,7 +262,8 @@ class DatasetJob:
         has. Never less than a batch; where one decoding task fits beside the actors (2
         CPUs and one actor), every fragment stays one block, since splitting it only
         made decoding compete with the model's threads (2-5% slower there)."""
-        slots = max(1, int((cpus - self.actors * self.cpus_per_actor) // self.decode_cpus))
+        per_task = self.decode_cpus or 1.0  # zero-CPU tasks are not limited by Ray; CPUs still are
+        slots = max(1, int((cpus - self.actors * self.cpus_per_actor) // per_task))
         # WebDataset shards are counted only when read: take each as a full fragment.
         rows = sum(self.fragment_rows if fragment.rows is None else fragment.rows for fragment in pending)
         return max(self.batch_size, -(-rows // slots))
