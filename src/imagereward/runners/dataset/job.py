@@ -234,12 +234,13 @@ class DatasetJob:
             if config not in distinct:
                 distinct.append(config)
             groups.append(distinct.index(config))
+        resources = ray.cluster_resources()  # one question to the cluster for both
         gpus = self.gpus_per_actor
         if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+            gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
         manifests = {path: ray.put(table) for path, table in plan.manifests.items()
                      if any(f.path == path for f in pending)}
-        block_rows = self.read_block_rows(pending, ray.cluster_resources().get("CPU", 1.0))
+        block_rows = self.read_block_rows(pending, resources.get("CPU", 1.0))
         source = FragmentSource(pending, plan.columns, plan.keep_types, manifests, block_rows)
         dataset = ray.data.read_datasource(source, override_num_blocks=len(pending))
         dataset = dataset.map_batches(
