@@ -24,11 +24,12 @@ record of the measurement, and the starting point for a static scheme.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import itertools
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -39,7 +40,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+from fixtures import PROMPTS, odd_images  # noqa: E402
 from helpers import BERT_VOCAB, random_state_dict  # noqa: E402
+from PIL import Image  # noqa: E402
 from serve import machine  # noqa: E402
 
 SHAPES = {"qkv": (1024, 3072), "proj": (1024, 1024), "fc1": (1024, 4096), "fc2": (4096, 1024)}
@@ -47,6 +50,11 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detail
 
 
 def best_seconds(work: Callable[[], Any], repeats: int) -> float:
+    """Best of ``repeats`` timed calls after one untimed (0: one timed call, no warm-up)."""
+    if repeats == 0:
+        start = time.perf_counter()
+        work()
+        return time.perf_counter() - start
     work()
     times = []
     for _ in range(repeats):
@@ -107,59 +115,79 @@ def gemm_rates(repeats: int) -> Dict[str, Dict[str, float]]:
 
 
 def pairs_ordered_alike(a: torch.Tensor, b: torch.Tensor) -> float:
-    same = [bool((a[i] - a[j]) * (b[i] - b[j]) > 0) for i, j in itertools.combinations(range(len(a)), 2)]
+    """Share of image pairs that each prompt (a row) orders as the reference does."""
+    same = [bool((row_a[i] - row_a[j]) * (row_b[i] - row_b[j]) > 0)
+            for row_a, row_b in zip(a, b) for i, j in itertools.combinations(range(a.shape[1]), 2)]
     return sum(same) / len(same)
 
 
-def whole_model(checkpoint: str, images: int, rounds: int) -> Dict[str, Any]:
+def calibration_pairs(folder: Path, count: int) -> tuple:
+    """``count`` synthetic images (seeds apart from the parity set's) with the odd prompts."""
+    from fixtures import _gradient
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for seed in range(100, 100 + count):
+        path = folder / f"calibration-{seed}.png"
+        if not path.exists():
+            Image.fromarray(_gradient(320 + seed % 7 * 40, 400 - seed % 5 * 30, seed)).save(path)
+        images.append(str(path))
+    return [PROMPTS[i % len(PROMPTS)] for i in range(count)], images
+
+
+def whole_model(checkpoint: str, workdir: Path, calibration_count: int, rounds: int) -> Dict[str, Any]:
+    """The product's int8 (``load(int8=...)``) against fp32 and bf16: error on the parity
+    set, and model time on 16 tensors of 224 px, alternating."""
     import imagereward
-    from imagereward.models import layers
+    from imagereward.int8 import calibrate
 
-    plain = layers.linear
-    weights: Dict[int, tuple] = {}
+    def load(dtype: str, int8: Optional[str] = None) -> Any:
+        return imagereward.load("ImageReward-v1.0", checkpoint=checkpoint, vocab_file=str(BERT_VOCAB),
+                                device="cpu", dtype=dtype, int8=int8)
 
-    def dynamic_int8(x, weight, bias, owner, *, gelu=False, residual=None):
-        if torch.is_grad_enabled() or x.dtype != torch.bfloat16:
-            return plain(x, weight, bias, owner, gelu=gelu, residual=residual)
-        if id(owner) not in weights:
-            weights[id(owner)] = int8_weight(weight)
-        out = int8_linear(x, weights[id(owner)], bias, gelu)
-        return out if residual is None else out + residual
-
-    @contextlib.contextmanager
-    def linear_path(path):  # the models' linear layers run ``path`` inside the block
-        layers.linear = path
-        try:
-            yield
-        finally:
-            layers.linear = plain
-
-    variants = {"bf16": plain, "int8-dynamic": dynamic_int8}
-    exact = imagereward.load("ImageReward-v1.0", checkpoint=checkpoint, vocab_file=str(BERT_VOCAB), device="cpu")
-    model = imagereward.load("ImageReward-v1.0", checkpoint=checkpoint, vocab_file=str(BERT_VOCAB),
-                             device="cpu", dtype="bf16")
-    pixels = torch.rand(images, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    timed = pixels[:8]
+    images = odd_images(workdir)
+    prompts, calibration_images = calibration_pairs(workdir / "calibration", calibration_count)
+    models: Dict[str, Any] = {"fp32": load("fp32"), "bf16": load("bf16")}
+    for base in ("bf16", "fp32"):
+        start = time.perf_counter()
+        calibration = calibrate(models[base], prompts, calibration_images)
+        seconds = time.perf_counter() - start
+        path = workdir / f"int8-{base}.json"
+        calibration.save(str(path))
+        print(f"[int8] calibrated on {base} with {calibration_count} pairs in {seconds:.1f} s: "
+              f"{len(calibration.ranges)} layers, {len(calibration.fused)} GELU outputs handed on as uint8",
+              flush=True)
+        models[f"int8 ({base})"] = load(base, str(path))
     results: Dict[str, Any] = {}
     with torch.no_grad():
-        reference = exact.score_tensors(pixels, PROMPT).float()
-        del exact
-        for name, path in variants.items():
-            with linear_path(path):
-                scores = model.score_tensors(pixels, PROMPT).float()
+        reference = models["fp32"].score_matrix(PROMPTS, images).float()
+        spread = float(reference.std(dim=1).mean())
+        for name, model in models.items():
+            if name == "fp32":
+                continue
+            scores = model.score_matrix(PROMPTS, images).float()
             error = (scores - reference).abs()
             results[name] = {"mean_abs_error": float(error.mean()), "max_abs_error": float(error.max()),
+                             "error_over_spread": float(error.mean()) / spread,
                              "pairs_ordered_as_fp32": pairs_ordered_alike(scores, reference), "seconds": []}
-        for _ in range(rounds):  # alternating, so that drift hits both
-            for name, path in variants.items():
-                with linear_path(path):
-                    results[name]["seconds"].append(best_seconds(lambda: model.score_tensors(timed, PROMPT), 1))
+        pixels = torch.rand(16, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        results["fp32"] = {"seconds": []}
+        for model in models.values():
+            model.score_tensors(pixels[:2], PROMPT)  # first-call work (weight packing) out of the timing
+        for _ in range(rounds):  # alternating, so that drift hits every variant
+            for name, model in models.items():
+                results[name]["seconds"].append(best_seconds(lambda: model.score_tensors(pixels, PROMPT), 0))
     for name, entry in results.items():
-        entry["seconds_per_image"] = min(entry["seconds"]) / len(timed)
-        print(f"[int8] whole model {name}: {entry['seconds_per_image']:.4f} s/img, mean |err| vs fp32 "
-              f"{entry['mean_abs_error']:.3f}, max {entry['max_abs_error']:.3f}, pairs ordered as fp32 "
-              f"{100 * entry['pairs_ordered_as_fp32']:.1f}%", flush=True)
-    results["fp32_spread_std"] = float(reference.std())
+        entry["seconds_per_image"] = min(entry["seconds"]) / len(pixels)
+        accuracy = "" if name == "fp32" else (
+            f", mean |err| vs fp32 {entry['mean_abs_error']:.3f} ({entry['error_over_spread']:.3f} of the spread), "
+            f"max {entry['max_abs_error']:.3f}, pairs ordered as fp32 {100 * entry['pairs_ordered_as_fp32']:.1f}%")
+        print(f"[int8] whole model {name}: {entry['seconds_per_image']:.4f} s/img{accuracy}", flush=True)
+    bf16 = results["bf16"]["seconds_per_image"]
+    print(f"[int8] int8 (bf16) is {bf16 / results['int8 (bf16)']['seconds_per_image']:.2f}x bf16; "
+          f"int8 (fp32) is {results['fp32']['seconds_per_image'] / results['int8 (fp32)']['seconds_per_image']:.2f}x fp32",
+          flush=True)
+    results["fp32_spread_std"] = spread
     return results
 
 
@@ -200,7 +228,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=HERE.parent / ".bench" / "speed" / "ImageReward.pt")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--calibration-pairs", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--json", type=Path)
@@ -214,9 +242,11 @@ def main() -> int:
 
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(random_state_dict(ImageRewardConfig(), seed=1), args.checkpoint)
+    workdir = Path(tempfile.mkdtemp(prefix="imagereward-int8-"))
     results = {"machine": machine(args.threads), "gemm": gemm_rates(args.repeats),
-               "whole_model": whole_model(str(args.checkpoint), args.images, args.rounds),
+               "whole_model": whole_model(str(args.checkpoint), workdir, args.calibration_pairs, args.rounds),
                "torchao": torchao_encoder(str(args.checkpoint), 3)}
+    shutil.rmtree(workdir)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -6,7 +6,8 @@ scorer), then scored on awkward images through: ``score``, ``score_batch``, ``ra
 ``score_matrix``, ``imagereward score`` (positional and ``--input``), ``score-dataset``
 on Ray Data, one Ray Serve server holding every scorer over HTTP (file bytes, and
 ``RewardClient`` with arrays and PIL images; ``/rewards`` with all of them in one
-request, each image decoded once), and ReFL's reward on pixels at the scorer's resolution. Each
+request, each image decoded once), and ReFL's reward on pixels at the scorer's resolution. int8 (``--int8``) is checked
+on every scorer in-process and through every door for two of them. Each
 runner must equal the in-process call of the same shape within 1e-6, single ``score()``
 calls within 1e-5 (batch composition moves float rounding), both relative to the
 score's scale.
@@ -29,6 +30,8 @@ from PIL import Image
 
 import imagereward
 from helpers import BERT_VOCAB, CLIP_BPE, run_cli
+from imagereward.errors import CalibrationError
+from imagereward.int8 import calibrate, quantize_int8
 from imagereward.items import decode
 from imagereward.refl.reward import Reward
 from imagereward.tokenizers.clip_bpe import BPE_ENV
@@ -94,6 +97,11 @@ def world(tmp_path_factory):
         originals, folders, direct = save_all(root)
         assert sorted(originals) == sorted(imagereward.available_models()), "a scorer has no tiny checkpoint"
         images = write_awkward_images(root / "images")
+        int8 = {}  # calibrations of the models the int8 doors are checked with
+        for name in INT8_DOORS:
+            int8[name] = str(root / f"{name}-int8.json")
+            scorer = imagereward.load(name, checkpoint=folders[name], device="cpu")
+            calibrate(scorer, *_pairs(images)).save(int8[name])
         ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20,
                  runtime_env={"env_vars": ENV}, log_to_driver=False)
         port = _free_port()
@@ -101,16 +109,20 @@ def world(tmp_path_factory):
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             # One server holding every scorer, each its own deployment behind one ingress.
             models = [{"model": name, "checkpoint": folder} for name, folder in folders.items()]
+            models += [{"model": name, "name": f"{name}-int8", "checkpoint": folders[name], "int8": int8[name]}
+                       for name in INT8_DOORS]
             serve.run(build_app(dict(models=models, cpus_per_replica=0, gpus_per_replica=0, ingress_cpus=0,
                                      max_batch_size=32, batch_wait_ms=300)), name="every", route_prefix="/")
             url = f"http://127.0.0.1:{port}"
             yield {"root": root, "folders": folders, "direct": direct, "images": images, "url": url,
-                   "originals": originals}
+                   "originals": originals, "int8": int8}
         finally:
             serve.shutdown()
             ray.shutdown()
 
 NAMES = imagereward.available_models()
+# int8 through every door: a BLIP-based and an OpenCLIP-based scorer (the layers are shared).
+INT8_DOORS = ("ImageReward-v1.0", "PickScore")
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +317,74 @@ def test_refl_reward_on_pixels_at_the_scorers_resolution(world, scorers, name):
                f"{name}: ReFL reward against score_pixels")
         values.sum().backward()
         assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_int8_every_scorer_in_process(world, scorers, name):
+    """Calibrated on the images, int8 stays near float and a pair's reward does not depend
+    on its batch; HPSv3 (Qwen2-VL's own layers) has no int8 layers and says so."""
+    prompts, paths = _pairs(world["images"])
+    scorer = imagereward.load(name, checkpoint=world["folders"][name], device="cpu")
+    if name == "HPSv3":
+        with pytest.raises(CalibrationError, match="ran no linear layer that int8 can take"):
+            calibrate(scorer, prompts, paths)
+        return
+    expected = np.asarray(scorer.score_batch(prompts, paths))
+    quantize_int8(scorer, calibrate(scorer, prompts, paths))
+    got = np.asarray(scorer.score_batch(prompts, paths))
+    spread = float(expected.max() - expected.min())
+    assert 0 < np.abs(got - expected).max() < 0.2 * spread, f"{name}: int8 {got} against float {expected}"
+    alone = [scorer.score(p, i) for p, i in zip(prompts, paths)]
+    _close(alone, got, 1e-5, f"{name}: int8 score() against score_batch")
+
+
+@pytest.fixture(scope="module")
+def int8_scorers(world):
+    return {name: imagereward.load(name, checkpoint=world["folders"][name], device="cpu", int8=world["int8"][name])
+            for name in INT8_DOORS}
+
+
+@pytest.mark.parametrize("name", INT8_DOORS)
+def test_int8_through_the_command_line_and_the_server(world, int8_scorers, name, capsys, tmp_path):
+    from imagereward.client import RewardClient
+
+    scorer = int8_scorers[name]
+    prompts, paths = _pairs(world["images"])
+    expected = scorer.score_batch(prompts, paths)
+    float_scores = imagereward.load(name, checkpoint=world["folders"][name], device="cpu").score_batch(prompts, paths)
+    assert np.abs(np.asarray(expected) - np.asarray(float_scores)).max() > 1e-4, f"{name}: int8 did not run"
+    common = ["--model", name, "--checkpoint", world["folders"][name], "--int8", world["int8"][name]]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "image": i}) + "\n" for p, i in zip(prompts, paths)))
+    code, _, err = run_cli(capsys, "score", *common, "--input", pairs, "--output", tmp_path / "s.jsonl", "-q")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    _close([r["reward"] for r in rows], expected, SAME_SHAPE, f"{name}: imagereward score --int8 --input")
+    code, out, err = run_cli(capsys, "rank", *common, "-p", PROMPTS[0], *paths, "--json")
+    assert code == 0, err
+    by_image = {r["image"]: r["reward"] for r in json.loads(out)}
+    _close([by_image[p] for p in paths], scorer.rank(PROMPTS[0], paths).rewards, SAME_SHAPE,
+           f"{name}: imagereward rank --int8")
+
+    with RewardClient(world["url"]) as client:
+        _close(client.score(prompts, paths, model=f"{name}-int8"), expected, SAME_SHAPE, f"{name}: int8 server")
+    ready = httpx.get(world["url"] + "/readyz", timeout=10).json()["models"]
+    assert ready[f"{name}-int8"]["int8"] and not ready[name]["int8"]
+
+
+def test_int8_score_dataset(world, int8_scorers, capsys, tmp_path):
+    import pyarrow.parquet as pq
+
+    prompts, paths = _pairs(world["images"])
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps({"id": str(i), "prompt": p, "image": img}) + "\n"
+                                for i, (p, img) in enumerate(zip(prompts, paths))))
+    files = [a for name in INT8_DOORS for a in ("--checkpoint", f"{name}={world['folders'][name]}",
+                                                 "--int8", world["int8"][name])]
+    code, _, err = run_cli(capsys, "score-dataset", manifest, "--output", tmp_path / "out",
+                           "--models", ",".join(INT8_DOORS), *files, "--no-progress")
+    assert code == 0, err
+    table = pq.read_table(tmp_path / "out").to_pandas().sort_values("id", key=lambda c: c.astype(int))
+    for name, scorer in int8_scorers.items():
+        _close(table[name].tolist(), scorer.score_batch(prompts, paths), SAME_SHAPE,
+               f"{name}: score-dataset --int8 against score_batch")

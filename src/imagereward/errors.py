@@ -50,6 +50,10 @@ class StatsFileError(ImageRewardError, ValueError):
     """A reward statistics file (``imagereward reward-stats``) that is missing or malformed."""
 
 
+class CalibrationError(ImageRewardError, ValueError):
+    """An int8 calibration file that is missing, malformed, or made for other weights."""
+
+
 class OptionsError(ImageRewardError, ValueError):
     """Options that do not fit together, or not with the run already in the output folder."""
 

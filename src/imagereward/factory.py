@@ -288,6 +288,7 @@ def load(
     num_workers: Optional[int] = None,
     limits: ImageLimits = DEFAULT_LIMITS,
     compile: bool = False,
+    int8: Optional[str] = None,
 ) -> "RewardScorer":
     """Load any scorer in eval mode on ``device``.
 
@@ -306,11 +307,17 @@ def load(
     on a GPU for scorers registered with a GPU precision (HPSv3: bfloat16). ``vocab_file`` / ``bpe_file``
     replace the bundled tokenizer files. ``batch_size``, ``num_workers`` (decoding
     threads) and ``limits`` (accepted images) set the engine. ``compile=True`` runs the
-    encoders through ``torch.compile``.
+    encoders through ``torch.compile``. ``int8`` (a calibration file written by
+    ``imagereward calibrate``; the device then defaults to the CPU) runs the linear layers on int8 matrix units: faster
+    on CPUs with AMX, and approximate (see :mod:`imagereward.int8`).
     """
     from .scoring.scorer import RewardScorer
 
-    target_device, target_dtype = resolve_device(device), resolve_dtype(dtype)
+    target_device = resolve_device("cpu" if device is None and int8 is not None else device)
+    target_dtype = resolve_dtype(dtype)
+    if int8 is not None and (compile or target_device.type != "cpu"):
+        raise ValueError("int8 scoring runs eagerly on the CPU: it goes with neither compile=True "
+                         f"nor device {str(target_device)!r}")
     resolved = _resolve_with(name, download_root, med_config, config, checkpoint, files, preprocess)
     if dtype is None and target_device.type == "cuda" and resolved.entry.gpu_dtype is not None:
         target_dtype = resolve_dtype(resolved.entry.gpu_dtype)
@@ -328,6 +335,10 @@ def load(
     scorer.place(target_device, target_dtype)
     if compile:
         scorer.compile_encoders()
+    if int8 is not None:
+        from .int8 import quantize_int8
+
+        quantize_int8(scorer, int8)
     logger.info("checkpoint loaded")
     return scorer
 

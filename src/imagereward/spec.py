@@ -22,7 +22,7 @@ from .registry import find_entry, get_entry, sharing_roles
 # load() keywords a spec may carry in ``options`` (``config`` is a config dataclass): those
 # that decide what is built from the files, and those of the engine around it.
 BUILD_OPTIONS = ("download_root", "vocab_file", "bpe_file", "config", "med_config")
-ENGINE_OPTIONS = ("batch_size", "num_workers", "compile")
+ENGINE_OPTIONS = ("batch_size", "num_workers", "compile", "int8")
 LOAD_OPTIONS = BUILD_OPTIONS + ENGINE_OPTIONS
 
 

@@ -45,6 +45,7 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     ("download", "imagereward.cli.download", "fetch models' files ahead of time, for offline use"),
     ("score-dataset", "imagereward.cli.score_dataset", "score a whole data set on Ray Data (local or a cluster), restartable"),
     ("serve", "imagereward.cli.serve", "reward server for RL trainers: one or several models (Ray Serve)"),
+    ("calibrate", "imagereward.cli.calibrate", "calibrate a model for int8 scoring on the CPU (--int8)"),
     ("reward-stats", "imagereward.cli.reward_stats", "each model's score mean and std over your pairs, for z-scores"),
 )
 

@@ -48,7 +48,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def exit_code_for(error: BaseException) -> int:
     """The documented exit code of an error that reached the command line."""
     from ..errors import (
-        CheckpointError, DataError, DeviceError, InputError, JobFileError, OptionsError,
+        CalibrationError, CheckpointError, DataError, DeviceError, InputError, JobFileError, OptionsError,
         StatsFileError, TokenizerFileError, UnknownModelError,
     )
 
@@ -56,7 +56,7 @@ def exit_code_for(error: BaseException) -> int:
         return error.code
     if isinstance(error, (UnknownModelError, OptionsError)):
         return EXIT_USAGE
-    if isinstance(error, (InputError, CheckpointError, TokenizerFileError, DeviceError, DataError,
+    if isinstance(error, (InputError, CalibrationError, CheckpointError, TokenizerFileError, DeviceError, DataError,
                           JobFileError, StatsFileError, FileNotFoundError, IsADirectoryError)):
         return EXIT_INPUT
     return EXIT_FAILURE
@@ -194,8 +194,47 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint_help: str) -> 
         help="torch.compile the encoders: a minute or more of compiling first, then faster "
         "on GPUs (worth it for long jobs; on CPUs the gain is a few percent)",
     )
+    add_int8_option(group)
     add_download_options(group)
     return group
+
+
+def add_int8_option(group: Any) -> None:
+    """``--int8 CALIBRATION`` (repeatable: one file per model, each names its model)."""
+    group.add_argument(
+        "--int8", metavar="CALIBRATION", action="append", default=[],
+        help="run the model's linear layers in int8 on the CPU, with this calibration of its "
+        "weights (written by imagereward calibrate): faster on CPUs with AMX, and approximate "
+        "(rewards move more than in bf16); repeat for several models",
+    )
+
+
+def int8_calibrations(args: argparse.Namespace, models: List[str],
+                      parser: argparse.ArgumentParser) -> Dict[str, str]:
+    """The ``--int8`` calibration file of each model that has one, by the model each file
+    names. An unreadable file exits 3 naming it; one for a model not run, or two for
+    one model, are usage errors."""
+    from ..int8_calibration import Int8Calibration
+
+    found: Dict[str, str] = {}
+    for path in getattr(args, "int8", None) or []:
+        model = Int8Calibration.load(path).model
+        if model not in models:
+            parser.error(f"--int8 {path} is a calibration of {model}, which is not among the models "
+                         f"run here ({', '.join(models)})")
+        if model in found:
+            parser.error(f"--int8 given twice for {model}: {found[model]} and {path}")
+        found[model] = path
+    if found and getattr(args, "compile", False):
+        parser.error("--int8 and --compile do not go together (int8 layers run eagerly)")
+    if found and str(getattr(args, "device", None) or "cpu").split(":")[0] != "cpu":
+        parser.error(f"--int8 runs on the CPU, not --device {args.device}")
+    for option in ("gpus_per_actor", "gpus_per_replica"):
+        if found and getattr(args, option, None):
+            parser.error(f"--int8 runs on CPUs, not with --{option.replace('_', '-')} {getattr(args, option)}")
+    if found and getattr(args, "dtype", None) == "fp16":
+        parser.error("--int8 goes with --dtype bf16 (fastest) or fp32, not fp16")
+    return found
 
 
 def add_threads_option(group: Any) -> None:
@@ -249,7 +288,8 @@ def model_files(args: argparse.Namespace, models: List[str], parser: argparse.Ar
 
     A bare PATH is ``default_model``'s weights (or the only model's). Usage errors (a
     file given twice, for a model not run, or a role it does not read) exit through
-    ``parser.error``.
+    ``parser.error``. The ``--int8`` calibrations are checked here too
+    (:func:`int8_calibrations`) and kept as ``args.int8_files`` for :func:`model_spec`.
     """
     from ..spec import parse_file_option, resolve_files, roles_of
 
@@ -279,6 +319,7 @@ def model_files(args: argparse.Namespace, models: List[str], parser: argparse.Ar
         if model not in models and model not in lenders:
             parser.error(f"--checkpoint is for {model}, which is not among the models run here "
                          f"({', '.join(models)})")
+    args.int8_files = int8_calibrations(args, models, parser)
     return resolve_files(models, given)
 
 
@@ -291,8 +332,13 @@ def model_spec(args: argparse.Namespace, name: str, files: Dict[str, str]) -> An
         value = getattr(args, option, None)
         if value:
             options[option] = value
+    device = getattr(args, "device", None)
+    calibration = getattr(args, "int8_files", {}).get(name)
+    if calibration is not None:
+        options["int8"] = calibration
+        device = device or "cpu"
     dtype = getattr(args, "dtype", "fp32")
-    return ModelSpec(name, files, device=getattr(args, "device", None),
+    return ModelSpec(name, files, device=device,
                      dtype=None if dtype == "fp32" else dtype, options=options)
 
 

@@ -17,6 +17,7 @@ from .common import (
     HelpFormatter,
     add_download_options,
     add_dtype_option,
+    add_int8_option,
     add_file_options,
     add_general_options,
     apply_offline,
@@ -98,6 +99,7 @@ def register(subparsers: Any) -> None:
     add_file_options(model, "local files of the models (a bare PATH is the only model's "
                      "weights); they must exist on every node")
     add_dtype_option(model)
+    add_int8_option(model)
     model.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="images per forward pass and per stage call (default: %(default)s)")
     add_download_options(model)

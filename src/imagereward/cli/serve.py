@@ -23,6 +23,7 @@ from .common import (
     check_spec_files,
     add_download_options,
     add_dtype_option,
+    add_int8_option,
     add_file_options,
     add_general_options,
     model_files,
@@ -67,6 +68,7 @@ def register(subparsers: Any) -> None:
                         "the first answers /score, /rank and /score_matrix unless a request names another")
     add_file_options(model, "local files instead of downloading (a bare PATH is the only model's weights)")
     add_dtype_option(model, default=None)
+    add_int8_option(model)
     add_download_options(model)
     model.add_argument("--stats", metavar="FILE",
                        help="reward statistics (imagereward reward-stats) for z-scores on /rewards")
@@ -216,6 +218,8 @@ def settings_from_args(args: argparse.Namespace, cpus: Optional[float] = None) -
         update: Dict[str, Any] = {}
         if given.get(entry.model):
             update["files"] = {**entry.files, **given[entry.model]}
+        if entry.model in args.int8_files:
+            update["int8"] = args.int8_files[entry.model]
         if share is not None and "cpus_per_replica" not in entry.model_fields_set:
             update["cpus_per_replica"] = share
         entries.append(entry.model_copy(update=update).model_dump())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +44,34 @@ def _is_compiling() -> bool:
 _PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
 
 
+# An int8 plan (or a calibration observer) a module carries outside its state dict:
+# see :mod:`imagereward.int8`. It runs that module's linear layer in inference.
+INT8_HOOK = "_int8_hook"
+
+
+def runs_int8(module: nn.Module) -> bool:
+    """Whether ``module``'s linear layer has an int8 plan (or is being calibrated for one)."""
+    return INT8_HOOK in module.__dict__
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
            owner: nn.Module, *, gelu: bool = False,
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear``, then GELU (the exact erf form) if ``gelu``, then ``+ residual`` if given.
+
+    A module quantised with :func:`imagereward.int8.quantize_int8` runs it on int8
+    matrix units in inference (no gradients); see :func:`float_linear` for the rest.
+    """
+    hook = owner.__dict__.get(INT8_HOOK)
+    if hook is not None and not torch.is_grad_enabled() and not _is_compiling():
+        return hook(owner, x, weight, bias, gelu=gelu, residual=residual)
+    return float_linear(x, weight, bias, owner, gelu=gelu, residual=residual)
+
+
+def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 owner: nn.Module, *, gelu: bool = False,
+                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`linear` in the weights' own floating precision.
 
     CPU inference runs on oneDNN, bfloat16 with a packed weight. PyTorch runs float32
     linear layers on CPU through MKL, which on non-Intel CPUs (AMD EPYC) picks slower
@@ -78,7 +102,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
             if cpu_has_amx():
                 if gelu and residual is None:
                     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
-                if residual is not None and not gelu and _can_add(residual, x, weight):
+                if residual is not None and not gelu and can_add(residual, x.shape[:-1], weight.shape[0], x.dtype):
                     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
         out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     else:
@@ -88,13 +112,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return out if residual is None else out + residual
 
 
-def _can_add(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """oneDNN's binary post-op takes an operand of the output's own shape and dtype."""
-    return (
-        residual.dtype == x.dtype
-        and residual.shape == (*x.shape[:-1], weight.shape[0])
-        and residual.is_contiguous()
-    )
+def can_add(residual: torch.Tensor, rows: Tuple[int, ...], features: int, dtype: torch.dtype) -> bool:
+    """Whether oneDNN's binary post-op takes ``residual``: the product's own output shape
+    (leading dimensions ``rows``, ``features`` columns) and ``dtype``, contiguous."""
+    return residual.dtype == dtype and residual.shape == (*rows, features) and residual.is_contiguous()
 
 
 _PACKED = "_packed_weight"
@@ -112,11 +133,12 @@ def _packed(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
 
 
 class PackedWeightCache:
-    """Mixin for modules that call :func:`linear`: copies and pickles leave the cache."""
+    """Mixin for modules that call :func:`linear`: copies and pickles leave the cache
+    (and any int8 plan)."""
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()  # type: ignore[misc]
-        return {k: v for k, v in state.items() if k != _PACKED}
+        return {k: v for k, v in state.items() if k not in (_PACKED, INT8_HOOK)}
 
 
 class Linear(PackedWeightCache, nn.Linear):

@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..config import TextConfig
-from .layers import Linear, attention, merge_heads, split_heads
+from .layers import Linear, attention, merge_heads, runs_int8, split_heads
 
 # BLIP's additive padding mask value (kept instead of dtype-min for exactness).
 MASK_VALUE = -10000.0
@@ -140,7 +140,9 @@ class BertAttention(nn.Module):
     def cross(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Attention to unmasked ``context``, folded where that is cheaper (inference only)."""
         attend = self.self
-        if not self.training and attend.fold_pays(x.shape[1], context):
+        # int8 projects keys and values whatever the shapes (folding would run them in
+        # float for some prompts and not others: rewards would depend on the batch).
+        if not self.training and not runs_int8(attend.key) and attend.fold_pays(x.shape[1], context):
             return self.output(attend.attend_folded(x, context), x)
         return self(x, context, None)
 

@@ -75,6 +75,8 @@ class RewardScorer(nn.Module):
         self.batch_size = batch_size
         self.num_workers = default_decode_workers() if num_workers is None else num_workers
         self.limits = limits
+        # Set by imagereward.int8.quantize_int8: the calibration its int8 layers run with.
+        self.int8_calibration: Optional[Any] = None
         self._compute_dtype = self._encoder_dtype() or torch.float32
 
     network: RewardNetwork
@@ -89,7 +91,8 @@ class RewardScorer(nn.Module):
             return getattr(network, name)
 
     def __repr__(self) -> str:
-        return f"RewardScorer({self.name!r}, {type(self.network).__name__}, dtype={self.compute_dtype})"
+        int8 = "" if self.int8_calibration is None else ", int8"
+        return f"RewardScorer({self.name!r}, {type(self.network).__name__}, dtype={self.compute_dtype}{int8})"
 
     # -- placement ----------------------------------------------------------------------
     @property

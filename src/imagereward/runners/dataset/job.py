@@ -88,7 +88,7 @@ class DatasetJob:
     already, or ``address`` (``"auto"``, ``"ray://head:10001"``) or ``RAY_ADDRESS`` names a
     cluster; it is not started when nothing is left to do.
     ``actors`` scoring actors run at once, each with ``gpus_per_actor`` GPUs (0: on CPUs;
-    default: 1 when the cluster has GPUs) and ``cpus_per_actor`` logical CPUs; ``threads_per_actor`` sets torch's threads in
+    default: 1 when the cluster has GPUs and no model runs in int8) and ``cpus_per_actor`` logical CPUs; ``threads_per_actor`` sets torch's threads in
     each (default: see :meth:`actor_threads`). ``batch_size`` rows go through a
     model at once and through each stage per call. ``fragment_rows`` is the size of the
     restartable pieces of manifests and parquet files (tar shards are one piece each).
@@ -126,6 +126,10 @@ class DatasetJob:
         for name, value in (("cpus_per_actor", self.cpus_per_actor), ("decode_cpus", self.decode_cpus)):
             if value < 0:
                 raise ValueError(f"{name} must not be negative, got {value}")
+        int8 = [m.name for m in self.models if m.options.get("int8")]
+        if int8 and self.gpus_per_actor:
+            raise ValueError(f"{', '.join(int8)} run in int8 on CPUs: gpus_per_actor must be 0, "
+                             f"got {self.gpus_per_actor}")
 
     # -- the parts a caller may want on their own ----------------------------------------------
     def plan(self) -> InputPlan:
@@ -236,8 +240,9 @@ class DatasetJob:
             groups.append(distinct.index(config))
         resources = ray.cluster_resources()  # one question to the cluster for both
         gpus = self.gpus_per_actor
-        if gpus is None:
-            gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+        if gpus is None:  # int8 models run on CPUs
+            int8 = any(m.options.get("int8") for m in self.models)
+            gpus = 1.0 if resources.get("GPU", 0) > 0 and not int8 else 0.0
         manifests = {path: ray.put(table) for path, table in plan.manifests.items()
                      if any(f.path == path for f in pending)}
         block_rows = self.read_block_rows(pending, resources.get("CPU", 1.0))

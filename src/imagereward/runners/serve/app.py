@@ -101,7 +101,8 @@ def _check_pairs(prompts: Sequence[str], images: Sequence[Any]) -> None:
 def _status(route: ModelRoute) -> ModelStatus:
     info = route.info or {}
     return ModelStatus(ready=bool(route.ready), label=info.get("label"), device=info.get("device"),
-                       dtype=info.get("dtype"), detail=None if route.ready else route.detail)
+                       dtype=info.get("dtype"), int8=bool(info.get("int8")),
+                       detail=None if route.ready else route.detail)
 
 
 # The ingress's methods may use only what is defined above this line: Serve serialises the
@@ -383,8 +384,8 @@ def build_app(args: Union[ServeSettings, Dict[str, Any]]) -> Application:
     models = {}
     for entry in settings.models:
         gpus = entry.gpus_per_replica
-        if gpus is None:
-            gpus = 1.0 if has_gpus else 0.0
+        if gpus is None:  # int8 replicas run on CPUs
+            gpus = 1.0 if has_gpus and entry.int8 is None else 0.0
         models[entry.key] = ModelReplica.options(
             name=deployment_name(entry.key),
             num_replicas=entry.replicas,

@@ -43,7 +43,8 @@ class ModelReplica:
         self.settings = ModelSettings.model_validate(settings)
         torch.set_num_threads(self.settings.threads)  # the replica's CPU share, not the machine
         keep_freed_memory()  # the replica's process is the server's own; set before the model loads
-        self.scorer = self.settings.spec("cuda" if torch.cuda.is_available() else "cpu").load()
+        on_gpu = torch.cuda.is_available() and self.settings.int8 is None  # int8 runs on CPUs
+        self.scorer = self.settings.spec("cuda" if on_gpu else "cpu").load()
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagereward-model")
         self.gate = AdmissionGate(self.settings.max_queue_pairs)
         replica = str(serve.get_replica_context().replica_id.unique_id)
@@ -59,6 +60,7 @@ class ModelReplica:
             "preprocess": self.scorer.preprocess.config,
             "device": str(self.scorer.device),
             "dtype": str(self.scorer.compute_dtype).replace("torch.", ""),
+            "int8": self.scorer.int8_calibration is not None,
         }
 
     async def score(self, prompts: List[str], pixels: torch.Tensor) -> Answer:

@@ -106,6 +106,7 @@ class ModelStatus(BaseModel):
     label: Optional[str] = None
     device: Optional[str] = None
     dtype: Optional[str] = None
+    int8: bool = Field(default=False, description="its linear layers run in int8 (approximate)")
     detail: Optional[str] = Field(default=None, description="why the model is not ready")
 
 

@@ -28,7 +28,7 @@ from ...cpu_share import threads_for
 
 # Fields of one model's deployment; at the top level of ServeSettings they are defaults.
 MODEL_FIELDS = (
-    "model", "files", "download_root", "dtype", "replicas", "gpus_per_replica", "cpus_per_replica",
+    "model", "files", "download_root", "dtype", "int8", "replicas", "gpus_per_replica", "cpus_per_replica",
     "max_batch_size", "batch_wait_ms", "max_queue_pairs",
 )
 FILE_ALIASES = (("checkpoint", "weights"), ("clip_checkpoint", "clip"))
@@ -61,6 +61,10 @@ class ModelSettings(BaseModel):
     )
     download_root: Optional[str] = None
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    int8: Optional[str] = Field(
+        None, description="int8 calibration file (imagereward calibrate): the replicas run the linear "
+        "layers in int8 on CPUs (approximate)"
+    )
 
     replicas: int = Field(1, ge=1)
     gpus_per_replica: Optional[float] = Field(
@@ -90,6 +94,15 @@ class ModelSettings(BaseModel):
             raise ValueError(f"unknown model {value!r}; choose from {', '.join(available_models())}")
         return entry.name
 
+    @model_validator(mode="after")
+    def _int8_on_cpus(self) -> "ModelSettings":
+        if self.int8 is not None:
+            if self.gpus_per_replica:
+                raise ValueError(f"{self.model} runs in int8 on CPUs: gpus_per_replica must be 0")
+            if self.dtype == "fp16":
+                raise ValueError(f"{self.model}: int8 goes with dtype bf16 or fp32, not fp16")
+        return self
+
     @property
     def key(self) -> str:
         """The model's name in requests and responses."""
@@ -118,6 +131,8 @@ class ModelSettings(BaseModel):
         options = {"batch_size": self.max_batch_size, "num_workers": 0}
         if self.download_root:
             options["download_root"] = self.download_root
+        if self.int8 is not None:
+            options["int8"] = self.int8
         dtype = None if self.dtype == "fp32" else self.dtype
         return ModelSpec(self.model, self.files, device=device, dtype=dtype, options=options)
 
@@ -167,8 +182,9 @@ class ServeSettings(BaseModel):
             models = [name.strip() for name in models.split(",") if name.strip()]
         if not isinstance(models, list):
             raise ValueError("models must be a list or a comma-separated string of model names")
-        if "files" in defaults and len(models) > 1:
-            raise ValueError("with several models, give each model's files in its own entry of models")
+        for per_model in ("files", "int8"):
+            if per_model in defaults and len(models) > 1:
+                raise ValueError(f"with several models, give each model's {per_model} in its own entry of models")
         entries = []
         for entry in models:
             if isinstance(entry, ModelSettings):
