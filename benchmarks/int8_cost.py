@@ -1,4 +1,4 @@
-"""Would int8 linear layers (AMX int8 / VNNI) pay for scoring on this CPU? Measured, not shipped.
+"""What int8 scoring (``load(int8=...)``, ``--int8``) costs and gains on this CPU.
 
     flock /tmp/imagereward-cpu.lock python benchmarks/int8_cost.py [--checkpoint .bench/speed/ImageReward.pt]
 
@@ -8,17 +8,20 @@ One process, 2 threads (``--threads``), full-size random ImageReward (the checkp
 1. The four linear layers of a ViT-L block on 8 x 197 tokens: bf16 on a packed weight
    (what ``load(dtype="bf16")`` runs), oneDNN's int8 product alone (``onednn::qlinear_pointwise``
    on a prepacked per-channel int8 weight, the activation already quantised), and the same
-   with the activation quantised per call (per-tensor, asymmetric uint8: what a dynamic
-   scheme must pay), in GFLOP/s.
-2. The whole model on 8 tensors of 224 px: bf16 against the same model whose linear layers
-   run that dynamic int8 scheme (bf16 in and out, GELU fused), alternating calls, best
-   wall time; each one's reward error against fp32 and the share of image pairs ordered
-   as fp32 over ``--images`` random images.
+   with the activation's range found and quantised per call (per-tensor, asymmetric uint8:
+   what a dynamic scheme must pay, and why the product's scheme is static), in GFLOP/s.
+2. The product's int8: calibrated (``imagereward.int8.calibrate``) on ``--calibration-pairs``
+   synthetic images with the odd prompts, on the bf16 and on the fp32 model; then every
+   variant (fp32, bf16, int8 on bf16, int8 on fp32) scores the parity set of
+   ``fixtures.py`` (the four example images and ten odd ones, every odd prompt) with
+   ``score_matrix``: mean and max |reward - fp32|, relative to the fp32 rewards' spread,
+   and the share of image pairs each prompt orders as fp32. Then model time on 16
+   tensors of 224 px, variants alternating, best of ``--rounds``.
 3. If ``torchao`` is importable: its ``Int8DynamicActivationInt8WeightConfig`` on the image
    encoder under ``torch.compile`` (inductor, freezing), against the bf16 encoder.
 
-The product does not offer int8 (see docs/performance.md for why); this script is the
-record of the measurement, and the starting point for a static scheme.
+Random weights are harsh on reduced precision (their features differ little between
+images); the figures bound the cost, they do not predict it for trained weights.
 """
 
 from __future__ import annotations

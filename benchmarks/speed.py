@@ -137,13 +137,19 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     base.update(threads=args.threads, batch_size=args.batch_size, compile=args.compile)
     results: Dict[str, Any] = {"machine": machine(args.threads), "workloads": {}}
     dtypes = args.dtypes.split(",")
-    slow = [d for d in dtypes if not args.force_half and not cpu_has_fast(resolve_dtype(d))]
+    # "int8": ours with int8 linear layers on the bf16 model, calibrated on the batch images.
+    slow = [d for d in dtypes if d != "int8" and not args.force_half and not cpu_has_fast(resolve_dtype(d))]
     if slow:
         print(f"[speed] skipping {slow}: this CPU has no native support for them "
               "(use --force-half to time them anyway)", flush=True)
         results["skipped"] = {d: "no native CPU support" for d in slow}
     fast = [d for d in dtypes if d not in slow]
     count_images = batch_images(workdir, args.batch_images)
+    if "int8" in fast:
+        base["int8_calibration"] = str(workdir / "int8-calibration.json")
+        reply = run_side("ours", "calibrate", dict(base, prompt=PROMPTS[0], images=count_images,
+                                                  output=base["int8_calibration"]), workdir)
+        print(f"[speed] int8 calibration: {reply['layers']} layers on {reply['pairs']} pairs", flush=True)
     workloads = {
         "rank": ("rank", {"prompt": PROMPTS[0], "images": rank_images, "repeats": args.repeats}),
         "eval": ("eval", {"items": items}),
@@ -153,7 +159,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                 "repeats": args.repeats}),
     }
     variants = [("reference", "fp32")] * ("reference" in impls)
-    variants += [(impl, d) for impl in ("imscore", "ours") if impl in impls for d in fast]
+    variants += [(impl, d) for impl in ("imscore", "ours") if impl in impls for d in fast
+                 if impl == "ours" or d != "int8"]  # int8 is ours alone
     work = results["workloads"]
     peers = "imscore" in impls
     if peers:
@@ -181,7 +188,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         for round_index in range(1 if name == "eval" else args.rounds):
             if peers:
                 print(f"[speed] GEMM ceiling, round {round_index + 1}", flush=True)
-                reply = run_side("ours", "gemm", dict(base, dtypes=fast), workdir)
+                reply = run_side("ours", "gemm", dict(base, dtypes=[d for d in fast if d != "int8"]), workdir)
                 results["ceiling"] = best_ceiling(results.get("ceiling"), reply)
             for impl, dtype in variants:
                 if impl not in WORKLOAD_SIDES[name]:
@@ -219,14 +226,17 @@ def versus(results: Dict[str, Any], peer: str) -> List[Dict[str, Any]]:
     work, rows = results["workloads"], []
     flops = results.get("flops_per_pair", {})
     ceiling = results.get("ceiling", {}).get("ceiling", {})
+    # (our dtype, the peer's): our int8 layers are set against the peer's bf16.
+    pairs = (("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("int8", "bf16"))
     for name in ("batch", "tensors"):
-        for dtype in ("fp32", "bf16", "fp16"):
-            mine, theirs = work.get(f"ours-{dtype}", {}), work.get(f"{peer}-{dtype}", {})
+        for dtype, peer_dtype in pairs:
+            mine, theirs = work.get(f"ours-{dtype}", {}), work.get(f"{peer}-{peer_dtype}", {})
             if name not in mine or name not in theirs:
                 continue
             ours_rate = mine[name]["images_per_second"]
             peer_rate = theirs[name]["images_per_second"]
-            row = {"workload": name, "dtype": dtype, "ours_images_per_second": ours_rate,
+            label = dtype if dtype == peer_dtype else f"{dtype} (theirs {peer_dtype})"
+            row = {"workload": name, "dtype": label, "ours_images_per_second": ours_rate,
                    f"{peer}_images_per_second": peer_rate, "ratio": ours_rate / peer_rate}
             if mine[name].get("cpu_seconds") and theirs[name].get("cpu_seconds"):
                 row["cpu_time_ratio"] = min(theirs[name]["cpu_seconds"]) / min(mine[name]["cpu_seconds"])
@@ -386,7 +396,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=refenv.REPO / ".bench" / "speed")
     parser.add_argument("--tiny", action="store_true", help="our side only, on a tiny random model")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="our precisions to time")
+    parser.add_argument("--dtypes", default="fp32,bf16",
+                        help="our precisions to time; int8: int8 linear layers on the bf16 model")
     parser.add_argument("--force-half", action="store_true",
                         help="time bf16/fp16 even on a CPU without native support for them")
     parser.add_argument("--sides", default="reference,ours",

@@ -49,11 +49,14 @@ def _load(req: Dict[str, Any]):
     torch.set_num_threads(req["threads"])
     kwargs: Dict[str, Any] = {}
     if req["impl"] == "ours":
+        int8 = req.get("dtype") == "int8"  # int8 linear layers on the bf16 model
         kwargs = {
-            "dtype": req.get("dtype", "fp32"),
+            "dtype": "bf16" if int8 else req.get("dtype", "fp32"),
             "batch_size": req.get("batch_size", 16),
             "compile": req.get("compile", False),
         }
+        if int8:
+            kwargs["int8"] = req["int8_calibration"]
     if req.get("med_config"):
         kwargs["med_config"] = req["med_config"]
     start = time.perf_counter()
@@ -351,6 +354,16 @@ def gemm(req: Dict[str, Any]) -> Dict[str, Any]:
     return {"ceiling": out, "torch": torch.__version__, "threads": req["threads"]}
 
 
+def calibrate(req: Dict[str, Any]) -> Dict[str, Any]:
+    """Our int8 calibration of the checkpoint (bf16), on ``images`` with ``prompt``."""
+    from imagereward.int8 import calibrate as calibrate_int8
+
+    model, _ = _load(dict(req, dtype="bf16"))
+    calibration = calibrate_int8(model, [req["prompt"]] * len(req["images"]), req["images"])
+    calibration.save(req["output"])
+    return {"layers": len(calibration.ranges), "pairs": calibration.pairs}
+
+
 def versions(req: Dict[str, Any]) -> Dict[str, Any]:
     """This side's torch build and the CPU features it reports."""
     import torch
@@ -366,7 +379,8 @@ def versions(req: Dict[str, Any]) -> Dict[str, Any]:
 
 
 COMMANDS = {"load": load, "rank": rank, "eval": evaluate, "matrix": matrix, "model": model_alone,
-            "batch": batch, "tensors": tensors, "flops": flops, "gemm": gemm, "versions": versions}
+            "batch": batch, "tensors": tensors, "flops": flops, "gemm": gemm, "versions": versions,
+            "calibrate": calibrate}
 
 
 def main() -> None:

@@ -181,3 +181,41 @@ def test_cli_int8_file_errors(tiny_model, capsys, tmp_path):
     assert code == 2 and "give --input FILE, or --prompt" in err
     code, _, err = run_cli(capsys, "calibrate", "--checkpoint", tiny_model, "-p", "x", tmp_path / "no.png", "-o", other)
     assert code == 3 and "image not found" in err
+
+
+def test_refl_refuses_an_int8_reward_model(checkpoint, config, calibration_file):
+    from imagereward.refl.reward import Reward
+
+    with pytest.raises(ValueError, match="runs in int8, which has no gradients"):
+        Reward([("ImageReward-v1.0", _load(checkpoint, config, int8=str(calibration_file)), 1.0)])
+
+
+def test_runners_keep_int8_models_on_cpus(calibration_file):
+    """int8 replicas and actors default to no GPU, and refuse one given; fp16 is refused."""
+    pytest.importorskip("ray.serve")
+    from pydantic import ValidationError
+
+    from imagereward.runners.dataset import DatasetJob
+    from imagereward.runners.serve import ServeSettings
+    from imagereward.spec import ModelSpec
+
+    settings = ServeSettings.model_validate({"model": "ImageReward-v1.0", "int8": str(calibration_file)})
+    assert settings.models[0].spec("cpu").options["int8"] == str(calibration_file)
+    for bad, message in [({"gpus_per_replica": 1}, "gpus_per_replica must be 0"),
+                         ({"dtype": "fp16"}, "not fp16")]:
+        with pytest.raises(ValidationError, match=message):
+            ServeSettings.model_validate({"model": "ImageReward-v1.0", "int8": str(calibration_file), **bad})
+    with pytest.raises(ValidationError, match="give each model's int8 in its own entry"):
+        ServeSettings.model_validate({"models": "ImageReward-v1.0,CLIP", "int8": str(calibration_file)})
+
+    spec = ModelSpec("ImageReward-v1.0", options={"int8": str(calibration_file)})
+    with pytest.raises(ValueError, match="gpus_per_actor must be 0"):
+        DatasetJob(input="in.jsonl", output="out", models=[spec], gpus_per_actor=1.0)
+
+
+@pytest.mark.parametrize("command, extra", [("score-dataset", ["--gpus-per-actor", "1"]),
+                                            ("serve", ["--gpus-per-replica", "1"])])
+def test_cli_runners_refuse_int8_on_gpus(tiny_model, calibration_file, capsys, tmp_path, command, extra):
+    target = [tmp_path / "in.jsonl", "--output", tmp_path / "out"] if command == "score-dataset" else []
+    code, _, err = run_cli(capsys, command, *target, "--checkpoint", tiny_model, "--int8", calibration_file, *extra)
+    assert code == 2 and "--int8 runs on CPUs" in err, err

@@ -246,6 +246,8 @@ def quantize_int8(scorer: Any, calibration: "Int8Calibration | str") -> None:
     missing = sorted(set(calibration.ranges) - set(modules))
     if missing:
         raise CalibrationError(f"the int8 calibration names layers {scorer.name} does not have: {missing[:3]}")
+    for module in modules.values():  # a second calibration replaces the first one whole
+        module.__dict__.pop(INT8_HOOK, None)
     for name, bounds in calibration.ranges.items():
         consumer = calibration.fused.get(name)
         output = None if consumer is None else calibration.ranges[consumer]

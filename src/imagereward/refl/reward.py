@@ -65,6 +65,10 @@ class Reward:
     """Weighted sum of differentiable scorers: ``(pixels in [0, 1], prompts) -> [B]`` float32."""
 
     def __init__(self, models: Sequence[Tuple[str, Any, float]]) -> None:
+        int8 = [name for name, model, _ in models if getattr(model, "int8_calibration", None) is not None]
+        if int8:  # its layers would run in float under gradients: other numbers than it scores
+            raise ValueError(f"{', '.join(int8)} runs in int8, which has no gradients: "
+                             "give ReFL the float model")
         self.models = list(models)
 
     @classmethod
