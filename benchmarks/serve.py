@@ -98,7 +98,7 @@ def machine(threads: int) -> Dict[str, Any]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
                 flags = " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
                 break
     except OSError:

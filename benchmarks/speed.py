@@ -279,7 +279,7 @@ def merge_rounds(earlier: Optional[Dict[str, Any]], reply: Dict[str, Any]) -> Di
 
 
 # CPU features that decide which matrix-product kernels run.
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def machine(threads: int) -> Dict[str, Any]:
