@@ -69,11 +69,14 @@ def test_int8_layers_run_and_hand_gelu_outputs_on_as_uint8(checkpoint, config, c
     monkeypatch.setattr(Int8Linear, "__call__", counting)
     model.score_batch(PROMPTS, IMAGES)
     assert len(calls) == 28 and sum(handed_on) == 4
-    with torch.enable_grad():  # with gradients the layers run in float
-        calls.clear()
-        pixels = torch.rand(1, 3, 32, 32, requires_grad=True)
-        model.network.encode_images(pixels).sum().backward()
-        assert not calls and pixels.grad is not None
+    # score_tensors keeps autograd on (ReFL's entry point): int8 still runs, the same numbers
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.score_tensors(pixels, PROMPTS[:2])
+    calls.clear()
+    assert torch.equal(model.score_tensors(pixels, PROMPTS[:2]), expected) and len(calls) == 28
+    with pytest.raises(RuntimeError, match="int8 layers have no gradients"):
+        model.score_tensors(pixels.requires_grad_(True), PROMPTS[:2])
 
 
 def test_a_pairs_int8_reward_does_not_depend_on_its_batch(checkpoint, config, calibration_file):

@@ -116,6 +116,9 @@ class Int8Linear:
 
     def __call__(self, owner: nn.Module, x: Any, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
                  gelu: bool = False, residual: Optional[torch.Tensor] = None) -> Any:
+        if torch.is_grad_enabled() and (weight.requires_grad or getattr(x, "requires_grad", False)):
+            raise RuntimeError("int8 layers have no gradients: differentiate the float model "
+                               "(loaded without int8)")
         scale, zero_point = self.input
         if isinstance(x, QuantizedActivation):
             codes, rows, dtype = x.codes, x.rows, x.dtype
@@ -231,9 +234,10 @@ def calibrate(scorer: Any, prompts: Sequence[str], images: Sequence[Any]) -> Int
 
 
 def quantize_int8(scorer: Any, calibration: "Int8Calibration | str") -> None:
-    """Run ``scorer``'s calibrated linear layers in int8 from now on (inference only:
-    with gradients they run in float). ``calibration`` is an :class:`Int8Calibration`
-    or the path of one saved by :meth:`Int8Calibration.save`."""
+    """Run ``scorer``'s calibrated linear layers in int8 from now on, in every call
+    (inference only: its parameters stop requiring gradients, and a call that needs
+    them raises). ``calibration`` is an :class:`Int8Calibration` or the path of one
+    saved by :meth:`Int8Calibration.save`."""
     if isinstance(calibration, (str, os.PathLike)):
         calibration = Int8Calibration.load(os.fspath(calibration))
     _check_engine(scorer)
@@ -252,6 +256,7 @@ def quantize_int8(scorer: Any, calibration: "Int8Calibration | str") -> None:
         consumer = calibration.fused.get(name)
         output = None if consumer is None else calibration.ranges[consumer]
         modules[name].__dict__[INT8_HOOK] = Int8Linear(bounds, output)
+    scorer.requires_grad_(False)
     scorer.int8_calibration = calibration
 
 

@@ -60,10 +60,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     """``F.linear``, then GELU (the exact erf form) if ``gelu``, then ``+ residual`` if given.
 
     A module quantised with :func:`imagereward.int8.quantize_int8` runs it on int8
-    matrix units in inference (no gradients); see :func:`float_linear` for the rest.
+    matrix units (which have no gradients); see :func:`float_linear` for the rest.
     """
     hook = owner.__dict__.get(INT8_HOOK)
-    if hook is not None and not torch.is_grad_enabled() and not _is_compiling():
+    if hook is not None and not _is_compiling():
         return hook(owner, x, weight, bias, gelu=gelu, residual=residual)
     return float_linear(x, weight, bias, owner, gelu=gelu, residual=residual)
 
