@@ -1,12 +1,13 @@
-"""What bf16 and fp16 cost in accuracy, per scorer, against fp32, on the fixture images.
+"""What bf16, fp16 and int8 cost in accuracy, per scorer, against fp32, on the fixture images.
 
-    flock /tmp/imagereward-cpu.lock python benchmarks/dtype_cost.py [--scorers all] [--dtypes bf16,fp16]
+    flock /tmp/imagereward-cpu.lock python benchmarks/dtype_cost.py [--scorers all] [--dtypes bf16,fp16,int8]
 
 Each registered scorer is written with full-size random weights in its original file
 format (ImageReward's BLIP ViT-L/16 + BERT, BLIP-large, OpenAI's ViT-L/14 for CLIP and
 Aesthetic, OpenCLIP's ViT-H/14 for PickScore and HPSv2/HPSv2.1), loaded in fp32 and in
 each half precision (encoders in that dtype, heads in fp32: what ``load(dtype=...)``
-and ``serve --dtype`` do), and scores the parity set of ``fixtures.py`` (the four
+and ``serve --dtype`` do; int8: ``--int8`` on the bf16 model, calibrated on 32 other
+synthetic images), and scores the parity set of ``fixtures.py`` (the four
 example images and ten odd ones, every odd prompt) with ``score_matrix``. Reported per
 scorer and dtype: max and mean |half - fp32|, the fp32 scores' spread (std), the
 error relative to that spread, the share of image pairs each prompt orders the same,
@@ -36,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from fixtures import PROMPTS, odd_images  # noqa: E402
+from fixtures import PROMPTS, calibration_pairs, odd_images  # noqa: E402
 from helpers import BERT_VOCAB, CLIP_BPE, random_state_dict  # noqa: E402
 from serve import machine  # noqa: E402
 
@@ -124,15 +125,20 @@ def order_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return same / total if total else 1.0
 
 
-def measure(name: str, files: Dict[str, str], images: List[str], dtypes: List[str], threads: int) -> Dict[str, Any]:
+def measure(name: str, files: Dict[str, str], images: List[str], dtypes: List[str], threads: int,
+            calibration: Tuple[List[str], List[str]]) -> Dict[str, Any]:
     import imagereward
 
     torch.set_num_threads(threads)
     results: Dict[str, Any] = {}
     reference = None
     for dtype in ["fp32", *dtypes]:
-        model = imagereward.load(name, files=files, device="cpu", dtype=None if dtype == "fp32" else dtype,
-                                 batch_size=8)
+        model = imagereward.load(name, files=files, device="cpu", batch_size=8,
+                                 dtype={"fp32": None, "int8": "bf16"}.get(dtype, dtype))
+        if dtype == "int8":  # int8 layers on the bf16 model, calibrated on other images
+            from imagereward.int8 import calibrate, quantize_int8
+
+            quantize_int8(model, calibrate(model, *calibration))
         model.score_matrix(PROMPTS[:1], images[:2])  # warm-up
         start = time.perf_counter()
         scores = model.score_matrix(PROMPTS, images).double().numpy()
@@ -158,7 +164,8 @@ def measure(name: str, files: Dict[str, str], images: List[str], dtypes: List[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scorers", default="all", help="comma list of registered scorers, or all")
-    parser.add_argument("--dtypes", default="bf16,fp16")
+    parser.add_argument("--dtypes", default="bf16,fp16", help="comma list of bf16, fp16 and int8 "
+                        "(int8 layers on the bf16 model, calibrated on 32 other synthetic images)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -173,6 +180,7 @@ def main() -> int:
         workdir = args.workdir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="imagereward-dtype-cost-")))
         images = odd_images(workdir / "images")
+        calibration = calibration_pairs(workdir / "calibration", 32)
         report: Dict[str, Any] = {"machine": machine(args.threads), "images": len(images), "prompts": len(PROMPTS),
                                   "scorers": {}}
         for name in names:
@@ -180,7 +188,7 @@ def main() -> int:
             folder.mkdir(parents=True, exist_ok=True)
             files, _ = WRITERS[name](folder)
             gc.collect()
-            report["scorers"][name] = measure(name, files, images, dtypes, args.threads)
+            report["scorers"][name] = measure(name, files, images, dtypes, args.threads, calibration)
             print(json.dumps({name: report["scorers"][name]}), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2))
     return 0

@@ -1,10 +1,11 @@
-"""Inputs shared by the parity and speed tools: odd images, odd prompts, a med_config."""
+"""Inputs shared by the parity and speed tools: odd images, odd prompts, a med_config,
+and int8 calibration pairs apart from the odd images."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -86,3 +87,16 @@ def odd_images(workdir: Path) -> List[str]:
             image.save(path, quality=90) if name.endswith((".jpg", ".webp")) else image.save(path)
         paths.append(str(path))
     return paths
+
+
+def calibration_pairs(folder: Path, count: int) -> Tuple[List[str], List[str]]:
+    """``count`` synthetic images (seeds apart from :func:`odd_images`') with the odd
+    prompts: what the int8 benchmarks calibrate on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for seed in range(100, 100 + count):
+        path = folder / f"calibration-{seed}.png"
+        if not path.exists():
+            Image.fromarray(_gradient(320 + seed % 7 * 40, 400 - seed % 5 * 30, seed)).save(path)
+        images.append(str(path))
+    return [PROMPTS[i % len(PROMPTS)] for i in range(count)], images

@@ -43,9 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from fixtures import PROMPTS, odd_images  # noqa: E402
+from fixtures import PROMPTS, calibration_pairs, odd_images  # noqa: E402
 from helpers import BERT_VOCAB, random_state_dict  # noqa: E402
-from PIL import Image  # noqa: E402
 from serve import machine  # noqa: E402
 
 SHAPES = {"qkv": (1024, 3072), "proj": (1024, 1024), "fc1": (1024, 4096), "fc2": (4096, 1024)}
@@ -122,20 +121,6 @@ def pairs_ordered_alike(a: torch.Tensor, b: torch.Tensor) -> float:
     same = [bool((row_a[i] - row_a[j]) * (row_b[i] - row_b[j]) > 0)
             for row_a, row_b in zip(a, b) for i, j in itertools.combinations(range(a.shape[1]), 2)]
     return sum(same) / len(same)
-
-
-def calibration_pairs(folder: Path, count: int) -> tuple:
-    """``count`` synthetic images (seeds apart from the parity set's) with the odd prompts."""
-    from fixtures import _gradient
-
-    folder.mkdir(parents=True, exist_ok=True)
-    images = []
-    for seed in range(100, 100 + count):
-        path = folder / f"calibration-{seed}.png"
-        if not path.exists():
-            Image.fromarray(_gradient(320 + seed % 7 * 40, 400 - seed % 5 * 30, seed)).save(path)
-        images.append(str(path))
-    return [PROMPTS[i % len(PROMPTS)] for i in range(count)], images
 
 
 def whole_model(checkpoint: str, workdir: Path, calibration_count: int, rounds: int) -> Dict[str, Any]:

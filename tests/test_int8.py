@@ -222,3 +222,17 @@ def test_cli_runners_refuse_int8_on_gpus(tiny_model, calibration_file, capsys, t
     target = [tmp_path / "in.jsonl", "--output", tmp_path / "out"] if command == "score-dataset" else []
     code, _, err = run_cli(capsys, command, *target, "--checkpoint", tiny_model, "--int8", calibration_file, *extra)
     assert code == 2 and "--int8 runs on CPUs" in err, err
+
+
+def test_a_dataset_job_does_not_resume_with_another_calibration(calibration_file, tmp_path):
+    pytest.importorskip("ray.data")
+    from imagereward.runners.dataset import DatasetInputError, DatasetJob
+    from imagereward.spec import ModelSpec
+
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"id": "0", "prompt": "a dog", "image": IMAGES[0]}) + "\n")
+    out = tmp_path / "out"
+    DatasetJob(input=str(manifest), output=str(out), models=[ModelSpec("ImageReward-v1.0")]).open_ledger()
+    int8 = ModelSpec("ImageReward-v1.0", options={"int8": str(calibration_file)})
+    with pytest.raises(DatasetInputError, match="different job"):
+        DatasetJob(input=str(manifest), output=str(out), models=[int8]).open_ledger()
