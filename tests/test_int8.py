@@ -203,7 +203,9 @@ def test_runners_keep_int8_models_on_cpus(calibration_file):
     from imagereward.spec import ModelSpec
 
     settings = ServeSettings.model_validate({"model": "ImageReward-v1.0", "int8": str(calibration_file)})
-    assert settings.models[0].spec("cpu").options["int8"] == str(calibration_file)
+    spec = settings.models[0].spec("cpu")
+    assert spec.options["int8"] == str(calibration_file)
+    assert settings.models[0].label == spec.label == "ImageReward-v1.0 [int8]"  # never passed off as exact
     for bad, message in [({"gpus_per_replica": 1}, "gpus_per_replica must be 0"),
                          ({"dtype": "fp16"}, "not fp16")]:
         with pytest.raises(ValidationError, match=message):

@@ -59,9 +59,11 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        """How outputs name the model: its registered name, or with the local file it came from."""
+        """How outputs name the model: its registered name, or with the local file it came
+        from; ``[int8]`` when it runs int8 layers (approximate numbers)."""
         weights = self.files.get("weights")
-        return self.name if weights is None else f"{self.name} ({weights})"
+        label = self.name if weights is None else f"{self.name} ({weights})"
+        return f"{label} [int8]" if self.options.get("int8") else label
 
     def replace(self, **changes: Any) -> "ModelSpec":
         return dataclasses.replace(self, **changes)

@@ -114,10 +114,12 @@ class ModelSettings(BaseModel):
 
     @property
     def label(self) -> str:
-        """The model as responses report it (a checkpoint by its file name, not its path)."""
-        if self.checkpoint is None:
-            return self.key
-        return f"{self.key} ({os.path.basename(os.path.normpath(self.checkpoint))})"
+        """The model as responses report it (a checkpoint by its file name, not its path;
+        ``[int8]`` when it runs int8 layers)."""
+        label = self.key
+        if self.checkpoint is not None:
+            label = f"{self.key} ({os.path.basename(os.path.normpath(self.checkpoint))})"
+        return f"{label} [int8]" if self.int8 is not None else label
 
     @property
     def threads(self) -> int:
