@@ -238,3 +238,9 @@ def test_a_dataset_job_does_not_resume_with_another_calibration(calibration_file
     int8 = ModelSpec("ImageReward-v1.0", options={"int8": str(calibration_file)})
     with pytest.raises(DatasetInputError, match="different job"):
         DatasetJob(input=str(manifest), output=str(out), models=[int8]).open_ledger()
+
+
+def test_cli_calibrate_shows_progress(tiny_model, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "calibrate", "--checkpoint", tiny_model, "-p", "a", "-p", "b", *IMAGES,
+                           "--batch-size", "2", "-o", tmp_path / "c.json")
+    assert code == 0 and "calibrating" in err and "8/8" in err, err

@@ -29,7 +29,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -205,10 +205,12 @@ def is_quantized(scorer: nn.Module) -> bool:
     return any(INT8_HOOK in module.__dict__ for module in scorer.modules())
 
 
-def calibrate(scorer: Any, prompts: Sequence[str], images: Sequence[Any]) -> Int8Calibration:
+def calibrate(scorer: Any, prompts: Sequence[str], images: Sequence[Any],
+              on_batch: Optional[Callable[[int], None]] = None) -> Int8Calibration:
     """Score the ``(prompt, image)`` pairs in float and record every linear layer's
     input range. Use pairs like those to be scored (a few hundred is plenty); a value
-    seen later outside the recorded range is clipped to it."""
+    seen later outside the recorded range is clipped to it. ``on_batch(pairs)`` is
+    called after each batch (progress)."""
     _check_engine(scorer)
     if is_quantized(scorer):
         raise ValueError(f"{scorer.name} is already int8: calibrate a float model")
@@ -220,8 +222,11 @@ def calibrate(scorer: Any, prompts: Sequence[str], images: Sequence[Any]) -> Int
         module.__dict__[INT8_HOOK] = recorder.observer(name)
     try:
         for start in range(0, len(images), scorer.batch_size):
-            scorer.score_batch(prompts[start:start + scorer.batch_size], images[start:start + scorer.batch_size])
+            batch = images[start:start + scorer.batch_size]
+            scorer.score_batch(prompts[start:start + scorer.batch_size], batch)
             recorder.settle()
+            if on_batch is not None:
+                on_batch(len(batch))
     finally:
         for _, module in owners:
             module.__dict__.pop(INT8_HOOK, None)

@@ -106,9 +106,11 @@ def run(args: argparse.Namespace) -> int:
     spec = model_spec(args, args.model, files[args.model]).replace(device="cpu")
     scorer = load_scorer(spec)
     from ..int8 import calibrate
+    from ..progress import progress
 
     note(args, f"calibrating {spec.label} ({args.dtype}) on {len(images)} pairs")
-    calibration = calibrate(scorer, prompts, images)
+    with progress(len(images), "pair", "calibrating", len(images) > args.batch_size and not args.no_progress) as bar:
+        calibration = calibrate(scorer, prompts, images, on_batch=bar.update)
     calibration.save(args.output)
     note(args, f"wrote {args.output}: {len(calibration.ranges)} linear layers, "
                f"{len(calibration.fused)} GELU outputs handed on as uint8")
