@@ -244,3 +244,11 @@ def test_cli_calibrate_shows_progress(tiny_model, capsys, tmp_path):
     code, _, err = run_cli(capsys, "calibrate", "--checkpoint", tiny_model, "-p", "a", "-p", "b", *IMAGES,
                            "--batch-size", "2", "-o", tmp_path / "c.json")
     assert code == 0 and "calibrating" in err and "8/8" in err, err
+
+
+def test_int8_says_so_when_torch_lacks_the_int8_ops(checkpoint, config, calibration_file, monkeypatch):
+    import imagereward.int8 as int8
+
+    monkeypatch.setattr(int8, "_onednn_int8_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs oneDNN's int8 linear ops"):
+        _load(checkpoint, config, int8=str(calibration_file))

@@ -193,8 +193,16 @@ def _check_engine(scorer: Any) -> None:
         raise ValueError(f"int8 scoring runs on the CPU; {scorer.name} is on {scorer.device}")
     if scorer.compute_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"int8 scoring goes with fp32 or bf16 encoders, not {scorer.compute_dtype}")
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
-        raise RuntimeError("int8 scoring needs torch built with oneDNN (the CPU wheels of pytorch.org are)")
+    if not _onednn_int8_available():
+        raise RuntimeError(f"int8 scoring needs oneDNN's int8 linear ops (onednn::qlinear_pointwise with "
+                           f"its binary form), which torch {torch.__version__} lacks: use a newer CPU build")
+
+
+def _onednn_int8_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn.qlinear_pointwise, "binary")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
