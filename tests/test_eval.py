@@ -360,3 +360,19 @@ def test_eval_checkpoint_by_model_name(capsys, subset, tmp_path, fake_baselines)
         ("Aesthetic", {"clip": str(clip)}),  # CLIP=PATH is also Aesthetic's image encoder
     ]
     assert f"| CLIP ({clip}) " in table
+
+
+def test_eval_with_int8_says_so_in_its_table(capsys, tiny_model, subset, tmp_path):
+    """An int8 run is labelled [int8] in the table and report (its accuracy is not the model's exact one)."""
+    from imagereward.int8 import calibrate
+
+    root, items = subset
+    images = [str(root / "images" / g) for g in items[0]["generations"]]
+    calibration = tmp_path / "int8.json"
+    calibrate(imagereward.load(str(tiny_model)), [items[0]["prompt"]] * len(images), images).save(str(calibration))
+    out = tmp_path / "results"
+    code, table, err = run(capsys, *eval_argv(root, out, "--models", "ImageReward-v1.0", "--checkpoint", tiny_model,
+                                              "--int8", calibration, "--no-plot"))
+    assert code == 0, err
+    row = next(line for line in table.splitlines() if line.startswith("| ImageReward-v1.0"))
+    assert "[int8]" in row and "[int8]" in (out / "report.md").read_text()
