@@ -36,7 +36,7 @@ from torch import nn
 
 from .errors import CalibrationError
 from .int8_calibration import Int8Calibration
-from .models.layers import INT8_HOOK, can_add, float_linear
+from .models.layers import INT8_HOOK, can_add, float_linear, weight_key
 
 # Every this-many-th element of each parameter enters the weights' fingerprint.
 FINGERPRINT_STRIDE = 1009
@@ -94,25 +94,21 @@ def _quantized_weight(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor,
     return packed, scales, torch.zeros_like(scales, dtype=torch.long)
 
 
-_WEIGHTS = "_int8_weight"
-
-
 class Int8Linear:
-    """The int8 plan of one module's linear layer (its :data:`INT8_HOOK`)."""
+    """The int8 plan of one module's linear layer (its :data:`INT8_HOOK`), with the int8
+    weight it made from the module's weight (made again when that weight changes)."""
 
     def __init__(self, input_range: Tuple[float, float], output_range: Optional[Tuple[float, float]] = None) -> None:
         self.input = _quant_params(input_range)
         self.output = None if output_range is None else _quant_params(output_range)
+        self._cached: Optional[Tuple[Any, Tuple[Any, ...]]] = None
 
-    def _weights(self, owner: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Tuple[Any, ...]:
-        version = None if weight.is_inference() else weight._version
-        key = (weight.data_ptr(), version, tuple(weight.shape), None if bias is None else bias.data_ptr())
-        cached = owner.__dict__.get(_WEIGHTS)
-        if cached is None or cached[0] != key:
+    def _weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Tuple[Any, ...]:
+        key = (weight_key(weight), None if bias is None else weight_key(bias))
+        if self._cached is None or self._cached[0] != key:
             float_bias = None if bias is None else bias.detach().float()
-            cached = (key, (*_quantized_weight(weight), float_bias))
-            owner.__dict__[_WEIGHTS] = cached
-        return cached[1]
+            self._cached = (key, (*_quantized_weight(weight), float_bias))
+        return self._cached[1]
 
     def __call__(self, owner: nn.Module, x: Any, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
                  gelu: bool = False, residual: Optional[torch.Tensor] = None) -> Any:
@@ -127,7 +123,7 @@ class Int8Linear:
                 raise RuntimeError(f"int8 layers run on the CPU; got input on {x.device}")
             rows, dtype = tuple(x.shape[:-1]), x.dtype
             codes = _quantize(x.reshape(-1, x.shape[-1]), scale, zero_point)
-        packed, weight_scales, weight_zero, float_bias = self._weights(owner, weight, bias)
+        packed, weight_scales, weight_zero, float_bias = self._weights(weight, bias)
         features = weight.shape[0]
         if gelu and residual is None and self.output is not None:
             out_scale, out_zero = self.output
@@ -183,11 +179,6 @@ class _Recorder:
         return observe
 
 
-def _modules(scorer: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """Every submodule by name (those that run a linear layer record during calibration)."""
-    return [(name, module) for name, module in scorer.named_modules() if name]
-
-
 def _check_engine(scorer: Any) -> None:
     if scorer.device.type != "cpu":
         raise ValueError(f"int8 scoring runs on the CPU; {scorer.name} is on {scorer.device}")
@@ -209,10 +200,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
-def is_quantized(scorer: nn.Module) -> bool:
-    return any(INT8_HOOK in module.__dict__ for module in scorer.modules())
-
-
 def calibrate(scorer: Any, prompts: Sequence[str], images: Sequence[Any],
               on_batch: Optional[Callable[[int], None]] = None) -> Int8Calibration:
     """Score the ``(prompt, image)`` pairs in float and record every linear layer's
@@ -220,12 +207,12 @@ def calibrate(scorer: Any, prompts: Sequence[str], images: Sequence[Any],
     seen later outside the recorded range is clipped to it. ``on_batch(pairs)`` is
     called after each batch (progress)."""
     _check_engine(scorer)
-    if is_quantized(scorer):
+    if scorer.int8_calibration is not None:
         raise ValueError(f"{scorer.name} is already int8: calibrate a float model")
     if len(prompts) != len(images) or not images:
         raise ValueError(f"calibration needs (prompt, image) pairs; got {len(prompts)} prompts, {len(images)} images")
     recorder = _Recorder()
-    owners = _modules(scorer)
+    owners = [(name, module) for name, module in scorer.named_modules() if name]  # those with a linear layer record
     for name, module in owners:
         module.__dict__[INT8_HOOK] = recorder.observer(name)
     try:
@@ -275,5 +262,5 @@ def quantize_int8(scorer: Any, calibration: "Int8Calibration | str") -> None:
 
 __all__ = [
     "CalibrationError", "Int8Calibration", "Int8Linear", "QuantizedActivation", "calibrate",
-    "is_quantized", "quantize_int8", "weights_fingerprint",
+    "quantize_int8", "weights_fingerprint",
 ]

@@ -121,10 +121,16 @@ def can_add(residual: torch.Tensor, rows: Tuple[int, ...], features: int, dtype:
 _PACKED = "_packed_weight"
 
 
-def _packed(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+def weight_key(weight: torch.Tensor) -> Tuple[Any, ...]:
+    """What identifies a weight's values for a cache made from them: its storage, version
+    (changed by in-place updates), dtype and shape."""
     # Inference tensors (made under torch.inference_mode) keep no version counter.
     version = None if weight.is_inference() else weight._version
-    key = (weight.data_ptr(), version, weight.dtype, tuple(weight.shape))
+    return weight.data_ptr(), version, weight.dtype, tuple(weight.shape)
+
+
+def _packed(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    key = weight_key(weight)
     cached = owner.__dict__.get(_PACKED)
     if cached is None or cached[0] != key:
         cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
