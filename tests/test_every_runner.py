@@ -137,6 +137,14 @@ def _pairs(images: List[Path]):
     return prompts, [str(p) for p in images]
 
 
+def _write_pairs(path: Path, prompts: List[str], paths: List[str], ids: bool = False) -> None:
+    """A JSONL file of ``{"prompt", "image"}`` records (with ``"id"``: the row number)."""
+    records = [{"prompt": p, "image": i} for p, i in zip(prompts, paths)]
+    if ids:
+        records = [{"id": str(n), **record} for n, record in enumerate(records)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
 # Scores that are a learnt temperature (100) times a cosine range over +-100 whatever
 # the random tiny weights give: float32 resolves their cosines to about 1e-7, i.e. 1e-5.
 SCORE_RANGE = {"PickScore": 100.0, "MPS": 100.0}
@@ -212,7 +220,7 @@ def test_cli_positional_and_batch_job(world, scorers, name, capsys, tmp_path):
     _close(got, expected.tolist(), SAME_SHAPE, f"{name}: imagereward score IMG... against score_matrix")
 
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "image": i}) + "\n" for p, i in zip(prompts, paths)))
+    _write_pairs(pairs, prompts, paths)
     output = tmp_path / "scores.jsonl"
     code, _, _ = run_cli(capsys, "score", "--model", name, "--checkpoint", folder, "--device", "cpu",
                          "--input", pairs, "--output", output, "--no-progress")
@@ -227,8 +235,7 @@ def test_score_dataset_every_scorer_in_one_job(world, scorers, capsys, tmp_path)
 
     prompts, paths = _pairs(world["images"])
     manifest = tmp_path / "pairs.jsonl"
-    manifest.write_text("".join(json.dumps({"id": str(i), "prompt": p, "image": img}) + "\n"
-                                for i, (p, img) in enumerate(zip(prompts, paths))))
+    _write_pairs(manifest, prompts, paths, ids=True)
     files = [a for name, folder in world["folders"].items() for a in ("--checkpoint", f"{name}={folder}")]
     code, _, err = run_cli(capsys, "score-dataset", manifest, "--output", tmp_path / "out",
                            "--models", ",".join(NAMES), *files, "--no-progress")
@@ -355,7 +362,7 @@ def test_int8_through_the_command_line_and_the_server(world, int8_scorers, name,
     assert np.abs(np.asarray(expected) - np.asarray(float_scores)).max() > 1e-4, f"{name}: int8 did not run"
     common = ["--model", name, "--checkpoint", world["folders"][name], "--int8", world["int8"][name]]
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "image": i}) + "\n" for p, i in zip(prompts, paths)))
+    _write_pairs(pairs, prompts, paths)
     code, _, err = run_cli(capsys, "score", *common, "--input", pairs, "--output", tmp_path / "s.jsonl", "-q")
     assert code == 0, err
     rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
@@ -377,8 +384,7 @@ def test_int8_score_dataset(world, int8_scorers, capsys, tmp_path):
 
     prompts, paths = _pairs(world["images"])
     manifest = tmp_path / "pairs.jsonl"
-    manifest.write_text("".join(json.dumps({"id": str(i), "prompt": p, "image": img}) + "\n"
-                                for i, (p, img) in enumerate(zip(prompts, paths))))
+    _write_pairs(manifest, prompts, paths, ids=True)
     files = [a for name in INT8_DOORS for a in ("--checkpoint", f"{name}={world['folders'][name]}",
                                                  "--int8", world["int8"][name])]
     code, _, err = run_cli(capsys, "score-dataset", manifest, "--output", tmp_path / "out",

@@ -18,6 +18,7 @@ from .common import (
     add_threads_option,
     apply_offline,
     load_scorer,
+    missing_images,
     model_files,
     model_name,
     model_names_help,
@@ -92,10 +93,9 @@ def _pairs(args: argparse.Namespace) -> Tuple[List[str], List[str]]:
         raise CliError(f"{args.input} holds no pairs", EXIT_INPUT)
     if len(pairs) > args.pairs:  # evenly spread, the same every run
         pairs = [pairs[i * len(pairs) // args.pairs] for i in range(args.pairs)]
-    missing = [image for _, image in pairs if not os.path.isfile(image)]
-    if missing:
-        raise CliError(f"image not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                       EXIT_INPUT)
+    error = missing_images([image for _, image in pairs])
+    if error is not None:
+        raise error
     return [p for p, _ in pairs], [i for _, i in pairs]
 
 

@@ -332,13 +332,11 @@ def model_spec(args: argparse.Namespace, name: str, files: Dict[str, str]) -> An
         value = getattr(args, option, None)
         if value:
             options[option] = value
-    device = getattr(args, "device", None)
     calibration = getattr(args, "int8_files", {}).get(name)
     if calibration is not None:
-        options["int8"] = calibration
-        device = device or "cpu"
+        options["int8"] = calibration  # load() then defaults to the CPU
     dtype = getattr(args, "dtype", "fp32")
-    return ModelSpec(name, files, device=device,
+    return ModelSpec(name, files, device=getattr(args, "device", None),
                      dtype=None if dtype == "fp32" else dtype, options=options)
 
 
@@ -346,6 +344,17 @@ def apply_offline(args: argparse.Namespace) -> None:
     if getattr(args, "offline", False):
         os.environ["IMAGEREWARD_OFFLINE"] = "1"
         os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def missing_images(paths: List[str]) -> Optional[CliError]:
+    """The error (exit 3) naming the first of ``paths`` that is not an image file, and
+    how many more are not; ``None`` when all are files."""
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if not missing:
+        return None
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    what = "image path is a folder, not a file" if os.path.isdir(missing[0]) else "image not found"
+    return CliError(f"{what}: {missing[0]}{more}", EXIT_INPUT)
 
 
 def require_file(path: str, what: str) -> str:

@@ -23,6 +23,7 @@ from .common import (
     add_model_options,
     apply_offline,
     load_scorer,
+    missing_images,
     model_files,
     model_spec,
     model_name,
@@ -154,11 +155,9 @@ def _check_single(args: argparse.Namespace) -> None:
         args.parser.error("--prompt is required (or use --input for a batch job)")
     if not args.images:
         args.parser.error("give at least one IMAGE")
-    missing = [path for path in args.images if not os.path.isfile(path)]
-    if missing and not args.skip_errors:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        what = "image path is a folder, not a file" if os.path.isdir(missing[0]) else "image not found"
-        raise CliError(f"{what}: {missing[0]}{more}", EXIT_INPUT)
+    error = missing_images(args.images)
+    if error is not None and not args.skip_errors:
+        raise error
 
 
 def run_score(args: argparse.Namespace) -> int:

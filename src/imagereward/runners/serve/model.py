@@ -43,8 +43,7 @@ class ModelReplica:
         self.settings = ModelSettings.model_validate(settings)
         torch.set_num_threads(self.settings.threads)  # the replica's CPU share, not the machine
         keep_freed_memory()  # the replica's process is the server's own; set before the model loads
-        on_gpu = torch.cuda.is_available() and self.settings.int8 is None  # int8 runs on CPUs
-        self.scorer = self.settings.spec("cuda" if on_gpu else "cpu").load()
+        self.scorer = self.settings.spec().load()  # CUDA when it has a GPU, unless int8 (CPU)
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagereward-model")
         self.gate = AdmissionGate(self.settings.max_queue_pairs)
         replica = str(serve.get_replica_context().replica_id.unique_id)
