@@ -231,19 +231,25 @@ def test_cli_positional_and_batch_job(world, scorers, name, capsys, tmp_path):
 
 
 def test_score_dataset_every_scorer_in_one_job(world, scorers, capsys, tmp_path):
+    files = [a for name, folder in world["folders"].items() for a in ("--checkpoint", f"{name}={folder}")]
+    _score_dataset_as_in_process(world, scorers, files, capsys, tmp_path, "score-dataset")
+
+
+def _score_dataset_as_in_process(world, scorers, options, capsys, tmp_path, what: str) -> None:
+    """One ``score-dataset`` job with ``scorers``' models (and ``options``): each model's
+    column equals its in-process ``score_batch``."""
     import pyarrow.parquet as pq
 
     prompts, paths = _pairs(world["images"])
     manifest = tmp_path / "pairs.jsonl"
     _write_pairs(manifest, prompts, paths, ids=True)
-    files = [a for name, folder in world["folders"].items() for a in ("--checkpoint", f"{name}={folder}")]
     code, _, err = run_cli(capsys, "score-dataset", manifest, "--output", tmp_path / "out",
-                           "--models", ",".join(NAMES), *files, "--no-progress")
+                           "--models", ",".join(scorers), *options, "--no-progress")
     assert code == 0, err
     table = pq.read_table(tmp_path / "out").to_pandas().sort_values("id", key=lambda c: c.astype(int))
     for name, scorer in scorers.items():
         _close(table[name].tolist(), scorer.score_batch(prompts, paths), SAME_SHAPE,
-               f"{name}: score-dataset against score_batch")
+               f"{name}: {what} against score_batch")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -380,17 +386,6 @@ def test_int8_through_the_command_line_and_the_server(world, int8_scorers, name,
 
 
 def test_int8_score_dataset(world, int8_scorers, capsys, tmp_path):
-    import pyarrow.parquet as pq
-
-    prompts, paths = _pairs(world["images"])
-    manifest = tmp_path / "pairs.jsonl"
-    _write_pairs(manifest, prompts, paths, ids=True)
     files = [a for name in INT8_DOORS for a in ("--checkpoint", f"{name}={world['folders'][name]}",
                                                  "--int8", world["int8"][name])]
-    code, _, err = run_cli(capsys, "score-dataset", manifest, "--output", tmp_path / "out",
-                           "--models", ",".join(INT8_DOORS), *files, "--no-progress")
-    assert code == 0, err
-    table = pq.read_table(tmp_path / "out").to_pandas().sort_values("id", key=lambda c: c.astype(int))
-    for name, scorer in int8_scorers.items():
-        _close(table[name].tolist(), scorer.score_batch(prompts, paths), SAME_SHAPE,
-               f"{name}: score-dataset --int8 against score_batch")
+    _score_dataset_as_in_process(world, int8_scorers, files, capsys, tmp_path, "score-dataset --int8")
