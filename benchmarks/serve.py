@@ -14,6 +14,12 @@ alternate for ``--rounds`` rounds (the best round counts), so that a drift in
 machine speed on a shared host hits both. The in-process model is freed while
 the server runs, so the two never hold the weights at the same time.
 
+Where the CPU goes: the CPU time of every process on the machine during the server's
+throughput phase (the model replica, the ingress, Serve's proxy and controller, Ray's
+daemons, and this process, whose threads are the clients), per pair. The clients send
+``--wire`` bodies (msgpack, ``RewardClient``'s default, or JSON); what a body costs
+each side per image, in both formats, is timed alone first (``wire_cost``).
+
 Soak (``--soak SECONDS``): clients score continuously; every ``--sample`` seconds
 the replica's resident memory and the error counters are read from ``/metrics``.
 """
@@ -172,6 +178,84 @@ def stop_server() -> None:
     ray.shutdown()
 
 
+def process_cpu_seconds() -> Dict[int, Tuple[str, float]]:
+    """Each process's name (Ray's actors by their title) and CPU seconds so far."""
+    import psutil
+
+    seconds = {}
+    for process in psutil.process_iter(["cmdline", "name"]):
+        try:
+            times = process.cpu_times()
+            command = " ".join(process.info["cmdline"] or []) or process.info["name"]
+        except psutil.Error:
+            continue
+        seconds[process.pid] = (command, times.user + times.system)
+    return seconds
+
+
+def process_role(pid: int, command: str) -> str:
+    if pid == os.getpid():
+        return "clients (this process)"
+    for marker, role in (("Model-", "model replica"), ("RewardServer", "ingress"), ("ProxyActor", "Serve proxy"),
+                         ("ServeController", "Serve controller"), ("gcs_server", "Ray GCS"),
+                         ("raylet", "raylet"), ("ray", "other Ray processes")):
+        if marker in command:
+            return role
+    return "other processes"
+
+
+def cpu_per_pair(before: Dict[int, Tuple[str, float]], after: Dict[int, Tuple[str, float]], pairs: int,
+                 seconds: float) -> Dict[str, Any]:
+    """CPU milliseconds per pair of each role between two snapshots, and the cores kept busy."""
+    roles: Dict[str, float] = {}
+    for pid, (command, total) in after.items():
+        used = total - before.get(pid, (command, 0.0))[1]
+        role = process_role(pid, command)
+        roles[role] = roles.get(role, 0.0) + used
+    busy = sum(roles.values())
+    return {"ms_per_pair": {role: round(1000 * used / pairs, 2) for role, used in sorted(roles.items(), key=lambda kv: -kv[1])},
+            "cores_busy": busy / seconds}
+
+
+def time_ms(run: Any, repeats: int) -> float:
+    """Mean milliseconds of ``run()`` after one warm-up call."""
+    run()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def read_images(content: bytes, msgpack: bool) -> None:
+    """What the ingress does with a body before decoding: parse and check it, read each image."""
+    from imagereward.runners.serve.app import Body, parse_body
+    from imagereward.runners.serve.schemas import ScoreRequest
+    from imagereward.wire import read_payload
+
+    for item in parse_body(Body(content, msgpack), ScoreRequest).images:
+        read_payload({"data": item.data, "shape": item.shape})
+
+
+def wire_cost(image: np.ndarray, repeats: int = 20) -> Dict[str, Dict[str, float]]:
+    """Milliseconds per image, in each body format: the client's encoding (``encode_body``)
+    and the ingress's parsing and checking (``parse_body`` and ``read_payload``), and bytes."""
+    from functools import partial
+
+    from imagereward.wire import encode_body, raw_image
+
+    count = 2
+    body = {"prompts": [PROMPTS[0]] * count, "images": [raw_image(image)] * count}
+    costs = {}
+    for wire in ("json", "msgpack"):
+        content, _ = encode_body(body, wire)
+        costs[wire] = {
+            "client_encode_ms": time_ms(partial(encode_body, body, wire), repeats) / count,
+            "server_parse_ms": time_ms(partial(read_images, content, wire == "msgpack"), repeats) / count,
+            "bytes_per_image": len(content) / count,
+        }
+    return costs
+
+
 def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> Dict[str, Any]:
     from imagereward.client import RewardClient
 
@@ -181,7 +265,7 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
     scores: List[float] = [float("nan")] * len(pairs)
 
     def client_loop() -> None:
-        with RewardClient(url, timeout=600) as client:
+        with RewardClient(url, timeout=600, wire=args.wire) as client:
             while True:
                 try:
                     lo, hi = requests.get_nowait()
@@ -190,13 +274,15 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
                 chunk = pairs[lo:hi]
                 scores[lo:hi] = client.score([p for p, _ in chunk], [i for _, i in chunk])
 
-    with RewardClient(url, timeout=600) as client:
+    with RewardClient(url, timeout=600, wire=args.wire) as client:
         client.score([pairs[0][0]], [pairs[0][1]])  # warm-up through the whole stack
+        cpu_before = process_cpu_seconds()
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             for future in [pool.submit(client_loop) for _ in range(args.clients)]:
                 future.result()
         seconds = time.perf_counter() - start
+        cpu = cpu_per_pair(cpu_before, process_cpu_seconds(), len(pairs), seconds)
         per_forward = pairs_per_forward(url)  # the throughput phase's passes (and one warm-up pair)
         latencies = []
         for index in range(args.latency_requests):
@@ -205,7 +291,7 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
             client.score([prompt], [image])
             latencies.append(time.perf_counter() - t0)
     return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores,
-            "latency_s": latencies, "pairs_per_forward": per_forward}
+            "latency_s": latencies, "pairs_per_forward": per_forward, "cpu": cpu}
 
 
 def throughput(args: argparse.Namespace) -> Dict[str, Any]:
@@ -214,7 +300,9 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
     images = make_images(args.images, args.image_size)
     pairs = [(PROMPTS[i % len(PROMPTS)], images[i % len(images)]) for i in range(args.pairs)]
     results: Dict[str, Any] = {"machine": machine(args.threads), "model": "tiny" if args.tiny else "full-size ImageReward (random weights)",
-                               "settings": {k: v for k, v in vars(args).items() if k != "workdir"}, "rounds": []}
+                               "settings": {k: v for k, v in vars(args).items() if k != "workdir"}, "rounds": [],
+                               "wire_cost": wire_cost(images[0])}
+    print(f"[serve-bench] wire cost per {args.image_size} px raw image: {json.dumps(results['wire_cost'])}", flush=True)
     for round_index in range(args.rounds):
         print(f"[serve-bench] round {round_index + 1}: in-process", flush=True)
         local = in_process(folder, pairs, args)
@@ -229,15 +317,21 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
         print(f"[serve-bench]   in-process {local['pairs_per_second']:.3f} pairs/s, "
               f"server {remote['pairs_per_second']:.3f} pairs/s ({remote['pairs_per_forward']:.1f} pairs "
               f"per forward pass), max |diff| {diff:.2e}", flush=True)
+        print(f"[serve-bench]   CPU ms per pair during the server run: {json.dumps(remote['cpu']['ms_per_pair'])}, "
+              f"{remote['cpu']['cores_busy']:.2f} cores busy", flush=True)
     best_local = max(r["in_process"]["pairs_per_second"] for r in results["rounds"])
     best_remote = max(r["server"]["pairs_per_second"] for r in results["rounds"])
     lat_local = [s for r in results["rounds"] for s in r["in_process"]["latency_s"]]
     lat_remote = [s for r in results["rounds"] for s in r["server"]["latency_s"]]
+    best_round = max(results["rounds"], key=lambda r: r["server"]["pairs_per_second"])
     summary = {
+        "wire": args.wire,
         "in_process_pairs_per_second": best_local,
         "server_pairs_per_second": best_remote,
         "server_over_in_process": best_remote / best_local,
         "max_abs_diff": max(r["max_abs_diff"] for r in results["rounds"]),
+        "server_cpu_ms_per_pair": best_round["server"]["cpu"]["ms_per_pair"],
+        "wire_cost": results["wire_cost"],
         "latency_ms": {
             "in_process_p50": 1000 * percentile(lat_local, 50), "in_process_p99": 1000 * percentile(lat_local, 99),
             "server_p50": 1000 * percentile(lat_remote, 50), "server_p99": 1000 * percentile(lat_remote, 99),
@@ -284,7 +378,7 @@ def soak(args: argparse.Namespace) -> Dict[str, Any]:
 
     def client_loop(seed: int) -> None:
         rng = random.Random(seed)
-        with RewardClient(url, timeout=120) as client:
+        with RewardClient(url, timeout=120, wire=args.wire) as client:
             while not stop.is_set():
                 k = rng.randint(1, 8)
                 try:
@@ -348,6 +442,7 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="both sides")
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--wire", default="msgpack", choices=["msgpack", "json"], help="the clients' body format")
     parser.add_argument("--latency-requests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--soak", type=float, help="run a soak of this many seconds instead")

@@ -24,6 +24,7 @@ from PIL import Image
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
+import msgpack  # noqa: E402
 import ray  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from ray import serve  # noqa: E402
@@ -34,6 +35,7 @@ from imagereward.client import RewardClient, RewardServerError  # noqa: E402
 from imagereward.runners.serve import build_app  # noqa: E402
 
 API_KEY = "test-key-not-secret"
+AUTH_HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 KEY_ENV = "IMAGEREWARD_TEST_SERVE_KEY"
 PROMPTS = ["a cat", "a red bicycle on a hill", "", "un café à Zürich", "two dogs", "a blue square"]
 
@@ -56,6 +58,15 @@ def _png_b64(pixels: np.ndarray) -> str:
 
 def _raw(pixels: np.ndarray) -> Dict[str, object]:
     return {"data": base64.b64encode(pixels.tobytes()).decode(), "shape": list(pixels.shape)}
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    return base64.b64decode(_png_b64(pixels))
+
+
+def _post_msgpack(url: str, body, media_type: str = "application/msgpack", headers=AUTH_HEADERS) -> httpx.Response:
+    return httpx.post(url, content=msgpack.packb(body, use_bin_type=True),
+                      headers={**headers, "Content-Type": media_type}, timeout=30)
 
 
 def _metrics(url: str, headers=None) -> Dict[str, float]:
@@ -125,7 +136,7 @@ def client(server):
         yield client
 
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+AUTH = AUTH_HEADERS
 
 
 # -- endpoints ------------------------------------------------------------------------------
@@ -138,6 +149,47 @@ def test_score_endpoint_equals_in_process_score_batch(server, reference):
     expected = reference.score_batch(prompts, images)
     np.testing.assert_allclose(reply.json()["scores"], expected, atol=1e-5, rtol=0)
     assert len(set(np.round(expected, 4))) == 3  # the images really score differently
+
+
+def test_msgpack_body_equals_json_body_and_in_process(server, reference):
+    """The same request in msgpack (image bytes as they are) and in JSON (base64)."""
+    images = [_pixels(1, 40, 50), _pixels(2, 64, 31), _pixels(3, 33, 33)]
+    prompts = ["a cat", "a dog", "un café à Zürich"]
+    packed = {"prompts": prompts, "images": [_png(images[0]), {"data": images[1].tobytes(), "shape": [64, 31, 3]},
+                                              {"data": _png(images[2])}]}
+    as_json = {"prompts": prompts, "images": [_png_b64(images[0]), _raw(images[1]), {"data": _png_b64(images[2])}]}
+    expected = reference.score_batch(prompts, images)
+    for media_type in ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack; charset=binary"):
+        reply = _post_msgpack(server["url"] + "/score", packed, media_type)
+        assert reply.status_code == 200, reply.text
+        np.testing.assert_allclose(reply.json()["scores"], expected, atol=1e-5, rtol=0)
+    from_json = httpx.post(server["url"] + "/score", json=as_json, headers=AUTH, timeout=30).json()["scores"]
+    assert reply.json()["scores"] == from_json
+    reply = _post_msgpack(server["url"] + "/rewards", {"prompts": prompts, "images": packed["images"],
+                                                      "weights": {"ImageReward-v1.0": 2.0}})
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(reply.json()["reward"], 2 * np.asarray(expected), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "body, kind, index, reason",
+    [
+        (b"\xc1", "invalid_msgpack", None, "not valid msgpack"),
+        (b"\x92\x01", "invalid_msgpack", None, "incomplete input"),
+        (msgpack.packb([1, 2]), "invalid_input", None, "dictionary"),
+        (msgpack.packb({"prompts": ["a", "b"], "images": [_png(_pixels(1, 8, 8)), 7]}), "invalid_input", 1, "images"),
+        (msgpack.packb({"prompts": ["a", "b", "c"], "images": [_png(_pixels(1, 8, 8))] * 2
+                        + [{"data": bytes(11), "shape": [2, 2, 3]}]}), "invalid_image", 2, "needs 12"),
+        (msgpack.packb({"prompts": ["a", "b"], "images": [_png(_pixels(1, 8, 8)), b"GIF89a..."]}),
+         "invalid_image", 1, "cannot read image file images[1]"),
+    ],
+)
+def test_bad_msgpack_gives_400_naming_it(server, body, kind, index, reason):
+    reply = httpx.post(server["url"] + "/score", content=body,
+                       headers={**AUTH, "Content-Type": "application/msgpack"}, timeout=30)
+    assert reply.status_code == 400, reply.text
+    answer = reply.json()
+    assert (answer["error"], answer["index"]) == (kind, index) and reason in answer["detail"], answer
 
 
 def test_rank_endpoint_matches_inference_rank(client, reference):
@@ -168,11 +220,12 @@ def test_health_ready_metrics_and_openapi(server, client):
     assert "imagereward_queue_depth{}" in samples
     schema = httpx.get(url + "/openapi.json").json()
     assert {"/score", "/rank", "/score_matrix", "/rewards", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
-    image_schema = schema["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert "shape" in str(image_schema["properties"]["images"])
+    content = schema["paths"]["/score"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "application/msgpack"}
+    assert "shape" in str(content["application/json"]["schema"]["properties"]["images"])
 
 
-def test_client_accepts_pil_arrays_tensors_and_paths(client, reference, tmp_path):
+def test_client_accepts_pil_arrays_tensors_and_paths(server, client, reference, tmp_path):
     torch = pytest.importorskip("torch")
     base = _pixels(30, 45, 37)
     path = tmp_path / "image.webp"
@@ -183,8 +236,13 @@ def test_client_accepts_pil_arrays_tensors_and_paths(client, reference, tmp_path
     images = [Image.fromarray(base), rgba, palette, base, floats, str(path), base[:, :, 0]]
     in_process = [Image.fromarray(base), rgba, palette, base, base, str(path), base[:, :, 0]]
     prompts = ["a cat"] * len(images)
-    np.testing.assert_allclose(client.score(prompts, images), reference.score_batch(prompts, in_process),
-                               atol=1e-5, rtol=0)
+    expected = reference.score_batch(prompts, in_process)
+    assert client.wire == "msgpack"  # the default
+    np.testing.assert_allclose(client.score(prompts, images), expected, atol=1e-5, rtol=0)
+    with RewardClient(server["url"], api_key=API_KEY, timeout=30, wire="json") as json_client:
+        np.testing.assert_allclose(json_client.score(prompts, images), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="wire must be one of"):
+        RewardClient(server["url"], wire="protobuf")
     batch = torch.stack([floats, floats.flip(-1)])  # a trainer's [N, 3, H, W] batch in [0, 1]
     rewards, info = client.reward_fn(batch, ["a cat", "a dog"], [{}, {}])
     expected = reference.score_batch(["a cat", "a dog"], [base, base[:, ::-1].copy()])
@@ -260,6 +318,9 @@ def test_limits_413(server):
         yield b"A" * 3000 + b'"]}'
 
     reply = httpx.post(url + "/score", content=chunks())
+    assert reply.status_code == 413 and reply.json()["error"] == "too_large"
+    packed = {"prompts": ["a"], "images": [{"data": _pixels(1, 40, 40).tobytes(), "shape": [40, 40, 3]}]}
+    reply = _post_msgpack(url + "/score", packed, headers={})  # 4.8 kB of msgpack
     assert reply.status_code == 413 and reply.json()["error"] == "too_large"
 
 

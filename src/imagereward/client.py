@@ -1,4 +1,4 @@
-"""Clients for the reward server (``imagereward serve``); they need only ``httpx``.
+"""Clients for the reward server (``imagereward serve``); they need only ``httpx`` and ``msgpack``.
 
 >>> from imagereward.client import RewardClient
 >>> client = RewardClient("http://127.0.0.1:8000")
@@ -13,7 +13,9 @@ arrays ``[H, W, C]`` or float torch tensors ``[C, H, W]`` in [0, 1], ``uint8``
 torch tensors ``[C, H, W]``, paths, or one batch array/tensor ``[N, ...]``.
 Pixels travel raw and files as their bytes (see :mod:`imagereward.wire`), so the
 server scores exactly what :meth:`~imagereward.scoring.scorer.RewardScorer.score_batch`
-would score in-process. Requests refused with 429 or 503, and connection failures,
+would score in-process. Bodies go as msgpack, with the images' bytes as they are
+(``wire="json"`` sends them base64 in JSON, for servers of another make or a proxy that
+reads JSON only). Requests refused with 429 or 503, and connection failures,
 are retried with exponential backoff (honouring ``Retry-After``), within an optional
 total deadline.
 """
@@ -34,7 +36,7 @@ from PIL import Image
 
 from .errors import ImageNotFoundError, ImageRewardError, ImageTypeError, InputError
 from .prompts import check_prompt, check_prompts
-from .wire import WireImage, file_image, pil_image, raw_image, uint8_pixels
+from .wire import WIRE_FORMATS, WireImage, encode_body, file_image, msgpack_module, pil_image, raw_image, uint8_pixels
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scoring.base import RankResult
@@ -88,13 +90,13 @@ def encode_image(image: Any, index: int = 0) -> WireImage:
     )
 
 
-def encode_images(images: Any) -> List[Dict[str, Any]]:
-    """A list of images, or one batch ``[N, ...]`` array or tensor, as JSON image objects."""
+def encode_images(images: Any) -> List[WireImage]:
+    """A list of images, or one batch ``[N, ...]`` array or tensor, in wire form."""
     if (isinstance(images, np.ndarray) or hasattr(images, "detach")) and images.ndim == 4:
         images = list(images)
     if not isinstance(images, (list, tuple)):
         raise ImageTypeError(f"images must be a list, a tuple or a 4-d batch, got {type(images).__name__}")
-    return [encode_image(image, index).to_json() for index, image in enumerate(images)]
+    return [encode_image(image, index) for index, image in enumerate(images)]
 
 
 # -- requests and retries, shared by both clients ------------------------------------------
@@ -110,7 +112,7 @@ class Rewards:
 
 @dataclass(frozen=True)
 class Call:
-    """One request: what to send, and how to read the answer."""
+    """One request: what to send (its ``images`` in wire form), and how to read the answer."""
 
     method: str
     path: str
@@ -236,10 +238,16 @@ class _Client:
         backoff: float = 0.5,
         max_backoff: float = 10.0,
         deadline: Optional[float] = None,
+        wire: str = "msgpack",
     ) -> None:
         import httpx
 
+        if wire not in WIRE_FORMATS:
+            raise ValueError(f"wire must be one of {sorted(WIRE_FORMATS)}, got {wire!r}")
+        if wire == "msgpack":
+            msgpack_module()  # says how to install it, before any request
         self._httpx = httpx
+        self.wire = wire
         self.timeout = timeout
         self.policy = RetryPolicy(retries, backoff, max_backoff, deadline)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -250,6 +258,13 @@ class _Client:
         if response.status_code not in RETRY_STATUSES:
             return None
         return self.policy.delay(attempt, response.headers.get("retry-after"), end)
+
+    def _content(self, call: Call) -> Dict[str, Any]:
+        """The request's body and media type, as ``httpx.request`` keywords."""
+        if call.body is None:
+            return {}
+        content, media_type = encode_body(call.body, self.wire)
+        return {"content": content, "headers": {"Content-Type": media_type}}
 
     def _answer(self, call: Call, response: Any) -> Any:
         if response.status_code != 200:
@@ -263,7 +278,8 @@ class RewardClient(_Client):
     ``timeout`` is seconds per attempt and ``deadline`` (optional) seconds in all,
     retries included; ``retries`` is how many times a request refused with 429/503
     or failed to connect is tried again (see :class:`RetryPolicy`). ``model`` picks
-    a served model (default: the server's first).
+    a served model (default: the server's first). ``wire`` is the body's format:
+    ``"msgpack"`` (images as bytes) or ``"json"`` (images base64).
     """
 
     # -- scoring ------------------------------------------------------------------------
@@ -318,9 +334,10 @@ class RewardClient(_Client):
     # -- transport --------------------------------------------------------------------
     def _send(self, call: Call) -> Any:
         end = self.policy.end()
+        content = self._content(call)
         for attempt in itertools.count():
             try:
-                response = self._client.request(call.method, call.path, json=call.body,
+                response = self._client.request(call.method, call.path, **content,
                                                 timeout=self.policy.timeout(self.timeout, end))
             except _retryable(self._httpx):
                 delay = self.policy.delay(attempt, None, end)
@@ -337,7 +354,8 @@ class RewardClient(_Client):
 class AsyncRewardClient(_Client):
     """:class:`RewardClient` for asyncio trainers: the same methods, awaited, on ``httpx.AsyncClient``.
 
-    Images are encoded in a worker thread, so a large batch does not stall the event loop.
+    Images and bodies are encoded in a worker thread, so a large batch does not stall the
+    event loop.
 
     >>> async with AsyncRewardClient("http://127.0.0.1:8000") as client:
     ...     result = await client.rewards(prompts, images, weights={"PickScore": 1.0, "HPSv2.1": 1.0})
@@ -379,9 +397,10 @@ class AsyncRewardClient(_Client):
 
     async def _send(self, call: Call) -> Any:
         end = self.policy.end()
+        content = await asyncio.to_thread(self._content, call) if call.body is not None else {}
         for attempt in itertools.count():
             try:
-                response = await self._client.request(call.method, call.path, json=call.body,
+                response = await self._client.request(call.method, call.path, **content,
                                                       timeout=self.policy.timeout(self.timeout, end))
             except _retryable(self._httpx):
                 delay = self.policy.delay(attempt, None, end)

@@ -1,9 +1,12 @@
 """Images on the wire: what clients send and what the server reads back, before decoding.
 
-An image is a JSON object ``{"data": BASE64}`` holding the bytes of an image file
-(PNG, JPEG, WebP, ... any format the server accepts), or ``{"data": BASE64, "shape":
-[H, W] | [H, W, C]}`` holding raw ``uint8`` pixels in row-major HWC order (C = 1, 3
-or 4). A bare base64 string means file bytes.
+A request body is JSON or msgpack (``Content-Type: application/msgpack``), with the
+same fields either way. An image is an object ``{"data": DATA}`` holding the bytes of
+an image file (PNG, JPEG, WebP, ... any format the server accepts), or ``{"data":
+DATA, "shape": [H, W] | [H, W, C]}`` holding raw ``uint8`` pixels in row-major HWC
+order (C = 1, 3 or 4). ``DATA`` is a base64 string in JSON and binary (msgpack's
+``bin``) in msgpack, which spares both sides the base64 and JSON work on every byte of
+every image and sends a quarter fewer bytes. A bare ``DATA`` means file bytes.
 
 Raw pixels are what a trainer has: encoding a 512x512 PNG costs tens of
 milliseconds of CPU per image on the trainer, raw bytes cost a copy, and the
@@ -21,8 +24,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -35,6 +39,11 @@ RAW_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 # the same pixels in the same mode as in-process scoring.
 PNG_MODES = ("P", "LA", "I", "I;16")
 
+# Request body formats: the name a client is given, and the media type it sends.
+WIRE_FORMATS = {"msgpack": "application/msgpack", "json": "application/json"}
+# Media types the server reads as msgpack (the registered one, and two in common use).
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
 
 @dataclass(frozen=True)
 class WireImage:
@@ -44,10 +53,45 @@ class WireImage:
     shape: Optional[Sequence[int]] = None
 
     def to_json(self) -> Any:
-        encoded = base64.b64encode(self.data).decode("ascii")
+        return self._object(base64.b64encode(self.data).decode("ascii"))
+
+    def to_msgpack(self) -> Any:
+        return self._object(self.data)
+
+    def _object(self, data: Union[str, bytes]) -> Dict[str, Any]:
         if self.shape is None:
-            return {"data": encoded}
-        return {"data": encoded, "shape": list(self.shape)}
+            return {"data": data}
+        return {"data": data, "shape": list(self.shape)}
+
+
+def msgpack_module() -> Any:
+    """The ``msgpack`` package, or an error that says how to get it."""
+    try:
+        import msgpack
+    except ImportError:
+        raise ImportError(
+            "request bodies in msgpack need the msgpack package: pip install 'imagereward[client]' "
+            "(or send JSON: wire='json')"
+        ) from None
+    return msgpack
+
+
+def encode_body(body: Mapping[str, Any], wire: str) -> Tuple[bytes, str]:
+    """A request body whose ``images`` are :class:`WireImage` objects, as bytes in ``wire``
+    (``"msgpack"`` or ``"json"``), and its media type."""
+    if wire not in WIRE_FORMATS:
+        raise ValueError(f"wire must be one of {sorted(WIRE_FORMATS)}, got {wire!r}")
+    plain = dict(body)
+    images = plain.get("images")
+    if wire == "json":
+        if images is not None:
+            plain["images"] = [image.to_json() for image in images]
+        data = json.dumps(plain, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    else:
+        if images is not None:
+            plain["images"] = [image.to_msgpack() for image in images]
+        data = msgpack_module().packb(plain, use_bin_type=True)
+    return data, WIRE_FORMATS[wire]
 
 
 # -- client side -------------------------------------------------------------------------
@@ -106,17 +150,36 @@ def decode_base64(text: str) -> bytes:
         raise ImageLoadError(f"data is not valid base64: {error}") from None
 
 
-def read_payload(payload: Union[str, Mapping[str, Any]]) -> Union[bytes, np.ndarray]:
+def decode_msgpack(body: bytes) -> Any:
+    """A msgpack body as Python objects (``bin`` as bytes, ``str`` as str); ``ValueError``
+    naming what is wrong when it is not one well-formed msgpack object."""
+    msgpack = msgpack_module()
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except msgpack.StackError:
+        raise ValueError("body is not valid msgpack: nested too deeply") from None
+    except msgpack.FormatError:
+        raise ValueError("body is not valid msgpack: a byte that begins no msgpack value") from None
+    except (msgpack.UnpackException, ValueError, TypeError) as error:
+        raise ValueError(f"body is not valid msgpack: {error}") from None
+
+
+def _data(data: Union[str, bytes]) -> bytes:
+    return bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else decode_base64(data)
+
+
+def read_payload(payload: Union[str, bytes, Mapping[str, Any]]) -> Union[bytes, np.ndarray]:
     """The item a payload carries: file bytes, or raw pixels as a ``uint8`` array.
 
-    Refuses, with :class:`~imagereward.errors.ImageLoadError`: invalid base64, empty
-    data, a bad raw shape, and raw data whose length does not match its shape. The
-    item pipeline then decodes it within the server's limits.
+    ``data`` is base64 text (JSON bodies) or bytes (msgpack bodies). Refuses, with
+    :class:`~imagereward.errors.ImageLoadError`: invalid base64, empty data, a bad raw
+    shape, and raw data whose length does not match its shape. The item pipeline then
+    decodes it within the server's limits.
     """
-    if isinstance(payload, str):
-        data, shape = decode_base64(payload), None
+    if isinstance(payload, (str, bytes, bytearray, memoryview)):
+        data, shape = _data(payload), None
     else:
-        data, shape = decode_base64(payload["data"]), payload.get("shape")
+        data, shape = _data(payload["data"]), payload.get("shape")
     if shape is None:
         if not data:
             raise ImageLoadError("image data is empty")

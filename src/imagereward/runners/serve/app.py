@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -36,7 +37,7 @@ from ...preprocess import ImagePreprocessor
 from ...reward_stats import RewardStats, check_scaling, check_weights, normalized, weighted_reward
 from ...scoring.base import ranks_from_rewards
 from ...scoring.scorer import default_decode_workers
-from ...wire import read_payload
+from ...wire import MSGPACK_TYPES, decode_msgpack, read_payload
 from .drain import DrainWatch
 from .fanout import ModelRoute, ModelRoutes
 from .limits import Refusal, api_key_from_env, check_api_key, check_content_length, check_pair_count
@@ -45,6 +46,7 @@ from .model import ModelReplica
 from .schemas import (
     ErrorResponse,
     ImageObject,
+    ImagePayload,
     MatrixRequest,
     MatrixResponse,
     ModelStatus,
@@ -64,7 +66,7 @@ logger = logging.getLogger("ray.serve")
 ERRORS = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
-        (400, "invalid JSON, or an item that cannot be scored (its index is given)"),
+        (400, "invalid JSON or msgpack, or an item that cannot be scored (its index is given)"),
         (401, "API key missing or wrong"),
         (413, "request body or number of pairs over the limit"),
         (429, "a model's queue is full (named in 'model'): retry after Retry-After seconds"),
@@ -91,6 +93,33 @@ def validation_refusal(error: ValidationError) -> Refusal:
     where = ".".join(location) or "body"
     return Refusal(400, kind, f"{where}: {first['msg']}", index=index)
 
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request's bytes, and whether they are msgpack (by its Content-Type) or JSON."""
+
+    data: bytes
+    msgpack: bool
+
+
+def is_msgpack(content_type: Optional[str]) -> bool:
+    """msgpack by the Content-Type; anything else is read as JSON, as a body without one is."""
+    return (content_type or "").split(";", 1)[0].strip().lower() in MSGPACK_TYPES
+
+
+def parse_body(body: Body, schema: Type[BaseModel]) -> Any:
+    """``body`` checked against ``schema``; ``Refusal`` 400 naming what is wrong."""
+    try:
+        if not body.msgpack:
+            return schema.model_validate_json(body.data)
+        try:
+            content = decode_msgpack(body.data)
+        except ValueError as error:
+            raise Refusal(400, "invalid_msgpack", str(error)) from None
+        return schema.model_validate(content)
+    except ValidationError as error:
+        raise validation_refusal(error) from None
 
 
 def _check_pairs(prompts: Sequence[str], images: Sequence[Any]) -> None:
@@ -195,7 +224,7 @@ class RewardServer:
 
     # -- request handling ---------------------------------------------------------------
     async def _answer(
-        self, endpoint: str, request: Request, run: Callable[[bytes], Awaitable[BaseModel]]
+        self, endpoint: str, request: Request, run: Callable[[Body], Awaitable[BaseModel]]
     ) -> Response:
         """Authorise, read the body within limits, run within the timeout, count it all."""
         start = time.perf_counter()
@@ -206,7 +235,7 @@ class RewardServer:
                               headers={"Retry-After": "1"})
             self._authorize(request)
             check_content_length(request.headers.get("content-length"), self.settings.max_body_bytes)
-            body = await self._read_body(request)
+            body = Body(await self._read_body(request), is_msgpack(request.headers.get("content-type")))
             try:
                 result = await asyncio.wait_for(run(body), self.settings.request_timeout_s)
             except asyncio.TimeoutError:
@@ -247,18 +276,18 @@ class RewardServer:
         return b"".join(chunks)
 
     # -- the endpoints' work --------------------------------------------------------------
-    async def _score(self, body: bytes) -> ScoreResponse:
+    async def _score(self, body: Body) -> ScoreResponse:
         parsed = await self._parse(body, ScoreRequest)
         _check_pairs(parsed.prompts, parsed.images)
         scores, label = await self._one_model(parsed, "score", parsed.prompts)
         return ScoreResponse(scores=scores, model=label)
 
-    async def _rank(self, body: bytes) -> RankResponse:
+    async def _rank(self, body: Body) -> RankResponse:
         parsed = await self._parse(body, RankRequest)
         rewards, label = await self._one_model(parsed, "score", [parsed.prompt] * len(parsed.images))
         return RankResponse(ranking=ranks_from_rewards(rewards), rewards=rewards, model=label)
 
-    async def _score_matrix(self, body: bytes) -> MatrixResponse:
+    async def _score_matrix(self, body: Body) -> MatrixResponse:
         parsed = await self._parse(body, MatrixRequest)
         if not parsed.prompts:
             raise Refusal(400, "invalid_input", "prompts is empty: give at least one prompt")
@@ -273,7 +302,7 @@ class RewardServer:
         pixels = await self._decode(parsed.images, [route])
         return await self.models.call(route, method, prompts, pixels[route.key]), route.info["label"]
 
-    async def _rewards(self, body: bytes) -> RewardsResponse:
+    async def _rewards(self, body: Body) -> RewardsResponse:
         parsed = await self._parse(body, RewardsRequest)
         _check_pairs(parsed.prompts, parsed.images)
         keys = self._models(parsed.models, parsed.weights)
@@ -311,12 +340,9 @@ class RewardServer:
             raise Refusal(400, "invalid_input", f"models names a model twice: {keys}")
         return [self._model(key) for key in keys]
 
-    async def _parse(self, body: bytes, schema: Type[BaseModel]) -> Any:
+    async def _parse(self, body: Body, schema: Type[BaseModel]) -> Any:
         loop = asyncio.get_running_loop()
-        try:
-            parsed = await loop.run_in_executor(self.decode_pool, schema.model_validate_json, body)
-        except ValidationError as error:
-            raise validation_refusal(error) from None
+        parsed = await loop.run_in_executor(self.decode_pool, parse_body, body, schema)
         images = parsed.images
         if not images:
             raise Refusal(400, "invalid_input", "images is empty: give at least one image")
@@ -324,7 +350,7 @@ class RewardServer:
         return parsed
 
     async def _decode(
-        self, images: Sequence[Union[str, ImageObject]], routes: Sequence[ModelRoute]
+        self, images: Sequence[ImagePayload], routes: Sequence[ModelRoute]
     ) -> Dict[str, torch.Tensor]:
         """Each model's pixels ``[N, 3, S, S]``: every image opened once, run through each
         distinct chain of ``routes``; 400 naming the first image that cannot be scored."""
@@ -349,9 +375,9 @@ class RewardServer:
         return chain
 
     def _decode_one(
-        self, index: int, image: Union[str, ImageObject], chains: Mapping[Hashable, ImagePreprocessor]
+        self, index: int, image: ImagePayload, chains: Mapping[Hashable, ImagePreprocessor]
     ) -> Dict[Hashable, torch.Tensor]:
-        payload = image if isinstance(image, str) else {"data": image.data, "shape": image.shape}
+        payload = {"data": image.data, "shape": image.shape} if isinstance(image, ImageObject) else image
         name = f"images[{index}]"
         try:
             pixels = decode_for(chains, read_payload(payload), self.limits, name)

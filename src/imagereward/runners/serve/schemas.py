@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from ...wire import MSGPACK_TYPES
+
+# Image bytes: base64 text in a JSON body, binary (msgpack's bin) in a msgpack body.
+ImageData = Annotated[
+    Union[str, bytes],
+    WithJsonSchema({"type": "string", "description": "JSON: base64 of the bytes; msgpack: the bytes (bin)"}),
+]
 
 
 class ImageObject(BaseModel):
@@ -12,15 +20,15 @@ class ImageObject(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(description="base64 of the file bytes, or of raw row-major uint8 pixels")
+    data: ImageData = Field(description="the file's bytes, or raw row-major uint8 pixels")
     shape: Optional[List[int]] = Field(
         default=None,
         description="[H, W] or [H, W, C] with C in 1, 3, 4: the data are raw pixels of this shape",
     )
 
 
-# A bare string is shorthand for ``{"data": string}`` (file bytes).
-ImagePayload = Union[str, ImageObject]
+# Bare data is shorthand for ``{"data": data}`` (file bytes).
+ImagePayload = Union[ImageData, ImageObject]
 
 
 class ScoreRequest(BaseModel):
@@ -134,10 +142,11 @@ def inline_schema(model: type) -> Dict[str, Any]:
 
 
 def request_body(model: type) -> Dict[str, Any]:
-    """``openapi_extra`` for an operation that reads and checks its own JSON body."""
+    """``openapi_extra`` for an operation that reads and checks its own body, JSON or msgpack."""
+    schema = inline_schema(model)
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": inline_schema(model)}},
+            "content": {"application/json": {"schema": schema}, MSGPACK_TYPES[0]: {"schema": schema}},
         }
     }
