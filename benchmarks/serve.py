@@ -277,12 +277,14 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
     with RewardClient(url, timeout=600, wire=args.wire) as client:
         client.score([pairs[0][0]], [pairs[0][1]])  # warm-up through the whole stack
         cpu_before = process_cpu_seconds()
+        busy_before = metric_sum(metric_values(url), "imagereward_forward_seconds_sum")
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             for future in [pool.submit(client_loop) for _ in range(args.clients)]:
                 future.result()
         seconds = time.perf_counter() - start
         cpu = cpu_per_pair(cpu_before, process_cpu_seconds(), len(pairs), seconds)
+        busy = metric_sum(metric_values(url), "imagereward_forward_seconds_sum") - busy_before
         per_forward = pairs_per_forward(url)  # the throughput phase's passes (and one warm-up pair)
         latencies = []
         for index in range(args.latency_requests):
@@ -291,7 +293,8 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
             client.score([prompt], [image])
             latencies.append(time.perf_counter() - t0)
     return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores,
-            "latency_s": latencies, "pairs_per_forward": per_forward, "cpu": cpu}
+            "latency_s": latencies, "pairs_per_forward": per_forward, "cpu": cpu,
+            "model_busy_share": busy / seconds, "forward_seconds_per_pair": busy / len(pairs)}
 
 
 def throughput(args: argparse.Namespace) -> Dict[str, Any]:
@@ -316,7 +319,9 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
         results["rounds"].append({"in_process": local, "server": remote, "max_abs_diff": diff})
         print(f"[serve-bench]   in-process {local['pairs_per_second']:.3f} pairs/s, "
               f"server {remote['pairs_per_second']:.3f} pairs/s ({remote['pairs_per_forward']:.1f} pairs "
-              f"per forward pass), max |diff| {diff:.2e}", flush=True)
+              f"per forward pass, the model busy {remote['model_busy_share']:.0%} of the time at "
+              f"{remote['forward_seconds_per_pair']:.3f} s per pair against {1 / local['pairs_per_second']:.3f} "
+              f"in-process), max |diff| {diff:.2e}", flush=True)
         print(f"[serve-bench]   CPU ms per pair during the server run: {json.dumps(remote['cpu']['ms_per_pair'])}, "
               f"{remote['cpu']['cores_busy']:.2f} cores busy", flush=True)
     best_local = max(r["in_process"]["pairs_per_second"] for r in results["rounds"])
@@ -344,12 +349,15 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
     return results
 
 
+def metric_sum(values: Dict[str, float], name: str) -> float:
+    return sum(v for k, v in values.items() if k.startswith(name + "{"))
+
+
 def pairs_per_forward(url: str) -> float:
     """Mean pairs per forward pass of the replica, from its batch-size histogram."""
     values = metric_values(url)
-    total = sum(v for k, v in values.items() if k.startswith("imagereward_batch_size_sum"))
-    count = sum(v for k, v in values.items() if k.startswith("imagereward_batch_size_count"))
-    return total / count if count else float("nan")
+    count = metric_sum(values, "imagereward_batch_size_count")
+    return metric_sum(values, "imagereward_batch_size_sum") / count if count else float("nan")
 
 
 # -- soak -----------------------------------------------------------------------------------

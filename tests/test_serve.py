@@ -392,6 +392,9 @@ def test_load_no_lost_or_misordered_results_and_shared_batches(server, client, r
     pairs = after["imagereward_batch_size_sum{}"] - before["imagereward_batch_size_sum{}"]
     assert pairs == sum(len(r[0]) for r in results)
     assert batches - singles > 0 and pairs / batches > 1.5  # requests really share forward passes
+    passes = after["imagereward_forward_seconds_count{}"] - before["imagereward_forward_seconds_count{}"]
+    busy = after["imagereward_forward_seconds_sum{}"] - before["imagereward_forward_seconds_sum{}"]
+    assert passes == batches and 0 < busy < elapsed  # the model's busy time, pass by pass
     print(f"load: {len(results)} requests, {pairs:.0f} pairs in {elapsed:.1f} s, "
           f"{pairs / batches:.1f} pairs per batch, max |diff| {worst:.2e}")
 

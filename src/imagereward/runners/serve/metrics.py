@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FORWARD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 disable_created_metrics()  # no *_created series: they double the text and say nothing here
@@ -78,6 +79,10 @@ class ModelMetrics:
         self.batch_size = Histogram(
             "imagereward_batch_size", "Pairs per forward pass, by model",
             list(labels), buckets=BATCH_BUCKETS, registry=self.registry,
+        ).labels(**labels)
+        self.forward_seconds = Histogram(
+            "imagereward_forward_seconds", "Seconds per forward pass, by model (their sum: the model's busy time)",
+            list(labels), buckets=FORWARD_BUCKETS, registry=self.registry,
         ).labels(**labels)
         self.queue_depth = Gauge(
             "imagereward_queue_depth", "Pairs admitted and not yet scored, by model",

@@ -104,5 +104,7 @@ class ModelReplica:
         results = await loop.run_in_executor(
             self.model_thread, self.scorer.score_pixels, prompts, collate_pixels(pixels)
         )
-        self.gate.observe_throughput(len(prompts), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.metrics.forward_seconds.observe(seconds)
+        self.gate.observe_throughput(len(prompts), seconds)
         return results
