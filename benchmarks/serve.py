@@ -9,10 +9,11 @@ Throughput: the same (prompt, image) pairs scored by ``score_batch`` in this pro
 ``--clients`` concurrent clients sending ``--pairs-per-request`` pairs each; the
 server's scores are checked against the in-process ones. Latency: single 1-pair
 requests, one at a time, against single 1-pair ``score_batch`` calls; the added
-latency is the server's percentile minus the in-process one. The two sides
-alternate for ``--rounds`` rounds (the best round counts), so that a drift in
-machine speed on a shared host hits both. The in-process model is freed while
-the server runs, so the two never hold the weights at the same time.
+latency is the server's percentile minus the in-process one. Both sides are loaded
+once and alternate for ``--rounds`` rounds, so that a drift in the machine's speed
+on a shared host hits both: the ratio of each round (its in-process phase and the
+server phase right after it) is reported, with their median, and the best of each
+side. (The in-process model idles while the server runs; both hold their weights.)
 
 Where the CPU goes: the CPU time of every process on the machine during the server's
 throughput phase (the model replica, the ingress, Serve's proxy and controller, Ray's
@@ -122,7 +123,7 @@ def machine(threads: int) -> Dict[str, Any]:
 
 
 # -- in-process side ------------------------------------------------------------------------
-def in_process(folder: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> Dict[str, Any]:
+def load_in_process(folder: str, args: argparse.Namespace) -> Any:
     import torch
 
     import imagereward
@@ -130,19 +131,26 @@ def in_process(folder: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.
     torch.set_num_threads(args.threads)
     model = imagereward.load(folder, device="cpu", vocab_file=str(BERT_VOCAB), batch_size=args.max_batch_size,
                              dtype=args.dtype)
+    model.score_batch([PROMPTS[0]] * 2, make_images(2, 64))  # warm-up
+    return model
+
+
+def in_process(model: Any, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> Dict[str, Any]:
     prompts, images = [p for p, _ in pairs], [i for _, i in pairs]
-    model.score_batch(prompts[:2], images[:2])  # warm-up
     start = time.perf_counter()
     scores = model.score_batch(prompts, images)
     seconds = time.perf_counter() - start
+    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores}
+
+
+def in_process_latency(model: Any, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> List[float]:
     latencies = []
     for index in range(args.latency_requests):
+        prompt, image = pairs[index % len(pairs)]
         t0 = time.perf_counter()
-        model.score_batch([prompts[index % len(prompts)]], [images[index % len(images)]])
+        model.score_batch([prompt], [image])
         latencies.append(time.perf_counter() - t0)
-    del model
-    gc.collect()
-    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores, "latency_s": latencies}
+    return latencies
 
 
 # -- server side ----------------------------------------------------------------------------
@@ -274,27 +282,36 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
                 chunk = pairs[lo:hi]
                 scores[lo:hi] = client.score([p for p, _ in chunk], [i for _, i in chunk])
 
+    cpu_before = process_cpu_seconds()
+    before = metric_values(url)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        for future in [pool.submit(client_loop) for _ in range(args.clients)]:
+            future.result()
+    seconds = time.perf_counter() - start
+    cpu = cpu_per_pair(cpu_before, process_cpu_seconds(), len(pairs), seconds)
+    after = metric_values(url)
+
+    def grown(name: str) -> float:
+        return metric_sum(after, name) - metric_sum(before, name)
+
+    busy = grown("imagereward_forward_seconds_sum")
+    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores,
+            "pairs_per_forward": grown("imagereward_batch_size_sum") / grown("imagereward_batch_size_count"),
+            "cpu": cpu, "model_busy_share": busy / seconds, "forward_seconds_per_pair": busy / len(pairs)}
+
+
+def server_latency(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> List[float]:
+    from imagereward.client import RewardClient
+
+    latencies = []
     with RewardClient(url, timeout=600, wire=args.wire) as client:
-        client.score([pairs[0][0]], [pairs[0][1]])  # warm-up through the whole stack
-        cpu_before = process_cpu_seconds()
-        busy_before = metric_sum(metric_values(url), "imagereward_forward_seconds_sum")
-        start = time.perf_counter()
-        with ThreadPoolExecutor(args.clients) as pool:
-            for future in [pool.submit(client_loop) for _ in range(args.clients)]:
-                future.result()
-        seconds = time.perf_counter() - start
-        cpu = cpu_per_pair(cpu_before, process_cpu_seconds(), len(pairs), seconds)
-        busy = metric_sum(metric_values(url), "imagereward_forward_seconds_sum") - busy_before
-        per_forward = pairs_per_forward(url)  # the throughput phase's passes (and one warm-up pair)
-        latencies = []
         for index in range(args.latency_requests):
             prompt, image = pairs[index % len(pairs)]
             t0 = time.perf_counter()
             client.score([prompt], [image])
             latencies.append(time.perf_counter() - t0)
-    return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores,
-            "latency_s": latencies, "pairs_per_forward": per_forward, "cpu": cpu,
-            "model_busy_share": busy / seconds, "forward_seconds_per_pair": busy / len(pairs)}
+    return latencies
 
 
 def throughput(args: argparse.Namespace) -> Dict[str, Any]:
@@ -306,31 +323,27 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
                                "settings": {k: v for k, v in vars(args).items() if k != "workdir"}, "rounds": [],
                                "wire_cost": wire_cost(images[0])}
     print(f"[serve-bench] wire cost per {args.image_size} px raw image: {json.dumps(results['wire_cost'])}", flush=True)
-    for round_index in range(args.rounds):
-        print(f"[serve-bench] round {round_index + 1}: in-process", flush=True)
-        local = in_process(folder, pairs, args)
-        print(f"[serve-bench] round {round_index + 1}: server", flush=True)
-        url = start_server(folder, args)
-        try:
+    model = load_in_process(folder, args)
+    url = start_server(folder, args)
+    try:
+        server_latency(url, pairs[:1], argparse.Namespace(latency_requests=1, wire=args.wire))  # warm-up
+        for round_index in range(args.rounds):
+            print(f"[serve-bench] round {round_index + 1}: in-process, then the server", flush=True)
+            local = in_process(model, pairs, args)
             remote = server_side(url, pairs, args)
-        finally:
-            stop_server()
-        diff = float(np.max(np.abs(np.asarray(remote["scores"]) - np.asarray(local["scores"]))))
-        results["rounds"].append({"in_process": local, "server": remote, "max_abs_diff": diff})
-        print(f"[serve-bench]   in-process {local['pairs_per_second']:.3f} pairs/s, "
-              f"server {remote['pairs_per_second']:.3f} pairs/s ({remote['pairs_per_forward']:.1f} pairs "
-              f"per forward pass, the model busy {remote['model_busy_share']:.0%} of the time at "
-              f"{remote['forward_seconds_per_pair']:.3f} s per pair against {1 / local['pairs_per_second']:.3f} "
-              f"in-process), max |diff| {diff:.2e}", flush=True)
-        print(f"[serve-bench]   CPU ms per pair during the server run: {json.dumps(remote['cpu']['ms_per_pair'])}, "
-              f"{remote['cpu']['cores_busy']:.2f} cores busy", flush=True)
+            report_round(results, local, remote)
+        latency = {"in_process": in_process_latency(model, pairs, args), "server": server_latency(url, pairs, args)}
+    finally:
+        stop_server()
+    ratios = [r["server"]["pairs_per_second"] / r["in_process"]["pairs_per_second"] for r in results["rounds"]]
     best_local = max(r["in_process"]["pairs_per_second"] for r in results["rounds"])
     best_remote = max(r["server"]["pairs_per_second"] for r in results["rounds"])
-    lat_local = [s for r in results["rounds"] for s in r["in_process"]["latency_s"]]
-    lat_remote = [s for r in results["rounds"] for s in r["server"]["latency_s"]]
+    lat_local, lat_remote = latency["in_process"] or [float("nan")], latency["server"] or [float("nan")]
     best_round = max(results["rounds"], key=lambda r: r["server"]["pairs_per_second"])
     summary = {
         "wire": args.wire,
+        "server_over_in_process_by_round": ratios,
+        "server_over_in_process_median": statistics.median(ratios),
         "in_process_pairs_per_second": best_local,
         "server_pairs_per_second": best_remote,
         "server_over_in_process": best_remote / best_local,
@@ -347,6 +360,19 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
     lat["added_p99"] = lat["server_p99"] - lat["in_process_p99"]
     results["summary"] = summary
     return results
+
+
+def report_round(results: Dict[str, Any], local: Dict[str, Any], remote: Dict[str, Any]) -> None:
+    diff = float(np.max(np.abs(np.asarray(remote["scores"]) - np.asarray(local["scores"]))))
+    results["rounds"].append({"in_process": local, "server": remote, "max_abs_diff": diff})
+    print(f"[serve-bench]   in-process {local['pairs_per_second']:.3f} pairs/s, "
+          f"server {remote['pairs_per_second']:.3f} pairs/s "
+          f"({remote['pairs_per_second'] / local['pairs_per_second']:.2f}x; {remote['pairs_per_forward']:.1f} pairs "
+          f"per forward pass, the model busy {remote['model_busy_share']:.0%} of the time at "
+          f"{remote['forward_seconds_per_pair']:.3f} s per pair against {1 / local['pairs_per_second']:.3f} "
+          f"in-process), max |diff| {diff:.2e}", flush=True)
+    print(f"[serve-bench]   CPU ms per pair during the server run: {json.dumps(remote['cpu']['ms_per_pair'])}, "
+          f"{remote['cpu']['cores_busy']:.2f} cores busy", flush=True)
 
 
 def metric_sum(values: Dict[str, float], name: str) -> float:
