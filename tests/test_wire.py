@@ -124,6 +124,7 @@ def test_msgpack_bodies_carry_the_same_request_in_a_quarter_fewer_bytes():
         (b"\x01\x02", "extra data"),
         (b"\x91" * 5000 + b"\x01", "nested too deeply"),
         (b"\x81\x01\x02", "map key"),
+        (b"\xdd\xff\xff\xff\xff", "exceeds max_array_len"),  # 4 billion items announced in 5 bytes
     ],
 )
 def test_bad_msgpack_is_named(body, reason):
