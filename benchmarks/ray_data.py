@@ -10,7 +10,9 @@ images (decoding threads included, loading excluded). The Ray side starts Ray on
 this machine and runs the whole ``score-dataset`` job: its time runs from the
 start of Ray Data's execution to the last part file written, so it includes the
 actor starting and loading the model; the rate after the first fragment is printed
-too. Scores of both sides are compared.
+too. Scores of both sides are compared. The two sides alternate for ``--rounds``
+rounds (the in-process model stays loaded, idle while Ray runs), and each round's
+ratio is reported with their median, since a shared host's speed drifts.
 
 ``--commands`` times instead the two commands a user chooses between, as whole
 processes (Python start, imports, model load; for ``score-dataset`` also its private
@@ -22,11 +24,11 @@ both with their default threads, ``--batch-size``, ``--dtype`` and ``-q``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -82,16 +84,10 @@ def manifest(workdir: Path, count: int) -> Path:
     return path
 
 
-def in_process(model: Path, rows: List[Dict[str, Any]], root: Path, batch_size: int,
-               dtype: str) -> Dict[str, Any]:
-    import imagereward
-
-    scorer = imagereward.load(str(model), device="cpu", batch_size=batch_size, dtype=dtype)
+def in_process(scorer: Any, rows: List[Dict[str, Any]], root: Path) -> Dict[str, Any]:
     start = time.perf_counter()
     scores = scorer.score_batch([r["prompt"] for r in rows], [str(root / r["image"]) for r in rows])
     seconds = time.perf_counter() - start
-    del scorer
-    gc.collect()
     return {"seconds": seconds, "images_per_second": len(rows) / seconds,
             "scores": dict(zip([r["id"] for r in rows], scores))}
 
@@ -183,7 +179,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="both sides")
     parser.add_argument("--commands", action="store_true",
                         help="time `imagereward score --input` against `imagereward score-dataset` as whole commands")
-    parser.add_argument("--rounds", type=int, default=2, help="--commands: alternating rounds (the best counts)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating rounds (--commands: the best counts; else each round's ratio and the median)")
     args = parser.parse_args()
     os.environ.setdefault("IMAGEREWARD_BERT_VOCAB", str(BERT_VOCAB))
     os.environ["IMAGEREWARD_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
@@ -204,20 +201,36 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return 0
-    print(f"[ray_data] in-process score_batch over {len(rows)} images", flush=True)
-    ours = in_process(model, rows, workdir, args.batch_size, args.dtype)
-    print("[ray_data] Ray Data job over the same images", flush=True)
-    ray_side = on_ray(model, source, workdir / "out", args.batch_size, threads, args.fragment_rows,
-                      args.dtype)
-    diff = max(abs(ours["scores"][k] - ray_side["scores"][k]) for k in ours["scores"])
+    import imagereward
+
+    scorer = imagereward.load(str(model), device="cpu", batch_size=args.batch_size, dtype=args.dtype)
+    rounds = []
+    for index in range(args.rounds):
+        print(f"[ray_data] round {index + 1}: in-process score_batch over {len(rows)} images", flush=True)
+        ours = in_process(scorer, rows, workdir)
+        print(f"[ray_data] round {index + 1}: Ray Data job over the same images", flush=True)
+        ray_side = on_ray(model, source, workdir / "out", args.batch_size, threads, args.fragment_rows,
+                          args.dtype)
+        diff = max(abs(ours["scores"][k] - ray_side["scores"][k]) for k in ours["scores"])
+        rounds.append({
+            "in_process_images_per_second": ours["images_per_second"],
+            "ray_images_per_second": ray_side["images_per_second"],
+            "ray_after_first_fragment_images_per_second": ray_side["after_first_fragment_images_per_second"],
+            "ratio": ray_side["images_per_second"] / ours["images_per_second"],
+            "after_first_fragment_ratio": ray_side["after_first_fragment_images_per_second"] / ours["images_per_second"],
+            "in_process_seconds": ours["seconds"], "ray_seconds": ray_side["seconds"],
+            "ray_wall_with_probe_seconds": ray_side["wall_with_probe_seconds"],
+            "max_abs_diff": diff, "ray_summary": ray_side["summary"],
+        })
+        print(f"[ray_data]   in-process {ours['images_per_second']:.2f} images/s, Ray Data "
+              f"{ray_side['images_per_second']:.2f} ({rounds[-1]['ratio']:.2f}x whole job, "
+              f"{rounds[-1]['after_first_fragment_ratio']:.2f}x after the first fragment), max |diff| {diff:.2e}",
+              flush=True)
     results.update({
-        "in_process_images_per_second": ours["images_per_second"],
-        "ray_images_per_second": ray_side["images_per_second"],
-        "ray_after_first_fragment_images_per_second": ray_side["after_first_fragment_images_per_second"],
-        "ratio": ray_side["images_per_second"] / ours["images_per_second"],
-        "in_process_seconds": ours["seconds"], "ray_seconds": ray_side["seconds"],
-        "ray_wall_with_probe_seconds": ray_side["wall_with_probe_seconds"],
-        "max_abs_diff": diff, "ray_summary": ray_side["summary"], "load_average_end": os.getloadavg(),
+        "rounds": rounds,
+        "ratio_median": statistics.median(r["ratio"] for r in rounds),
+        "after_first_fragment_ratio_median": statistics.median(r["after_first_fragment_ratio"] for r in rounds),
+        "max_abs_diff": max(r["max_abs_diff"] for r in rounds), "load_average_end": os.getloadavg(),
     })
     for key, value in results.items():
         print(f"{key}: {value}")
