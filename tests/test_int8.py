@@ -252,3 +252,24 @@ def test_int8_says_so_when_torch_lacks_the_int8_ops(checkpoint, config, calibrat
     monkeypatch.setattr(int8, "_onednn_int8_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs oneDNN's int8 linear ops"):
         _load(checkpoint, config, int8=str(calibration_file))
+
+
+def test_reward_stats_measures_an_int8_model_in_int8(tiny_model, capsys, tmp_path):
+    """z-scores of an int8 server model need statistics of its int8 scores."""
+    import numpy as np
+
+    calibration = tmp_path / "int8.json"
+    calibrate(imagereward.load(str(tiny_model)), PROMPTS, IMAGES).save(str(calibration))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "image": i}) + "\n" for p, i in zip(PROMPTS, IMAGES)))
+    means = {}
+    for name, extra in (("float", []), ("int8", ["--int8", calibration])):
+        output = tmp_path / f"stats-{name}.json"
+        code, out, err = run_cli(capsys, "reward-stats", pairs, "--models", "ImageReward-v1.0",
+                                 "--checkpoint", tiny_model, "--output", output, *extra)
+        assert code == 0, err
+        assert ("[int8]" in out + err) == (name == "int8")
+        means[name] = json.loads(output.read_text())["models"]["ImageReward-v1.0"]["mean"]
+    expected = np.mean(imagereward.load(str(tiny_model), int8=str(calibration)).score_batch(PROMPTS, IMAGES))
+    assert means["int8"] == pytest.approx(float(expected), abs=1e-5)
+    assert means["int8"] != pytest.approx(means["float"], abs=1e-5)

@@ -19,6 +19,7 @@ from .common import (
     add_dtype_option,
     add_file_options,
     add_general_options,
+    add_int8_option,
     add_threads_option,
     apply_offline,
     device_name,
@@ -34,7 +35,9 @@ DESCRIPTION = """\
 Score a JSONL file of {"prompt", "image"} records (the batch job's input) with each model
 and write each model's mean, standard deviation and count to a small JSON file. Use pairs
 like those the reward will judge (your prompts, your generator's images): z-scores are
-relative to them. Records whose image cannot be read are skipped and counted.
+relative to them. Records whose image cannot be read are skipped and counted. A model that
+the reward will run in int8 (serve --int8) should be measured in int8 too: --int8 with the
+same calibration file.
 
 examples:
   imagereward reward-stats pairs.jsonl --models ImageReward-v1.0,PickScore,HPSv2.1 --output stats.json
@@ -55,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", type=device_name, help="cpu, cuda, ... (default: CUDA when available)")
     add_file_options(parser, "local files instead of downloading")
     add_dtype_option(parser)
+    add_int8_option(parser)
     add_threads_option(parser)
     add_download_options(parser)
     add_general_options(parser)
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         bad = [value for value in results if isinstance(value, InputError)]
         scores[spec.name] = [value for value in results if not isinstance(value, InputError)]
         note = f", {len(bad)} skipped (first: {bad[0]})" if bad else ""
-        print(f"imagereward: {spec.name}: {len(scores[spec.name])} pairs scored{note}", flush=True)
+        print(f"imagereward: {spec.label}: {len(scores[spec.name])} pairs scored{note}", flush=True)
         del scorer
     try:
         stats = RewardStats.from_scores(scores)
