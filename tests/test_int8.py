@@ -212,10 +212,24 @@ def test_runners_keep_int8_models_on_cpus(calibration_file):
             ServeSettings.model_validate({"model": "ImageReward-v1.0", "int8": str(calibration_file), **bad})
     with pytest.raises(ValidationError, match="give each model's int8 in its own entry"):
         ServeSettings.model_validate({"models": "ImageReward-v1.0,CLIP", "int8": str(calibration_file)})
-
     spec = ModelSpec("ImageReward-v1.0", options={"int8": str(calibration_file)})
     with pytest.raises(ValueError, match="gpus_per_actor must be 0"):
         DatasetJob(input="in.jsonl", output="out", models=[spec], gpus_per_actor=1.0)
+
+
+def test_on_a_cluster_with_gpus_float_replicas_take_one_and_int8_ones_none(calibration_file, monkeypatch):
+    """The server's default placement (the data-set job shares the rule: runners.placement)."""
+    pytest.importorskip("ray.serve")
+    from imagereward.runners.placement import default_gpus
+    from imagereward.runners.serve import app
+
+    assert [default_gpus(4, False), default_gpus(4, True), default_gpus(0, False)] == [1.0, 0.0, 0.0]
+    monkeypatch.setattr(app, "_cluster_gpus", lambda: 4.0)
+    built = app.build_app({"models": [{"model": "ImageReward-v1.0", "int8": str(calibration_file)},
+                                      {"model": "ImageReward-v1.0", "name": "float"}]})
+    _, models = built._bound_deployment.init_args
+    gpus = {key: model._bound_deployment.ray_actor_options["num_gpus"] for key, model in models.items()}
+    assert gpus == {"ImageReward-v1.0": 0.0, "float": 1.0}
 
 
 @pytest.mark.parametrize("command, extra", [("score-dataset", ["--gpus-per-actor", "1"]),

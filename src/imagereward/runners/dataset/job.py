@@ -28,6 +28,7 @@ from .ledger import Ledger, Totals
 from ...errors import ExtraMissingError
 from ...spec import ModelSpec
 from ...cpu_share import cpu_allocation, threads_for
+from ..placement import default_gpus
 from .models import preprocess_configs
 
 logger = logging.getLogger("imagereward")
@@ -240,9 +241,8 @@ class DatasetJob:
             groups.append(distinct.index(config))
         resources = ray.cluster_resources()  # one question to the cluster for both
         gpus = self.gpus_per_actor
-        if gpus is None:  # int8 models run on CPUs
-            int8 = any(m.options.get("int8") for m in self.models)
-            gpus = 1.0 if resources.get("GPU", 0) > 0 and not int8 else 0.0
+        if gpus is None:
+            gpus = default_gpus(resources.get("GPU", 0.0), int8=any(m.options.get("int8") for m in self.models))
         manifests = {path: ray.put(table) for path, table in plan.manifests.items()
                      if any(f.path == path for f in pending)}
         block_rows = self.read_block_rows(pending, resources.get("CPU", 1.0))

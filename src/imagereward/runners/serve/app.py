@@ -38,6 +38,7 @@ from ...reward_stats import RewardStats, check_scaling, check_weights, normalize
 from ...scoring.base import ranks_from_rewards
 from ...scoring.scorer import default_decode_workers
 from ...wire import MSGPACK_TYPES, decode_msgpack, read_payload
+from ..placement import default_gpus
 from .drain import DrainWatch
 from .fanout import ModelRoute, ModelRoutes
 from .limits import Refusal, api_key_from_env, check_api_key, check_content_length, check_pair_count
@@ -388,10 +389,10 @@ class RewardServer:
         return pixels
 
 
-def _cluster_has_gpus() -> bool:
+def _cluster_gpus() -> float:
     import ray
 
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    return ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
 
 
 def deployment_name(key: str) -> str:
@@ -406,12 +407,12 @@ def build_app(args: Union[ServeSettings, Dict[str, Any]]) -> Application:
     and for ``import_path`` in a Serve config file.
     """
     settings = ServeSettings.model_validate(args)
-    has_gpus = _cluster_has_gpus()
+    cluster_gpus = _cluster_gpus()
     models = {}
     for entry in settings.models:
         gpus = entry.gpus_per_replica
-        if gpus is None:  # int8 replicas run on CPUs
-            gpus = 1.0 if has_gpus and entry.int8 is None else 0.0
+        if gpus is None:
+            gpus = default_gpus(cluster_gpus, int8=entry.int8 is not None)
         models[entry.key] = ModelReplica.options(
             name=deployment_name(entry.key),
             num_replicas=entry.replicas,
