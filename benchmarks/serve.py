@@ -135,7 +135,7 @@ def load_in_process(folder: str, args: argparse.Namespace) -> Any:
     return model
 
 
-def in_process(model: Any, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> Dict[str, Any]:
+def in_process(model: Any, pairs: List[Tuple[str, np.ndarray]]) -> Dict[str, Any]:
     prompts, images = [p for p, _ in pairs], [i for _, i in pairs]
     start = time.perf_counter()
     scores = model.score_batch(prompts, images)
@@ -329,7 +329,7 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
         server_latency(url, pairs[:1], argparse.Namespace(latency_requests=1, wire=args.wire))  # warm-up
         for round_index in range(args.rounds):
             print(f"[serve-bench] round {round_index + 1}: in-process, then the server", flush=True)
-            local = in_process(model, pairs, args)
+            local = in_process(model, pairs)
             remote = server_side(url, pairs, args)
             report_round(results, local, remote)
         latency = {"in_process": in_process_latency(model, pairs, args), "server": server_latency(url, pairs, args)}
