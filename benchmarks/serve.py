@@ -143,14 +143,15 @@ def in_process(model: Any, pairs: List[Tuple[str, np.ndarray]]) -> Dict[str, Any
     return {"seconds": seconds, "pairs_per_second": len(pairs) / seconds, "scores": scores}
 
 
-def in_process_latency(model: Any, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> List[float]:
-    latencies = []
-    for index in range(args.latency_requests):
+def latencies(score: Any, pairs: List[Tuple[str, np.ndarray]], count: int) -> List[float]:
+    """Seconds of ``count`` single-pair calls ``score([prompt], [image])``, one at a time."""
+    seconds = []
+    for index in range(count):
         prompt, image = pairs[index % len(pairs)]
         t0 = time.perf_counter()
-        model.score_batch([prompt], [image])
-        latencies.append(time.perf_counter() - t0)
-    return latencies
+        score([prompt], [image])
+        seconds.append(time.perf_counter() - t0)
+    return seconds
 
 
 # -- server side ----------------------------------------------------------------------------
@@ -301,19 +302,6 @@ def server_side(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Na
             "cpu": cpu, "model_busy_share": busy / seconds, "forward_seconds_per_pair": busy / len(pairs)}
 
 
-def server_latency(url: str, pairs: List[Tuple[str, np.ndarray]], args: argparse.Namespace) -> List[float]:
-    from imagereward.client import RewardClient
-
-    latencies = []
-    with RewardClient(url, timeout=600, wire=args.wire) as client:
-        for index in range(args.latency_requests):
-            prompt, image = pairs[index % len(pairs)]
-            t0 = time.perf_counter()
-            client.score([prompt], [image])
-            latencies.append(time.perf_counter() - t0)
-    return latencies
-
-
 def throughput(args: argparse.Namespace) -> Dict[str, Any]:
     workdir = args.workdir
     folder = make_model(workdir, args.tiny)
@@ -323,16 +311,20 @@ def throughput(args: argparse.Namespace) -> Dict[str, Any]:
                                "settings": {k: v for k, v in vars(args).items() if k != "workdir"}, "rounds": [],
                                "wire_cost": wire_cost(images[0])}
     print(f"[serve-bench] wire cost per {args.image_size} px raw image: {json.dumps(results['wire_cost'])}", flush=True)
+    from imagereward.client import RewardClient
+
     model = load_in_process(folder, args)
     url = start_server(folder, args)
     try:
-        server_latency(url, pairs[:1], argparse.Namespace(latency_requests=1, wire=args.wire))  # warm-up
-        for round_index in range(args.rounds):
-            print(f"[serve-bench] round {round_index + 1}: in-process, then the server", flush=True)
-            local = in_process(model, pairs)
-            remote = server_side(url, pairs, args)
-            report_round(results, local, remote)
-        latency = {"in_process": in_process_latency(model, pairs, args), "server": server_latency(url, pairs, args)}
+        with RewardClient(url, timeout=600, wire=args.wire) as client:
+            client.score([pairs[0][0]], [pairs[0][1]])  # warm-up through the whole stack
+            for round_index in range(args.rounds):
+                print(f"[serve-bench] round {round_index + 1}: in-process, then the server", flush=True)
+                local = in_process(model, pairs)
+                remote = server_side(url, pairs, args)
+                report_round(results, local, remote)
+            latency = {"in_process": latencies(model.score_batch, pairs, args.latency_requests),
+                       "server": latencies(client.score, pairs, args.latency_requests)}
     finally:
         stop_server()
     ratios = [r["server"]["pairs_per_second"] / r["in_process"]["pairs_per_second"] for r in results["rounds"]]
@@ -377,13 +369,6 @@ def report_round(results: Dict[str, Any], local: Dict[str, Any], remote: Dict[st
 
 def metric_sum(values: Dict[str, float], name: str) -> float:
     return sum(v for k, v in values.items() if k.startswith(name + "{"))
-
-
-def pairs_per_forward(url: str) -> float:
-    """Mean pairs per forward pass of the replica, from its batch-size histogram."""
-    values = metric_values(url)
-    count = metric_sum(values, "imagereward_batch_size_count")
-    return metric_sum(values, "imagereward_batch_size_sum") / count if count else float("nan")
 
 
 # -- soak -----------------------------------------------------------------------------------
