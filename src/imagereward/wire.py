@@ -165,7 +165,7 @@ def decode_msgpack(body: bytes) -> Any:
 
 
 def _data(data: Union[str, bytes]) -> bytes:
-    return bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else decode_base64(data)
+    return data if isinstance(data, bytes) else decode_base64(data)
 
 
 def read_payload(payload: Union[str, bytes, Mapping[str, Any]]) -> Union[bytes, np.ndarray]:
@@ -176,7 +176,7 @@ def read_payload(payload: Union[str, bytes, Mapping[str, Any]]) -> Union[bytes, 
     shape, and raw data whose length does not match its shape. The item pipeline then
     decodes it within the server's limits.
     """
-    if isinstance(payload, (str, bytes, bytearray, memoryview)):
+    if isinstance(payload, (str, bytes)):
         data, shape = _data(payload), None
     else:
         data, shape = _data(payload["data"]), payload.get("shape")
