@@ -148,8 +148,10 @@ def test_bf16_cpu_attention_matches_the_fused_kernel(masked, amx, monkeypatch):
 @pytest.mark.parametrize("gelu", [False, True])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_linear_gelu_and_residual_match_the_separate_operations(gelu, with_residual, amx, monkeypatch):
-    """On AMX, bf16 GELU and residual additions run as oneDNN post-ops of the product."""
+    """On AMX, bf16 GELU and residual additions run as oneDNN post-ops of the product
+    (and in float32 with AVX-512)."""
     monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(layers, "cpu_has_avx512", lambda: amx)
     torch.manual_seed(0)
     linear = layers.Linear(64, 48)
     x = torch.randn(2, 7, 64)
@@ -168,6 +170,47 @@ def test_linear_gelu_and_residual_match_the_separate_operations(gelu, with_resid
     y = layers.Linear(64, 48)(x.requires_grad_(), gelu=gelu, residual=residual)  # autograd path
     y.sum().backward()
     assert x.grad is not None
+
+
+class _RecordingLinearOp:
+    """Stands in for ``torch.ops.mkldnn._linear_pointwise``: records each call's post-op."""
+
+    def __init__(self, op) -> None:
+        self.op, self.post_ops = op, []
+
+    def __call__(self, x, weight, bias, attr, scalars, algorithm):
+        self.post_ops.append(attr)
+        return self.op(x, weight, bias, attr, scalars, algorithm)
+
+    def binary(self, x, other, weight, bias, attr):
+        self.post_ops.append(attr)
+        return self.op.binary(x, other, weight, bias, attr)
+
+
+@pytest.mark.skipif(not layers._onednn_linear_available(), reason="no oneDNN linear op in this torch")
+def test_float32_post_ops_on_avx512_are_bitwise_the_separate_operations(monkeypatch):
+    """With AVX-512, float32 GELU and residual additions run inside oneDNN's product, and
+    the results are bitwise those of the product followed by the separate operations (so
+    float32 scores are what they were before)."""
+    op = torch.ops.mkldnn._linear_pointwise
+    recording = _RecordingLinearOp(op)
+    monkeypatch.setattr(layers, "cpu_has_avx512", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", recording)
+    generator = torch.Generator().manual_seed(7)
+    linear = layers.Linear(256, 1024)
+    x = torch.randn(4, 33, 256, generator=generator) * 3  # GELU's whole range, tails included
+    residual = torch.randn(4, 33, 1024, generator=generator)
+    with torch.no_grad():
+        product = op(x, linear.weight, linear.bias, "none", [], "")
+        assert torch.equal(linear(x, gelu=True), F.gelu(product))
+        assert torch.equal(linear(x, residual=residual), product + residual)
+    assert recording.post_ops == ["gelu", "add"]
+    monkeypatch.setattr(layers, "cpu_has_avx512", lambda: False)  # AVX2: separate operations
+    recording.post_ops.clear()
+    with torch.no_grad():
+        assert torch.equal(linear(x, gelu=True), F.gelu(product))
+        assert torch.equal(linear(x, residual=residual), product + residual)
+    assert recording.post_ops == ["none", "none"]
 
 
 @pytest.mark.parametrize("amx", [False, True])
@@ -205,3 +248,24 @@ def test_amx_paths_follow_onednns_instruction_limit(limit, allowed, monkeypatch)
     finally:
         monkeypatch.undo()
         dtypes.cpu_has_amx.cache_clear()
+
+
+@pytest.mark.parametrize("limit, allowed", [("AVX2", False), ("avx2_vnni", False), ("SSE41", False),
+                                            ("AVX512_CORE", True), ("AVX512_CORE_BF16", True),
+                                            ("AVX10_1_512_AMX", True), ("ALL", True), ("", True)])
+def test_float32_post_ops_follow_onednns_instruction_limit(limit, allowed, monkeypatch):
+    """float32 post-ops pay with AVX-512 only: a limit below it keeps them off."""
+    from pathlib import Path
+
+    from imagereward import dtypes
+
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    has_avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    dtypes.cpu_has_avx512.cache_clear()
+    try:
+        assert dtypes.cpu_has_avx512() == (allowed and has_avx512)
+        assert layers.fuses_post_ops(torch.float32) == (allowed and has_avx512)
+    finally:
+        monkeypatch.undo()
+        dtypes.cpu_has_avx512.cache_clear()

@@ -83,6 +83,28 @@ def cpu_has_fast(dtype: torch.dtype) -> bool:
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
+def _onednn_may_use(levels: tuple) -> bool:
+    """Whether no ``ONEDNN_MAX_CPU_ISA`` limit keeps oneDNN below every ISA level whose
+    name contains one of ``levels``."""
+    for name in ISA_LIMITS:
+        limit = os.environ.get(name, "").strip().upper()
+        if limit and limit not in ("ALL", "DEFAULT") and not any(level in limit for level in levels):
+            return False
+    return True
+
+
+def _cpu_flags() -> frozenset:
+    """The CPU's feature flags as the kernel reports them (Linux; elsewhere none)."""
+    try:
+        with Path("/proc/cpuinfo").open() as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[-1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_amx() -> bool:
     """Whether oneDNN runs bfloat16 products on AMX tiles here (Sapphire Rapids and later Xeons).
@@ -92,15 +114,13 @@ def cpu_has_amx() -> bool:
     oneDNN off them. Some bfloat16 paths that pay on AMX (fused post-ops, the fused
     attention kernel) were slower without it.
     """
-    for name in ISA_LIMITS:
-        limit = os.environ.get(name, "").strip().upper()
-        if limit and limit not in ("ALL", "DEFAULT") and "AMX" not in limit:
-            return False
-    try:
-        with Path("/proc/cpuinfo").open() as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
+    return _onednn_may_use(("AMX",)) and "amx_bf16" in _cpu_flags()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_avx512() -> bool:
+    """Whether oneDNN runs float32 products with AVX-512 here (its ``AVX512_CORE`` level:
+    the F, BW, VL and DQ extensions), read like :func:`cpu_has_amx`. Its float32 GELU
+    post-op pays there and costs on AVX2."""
+    return (_onednn_may_use(("AVX512_CORE", "AVX10", "AMX"))
+            and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags())
