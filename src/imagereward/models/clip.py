@@ -52,12 +52,19 @@ class SelfAttention(PackedWeightCache, nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(
-        self, x: torch.Tensor, causal: bool, residual: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, causal: bool, residual: Optional[torch.Tensor] = None,
+        first_only: bool = False,
     ) -> torch.Tensor:
+        """Self-attention of ``x`` ``[B, L, W]``, plus ``residual`` if given; with
+        ``first_only`` (not causal), only the first token's output ``[B, 1, W]``."""
         batch, length, width = x.shape
         qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self)
         qkv = qkv.view(batch, length, 3, self.heads, width // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if first_only:
+            if causal:
+                raise ValueError("first_only attention is for the non-causal image tower")
+            query = query[:, :, :1]
         attended = merge_heads(attention(query, key, value, causal=causal))
         return self.out_proj(attended, residual=residual)
 
@@ -95,8 +102,11 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = FeedForward(width, act)
         self.ln_2 = LayerNormFP32(width, eps=eps)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
-        x = self.attn(self.ln_1(x), causal, residual=x)
+    def forward(self, x: torch.Tensor, causal: bool, first_only: bool = False) -> torch.Tensor:
+        """The block on ``[B, L, W]``; with ``first_only``, only the first token's output
+        ``[B, 1, W]`` (a last block whose other outputs nothing reads)."""
+        residual = x[:, :1].contiguous() if first_only else x
+        x = self.attn(self.ln_1(x), causal, residual=residual, first_only=first_only)
         return self.mlp(self.ln_2(x), residual=x)
 
 
@@ -113,9 +123,12 @@ class Transformer(nn.Module):
             ResidualAttentionBlock(width, heads, eps, act) for _ in range(layers)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
-            x = block(x, self.causal)
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """``[B, L, width]`` -> ``[B, L, width]``, or with ``first_only`` the first token's
+        output ``[B, 1, width]`` (the last block computes nothing else)."""
+        last = len(self.resblocks) - 1
+        for index, block in enumerate(self.resblocks):
+            x = block(x, self.causal, first_only and index == last)
         return x
 
 
@@ -137,9 +150,10 @@ class CLIPVisionTransformer(nn.Module):
         self.ln_post = LayerNormFP32(width, eps=config.layer_norm_eps)
         self.proj = nn.Parameter(torch.zeros(width, config.embed_dim))
 
-    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+    def tokens(self, pixels: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """The transformer's output for the class token and every patch ``[B, 1 + P, width]``,
-        before ``ln_post`` (Hugging Face's ``last_hidden_state``)."""
+        before ``ln_post`` (Hugging Face's ``last_hidden_state``); with ``cls_only``, for
+        the class token alone ``[B, 1, width]``, the same values up to float rounding."""
         size = self.image_size
         if pixels.shape[-2:] != (size, size):
             raise ValueError(
@@ -148,10 +162,10 @@ class CLIPVisionTransformer(nn.Module):
         x = self.conv1(pixels.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat((cls, x), dim=1) + self.positional_embedding.to(x.dtype)
-        return self.transformer(self.ln_pre(x))
+        return self.transformer(self.ln_pre(x), first_only=cls_only)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.ln_post(self.tokens(pixels)[:, 0, :]) @ self.proj
+        return self.ln_post(self.tokens(pixels, cls_only=True)[:, 0, :]) @ self.proj
 
 
 class CLIPModel(nn.Module):

@@ -28,10 +28,15 @@ class Attention(nn.Module):
         self.qkv = Linear(width, width * 3)
         self.proj = Linear(width, width)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                first_only: bool = False) -> torch.Tensor:
+        """Self-attention of ``x`` ``[B, N, W]``, plus ``residual`` if given; with
+        ``first_only``, only the first token's output ``[B, 1, W]`` (it still attends to all)."""
         batch, length, width = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if first_only:
+            query = query[:, :, :1]
         return self.proj(merge_heads(attention(query, key, value)), residual=residual)
 
 
@@ -57,12 +62,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.mlp = Mlp(config.width, int(config.width * config.mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """The block on ``[B, N, W]`` tokens; with ``first_only``, only the class token's
+        output ``[B, 1, W]`` (what a last block computes when nothing reads the rest)."""
         if self.training and self.drop_path.rate > 0.0:
             x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            return x[:, :1] if first_only else x
         # Without stochastic depth the residual additions go into the output projections.
-        x = self.attn(self.norm1(x), residual=x)
+        x = self.attn(self.norm1(x), residual=x[:, :1].contiguous() if first_only else x, first_only=first_only)
         return self.mlp(self.norm2(x), residual=x)
 
 
@@ -85,7 +93,10 @@ class VisionTransformer(nn.Module):
         stem = [*self.patch_embed.parameters(), self.cls_token, self.pos_embed]
         return stem + [p for block in self.blocks[:blocks] for p in block.parameters()]
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """Tokens ``[B, 1 + patches, W]``; with ``cls_only`` only the class token ``[B, 1, W]``,
+        whose last block then skips the other tokens' attention outputs and MLP (the same
+        values up to float rounding)."""
         size = self.config.image_size
         if pixels.shape[-2:] != (size, size):
             raise ValueError(
@@ -94,9 +105,11 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(pixels)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat((cls, x), dim=1) + self.pos_embed
-        for block in self.blocks:
+        last = len(self.blocks) - 1
+        for index, block in enumerate(self.blocks):
+            first_only = cls_only and index == last
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, first_only, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, first_only)
         return self.norm(x)

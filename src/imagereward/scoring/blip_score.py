@@ -40,7 +40,7 @@ class BLIPScore(CosineNetwork):
         return F.normalize(self.blip.text_proj(cls).float(), dim=-1)
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
-        tokens = self.blip.visual_encoder(pixels)
+        tokens = self.blip.visual_encoder(pixels, cls_only=True)
         return F.normalize(self.blip.vision_proj(tokens[:, 0, :]).float(), dim=-1)
 
 
