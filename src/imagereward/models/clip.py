@@ -13,7 +13,7 @@ state dicts (PickScore) are translated by :func:`convert_hf_clip_state_dict`.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -204,10 +204,55 @@ class CLIPModel(nn.Module):
         return self.ln_final(self.transformer(x))
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Unnormalised text embeddings ``[B, embed_dim]`` of ids ``[B, L]`` (L <= context)."""
-        x = self.text_tokens(input_ids)
+        """Unnormalised text embeddings ``[B, embed_dim]`` of ids ``[B, L]`` (L <= context).
+
+        The embedding is the output at the end-of-text token (the highest id, its first
+        occurrence), and the tower is causal: no position after it changes it. So
+        positions after a row's end-of-text token (the padding up to the context length)
+        are not computed: rows of similar lengths run together, each group up to its
+        longest row (:func:`length_groups`). The same values up to float rounding.
+        """
         eot = input_ids.argmax(dim=-1)
-        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
+        lengths = (eot + 1).tolist()
+        features = None
+        for rows in length_groups(lengths):
+            index = torch.tensor(rows, device=input_ids.device)
+            x = self.text_tokens(input_ids[index, : max(lengths[row] for row in rows)])
+            picked = x[torch.arange(len(rows), device=x.device), eot[index]]
+            if features is None:
+                features = picked.new_empty(input_ids.shape[0], picked.shape[-1])
+            features[index] = picked
+        if features is None:  # no rows
+            features = self.text_tokens(input_ids)[:, 0]
+        return features @ self.text_projection
+
+
+# What one more pass of the text tower costs, in positions (rows x length) of work: the
+# weights read again and smaller products. Measured on OpenCLIP ViT-H/14's text tower,
+# 2 threads of an AMX Xeon: about 70 positions in bf16 and 30 in fp32.
+PASS_COST = 64
+
+
+def length_groups(lengths: Sequence[int], pass_cost: int = PASS_COST) -> List[List[int]]:
+    """Row indices in groups of similar ``lengths`` that minimise the work of running each
+    group up to its longest row: the sum over groups of rows x longest length, plus
+    ``pass_cost`` per group. Rows sorted by length, split where that pays (an exact
+    dynamic programme over the split points, O(rows^2))."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ordered = [lengths[row] for row in order]
+    best = [0.0] + [float("inf")] * len(order)
+    start = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for first in range(end):  # the last group holds ordered[first:end]
+            cost = best[first] + (end - first) * ordered[end - 1] + pass_cost
+            if cost < best[end]:
+                best[end], start[end] = cost, first
+    groups: List[List[int]] = []
+    end = len(order)
+    while end > 0:
+        groups.append(order[start[end] : end])
+        end = start[end]
+    return groups[::-1]
 
 
 def _count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
