@@ -423,3 +423,29 @@ def test_original_cache_is_reused(tmp_path, monkeypatch, clip_archive, aesthetic
         load_score("Aesthetic", device="cpu", download_root=str(legacy)).score("x", IMAGES[0])
     )
     assert not (tmp_path / "own-cache").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_clip_quick_gelu_in_place_is_bitwise_the_module_and_keeps_gradients(dtype):
+    """OpenAI CLIP's MLP applies QuickGELU in place to c_fc's output in inference (one
+    temporary instead of three); the values are bitwise those of ``x * sigmoid(1.702 * x)``."""
+    from imagereward.models.clip import FeedForward, QuickGELU
+
+    x = torch.randn(3, 9, 4096, generator=torch.Generator().manual_seed(0)).to(dtype) * 4
+    assert torch.equal(QuickGELU.inplace(x.clone()), QuickGELU()(x))
+    torch.manual_seed(1)
+    mlp = FeedForward(64, "quick_gelu").to(dtype)
+    inputs = torch.randn(2, 5, 64).to(dtype)
+    with torch.no_grad():
+        expected = mlp.c_proj(QuickGELU()(mlp.c_fc(inputs)))
+        calls = []
+        handle = mlp.gelu.register_forward_hook(lambda *_: calls.append(1))  # the module is not called
+        try:
+            assert torch.equal(mlp(inputs), expected)
+        finally:
+            handle.remove()
+    assert calls == []
+    out = mlp(inputs.requires_grad_())  # with gradients: the module, not in place (F.linear)
+    out.float().sum().backward()
+    assert inputs.grad is not None
+    assert torch.allclose(out.detach().float(), expected.float(), atol=1e-5 if dtype == torch.float32 else 0.05)
