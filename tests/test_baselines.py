@@ -449,3 +449,24 @@ def test_clip_quick_gelu_in_place_is_bitwise_the_module_and_keeps_gradients(dtyp
     out.float().sum().backward()
     assert inputs.grad is not None
     assert torch.allclose(out.detach().float(), expected.float(), atol=1e-5 if dtype == torch.float32 else 0.05)
+
+
+def test_clip_layer_norm_computes_in_float32_for_half_precision_inputs():
+    """CLIP's LayerNorm computes in float32 whatever the input (as OpenAI's code does);
+    bf16 inputs take ATen's mixed-precision kernel instead of float32 copies."""
+    from imagereward.models.clip import LayerNormFP32
+
+    generator = torch.Generator().manual_seed(2)
+    norm = LayerNormFP32(256)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(256, generator=generator))
+        norm.bias.copy_(0.1 * torch.randn(256, generator=generator))
+    x = 3 * torch.randn(4, 33, 256, generator=generator) + 1
+    assert torch.equal(norm(x), F.layer_norm(x, (256,), norm.weight, norm.bias, norm.eps))
+    half = LayerNormFP32(256).bfloat16()
+    half.load_state_dict(norm.state_dict())
+    got = half(x.bfloat16())
+    in_float32 = F.layer_norm(x.bfloat16().float(), (256,), half.weight.float(), half.bias.float(), norm.eps)
+    assert got.dtype == torch.bfloat16
+    # within one bfloat16 rounding step of the float32 result (a bf16 computation is several)
+    assert ((got.float() - in_float32).abs() <= in_float32.abs() * 2**-8 + 1e-6).all()
