@@ -22,10 +22,9 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from serve import machine  # noqa: E402  (CPU flags, torch and Ray versions)
-from skipped_positions import OPENAI_L14, OPENCLIP_H14, randomise  # noqa: E402
+from skipped_positions import OPENAI_L14, OPENCLIP_H14, best_seconds, randomise  # noqa: E402
 
 from imagereward.models.clip import CLIPVisionTransformer, LayerNormFP32, QuickGELU  # noqa: E402
 
@@ -96,15 +95,6 @@ def main() -> int:
               f"{' (bitwise equal)' if diff == 0 else ''}", flush=True)
         del tower
     return 0
-
-
-def best_seconds(run: Callable[[], Any], repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 if __name__ == "__main__":
