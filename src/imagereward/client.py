@@ -36,7 +36,7 @@ from PIL import Image
 
 from .errors import ImageNotFoundError, ImageRewardError, ImageTypeError, InputError
 from .prompts import check_prompt, check_prompts
-from .wire import WIRE_FORMATS, WireImage, encode_body, file_image, msgpack_module, pil_image, raw_image, uint8_pixels
+from .wire import WireImage, check_wire, encode_body, file_image, msgpack_module, pil_image, raw_image, uint8_pixels
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scoring.base import RankResult
@@ -242,8 +242,7 @@ class _Client:
     ) -> None:
         import httpx
 
-        if wire not in WIRE_FORMATS:
-            raise ValueError(f"wire must be one of {sorted(WIRE_FORMATS)}, got {wire!r}")
+        check_wire(wire)
         if wire == "msgpack":
             msgpack_module()  # says how to install it, before any request
         self._httpx = httpx

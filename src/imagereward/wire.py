@@ -76,11 +76,16 @@ def msgpack_module() -> Any:
     return msgpack
 
 
+def check_wire(wire: str) -> None:
+    """``ValueError`` unless ``wire`` names a body format of :data:`WIRE_FORMATS`."""
+    if wire not in WIRE_FORMATS:
+        raise ValueError(f"wire must be one of {sorted(WIRE_FORMATS)}, got {wire!r}")
+
+
 def encode_body(body: Mapping[str, Any], wire: str) -> Tuple[bytes, str]:
     """A request body whose ``images`` are :class:`WireImage` objects, as bytes in ``wire``
     (``"msgpack"`` or ``"json"``), and its media type."""
-    if wire not in WIRE_FORMATS:
-        raise ValueError(f"wire must be one of {sorted(WIRE_FORMATS)}, got {wire!r}")
+    check_wire(wire)
     plain = dict(body)
     images = plain.get("images")
     if wire == "json":

@@ -229,17 +229,13 @@ class CLIPModel(nn.Module):
         """
         eot = input_ids.argmax(dim=-1)
         lengths = (eot + 1).tolist()
-        features = None
+        projection = self.text_projection
+        features = projection.new_empty(input_ids.shape[0], projection.shape[0])
         for rows in length_groups(lengths):
             index = torch.tensor(rows, device=input_ids.device)
             x = self.text_tokens(input_ids[index, : max(lengths[row] for row in rows)])
-            picked = x[torch.arange(len(rows), device=x.device), eot[index]]
-            if features is None:
-                features = picked.new_empty(input_ids.shape[0], picked.shape[-1])
-            features[index] = picked
-        if features is None:  # no rows
-            features = self.text_tokens(input_ids)[:, 0]
-        return features @ self.text_projection
+            features[index] = x[torch.arange(len(rows), device=x.device), eot[index]]
+        return features @ projection
 
 
 # What one more pass of the text tower costs, in positions (rows x length) of work: the
