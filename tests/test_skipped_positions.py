@@ -16,7 +16,7 @@ the 77-token context, and must give the embeddings of the whole padded sequences
 from __future__ import annotations
 
 import copy
-from typing import List
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -102,17 +102,24 @@ def test_class_token_only_in_training_keeps_the_same_values_and_gradients():
             assert torch.allclose(got[name], grad, atol=1e-5), (name, checkpointing)
 
 
+def _padded_ids(lengths: List[int], pad_with_eot_rows: Tuple[int, ...] = ()) -> torch.Tensor:
+    """Token ids of prompts of ``lengths`` (start and end of text included), padded with 0
+    as OpenAI's tokenizer pads, or with end-of-text tokens (Hugging Face's) in the given rows."""
+    context, eot_id = CLIP_TOWER.context_length, CLIP_TOWER.vocab_size - 1
+    ids = torch.zeros(len(lengths), context, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, 0] = eot_id - 1
+        words = torch.randint(1, eot_id - 1, (length - 2,), generator=torch.Generator().manual_seed(row))
+        ids[row, 1:length - 1] = words
+        ids[row, length - 1:] = eot_id if row in pad_with_eot_rows else 0
+        ids[row, length - 1] = eot_id
+    return ids
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
 def test_clip_text_embedding_stops_at_the_batchs_last_end_of_text_token(dtype, tolerance):
     model = _randomised(CLIPModel(CLIP_TOWER), seed=7).to(dtype)
-    context, eot_id = CLIP_TOWER.context_length, CLIP_TOWER.vocab_size - 1
-    ids = torch.zeros(3, context, dtype=torch.long)  # padded with 0 as OpenAI's tokenizer pads
-    for row, length in enumerate((5, 12, 3)):
-        ids[row, 0] = eot_id - 1  # start of text
-        words = torch.randint(1, eot_id - 1, (length - 2,), generator=torch.Generator().manual_seed(row))
-        ids[row, 1:length - 1] = words
-        ids[row, length - 1] = eot_id
-    ids[2, 3:] = eot_id  # padded with end-of-text tokens, as Hugging Face's CLIP tokenizer pads
+    ids = _padded_ids([5, 12, 3], pad_with_eot_rows=(2,))
     with torch.no_grad():
         whole = model.text_tokens(ids)
         expected = whole[torch.arange(3), torch.tensor([4, 11, 2])] @ model.text_projection
@@ -125,18 +132,6 @@ def test_clip_text_embedding_stops_at_the_batchs_last_end_of_text_token(dtype, t
     assert lengths == [12]  # the longest prompt's end-of-text token, not the context of 77
     scale = expected.float().abs().max()
     assert (got.float() - expected.float()).abs().max() <= tolerance * scale, (got - expected).abs().max()
-
-
-def _padded_ids(lengths, pad_with_eot_rows=()) -> torch.Tensor:
-    context, eot_id = CLIP_TOWER.context_length, CLIP_TOWER.vocab_size - 1
-    ids = torch.zeros(len(lengths), context, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        ids[row, 0] = eot_id - 1
-        words = torch.randint(1, eot_id - 1, (length - 2,), generator=torch.Generator().manual_seed(row))
-        ids[row, 1:length - 1] = words
-        ids[row, length - 1:] = eot_id if row in pad_with_eot_rows else 0
-        ids[row, length - 1] = eot_id
-    return ids
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
