@@ -1,12 +1,18 @@
 """What keeping freed memory in the process (``imagereward.allocator``) is worth.
 
-    python benchmarks/allocator.py [CHECKPOINT] [--dtypes fp32,bf16] [--rounds 3]
+    python benchmarks/allocator.py --scorers HPSv2,ImageReward-v1.0 --dtypes fp32,bf16
+    python benchmarks/allocator.py --scorers HPSv2 --dtypes bf16 --before .bench/wt-before/src
 
-Runs the image encoder of a full-size ImageReward on 8 random 224 px images in fresh
-processes, alternating ``IMAGEREWARD_MALLOC_TUNING=0`` (glibc's defaults) and the
-default (tuned), and prints per call: wall time, user and system CPU time and minor
-page faults, best of 3 calls per process. The checkpoint defaults to the random-weight
-``ImageReward.pt`` that ``speed.py`` writes into ``.bench/speed``.
+Each scorer is written once with full-size random weights in its original format (the
+writers of ``dtype_cost.py``) under ``--workdir``. Each measurement is a fresh process
+that does what an ``imagereward`` command does (``keep_freed_memory()`` first, then the
+model) and times ``score_batch`` on ``--images`` decoded 512 px images, one prompt each,
+3 calls after a warm-up: wall time, user and system CPU time and minor page faults of
+its best call, and its peak and final resident memory. The sides, alternating for
+``--rounds`` rounds: glibc's defaults (``IMAGEREWARD_MALLOC_TUNING=0``), the setting of
+this checkout, and with ``--before SRC`` the setting of another checkout's ``src``
+(a worktree of an earlier commit). Each side's speed against every other side is
+printed round by round, with the median.
 """
 
 from __future__ import annotations
@@ -14,63 +20,108 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(HERE))
 
 PROBE = """
-import json, resource, sys, time, torch
+import json, os, re, resource, sys, time
+from imagereward.allocator import keep_freed_memory
+keep_freed_memory()  # as the commands do, before torch lays anything out
+import torch
+sys.path[:0] = [os.environ["BENCH_DIR"], os.environ["TESTS_DIR"]]
 import imagereward
-torch.set_num_threads(int(sys.argv[3]))
-model = imagereward.load(sys.argv[1], device="cpu", dtype=sys.argv[2])
-pixels = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-pixels = pixels.to(model.compute_dtype)
+from scorer_ceiling import workload
+name, dtype, images, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+model = imagereward.load(name, files=json.loads(sys.argv[5]), device="cpu", batch_size=images,
+                         dtype=None if dtype == "fp32" else dtype)
+pairs = workload(None, images)
 calls = []
-with torch.inference_mode():
-    model.encode_images(pixels)
-    for _ in range(3):
-        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        model.encode_images(pixels)
-        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        calls.append({"wall": t1 - t0, "user": r1.ru_utime - r0.ru_utime,
-                      "sys": r1.ru_stime - r0.ru_stime, "faults": r1.ru_minflt - r0.ru_minflt})
-print(json.dumps(min(calls, key=lambda c: c["wall"])))
+model.score_batch(pairs["prompts"], pairs["images"])
+for _ in range(3):
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    model.score_batch(pairs["prompts"], pairs["images"])
+    r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    calls.append({"wall": t1 - t0, "user": r1.ru_utime - r0.ru_utime,
+                  "sys": r1.ru_stime - r0.ru_stime, "faults": r1.ru_minflt - r0.ru_minflt})
+status = open("/proc/self/status").read()
+memory = {key: int(re.search(key + r":\\s+(\\d+)", status).group(1)) // 1024 for key in ("VmHWM", "VmRSS")}
+print(json.dumps(dict(min(calls, key=lambda c: c["wall"]), peak_mb=memory["VmHWM"], rss_mb=memory["VmRSS"])))
 """
+
+
+def run_probe(name: str, dtype: str, files: Dict[str, str], args: argparse.Namespace,
+              env: Dict[str, str]) -> Dict[str, float]:
+    from helpers import BERT_VOCAB, CLIP_BPE
+
+    from imagereward.tokenizers.clip_bpe import BPE_ENV
+
+    env = dict(env, BENCH_DIR=str(HERE), TESTS_DIR=str(REPO / "tests"), IMAGEREWARD_BERT_VOCAB=str(BERT_VOCAB),
+               HF_HUB_OFFLINE="1", IMAGEREWARD_OFFLINE="1", **{BPE_ENV: str(CLIP_BPE)})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, name, dtype, str(args.images), str(args.threads), json.dumps(files)],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?",
-                        default=str(HERE.parent / ".bench" / "speed" / "ImageReward.pt"))
+    parser.add_argument("--scorers", default="ImageReward-v1.0")
     parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--images", type=int, default=16, help="pairs per call (one batch)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout's src folder, timed as a third side")
+    parser.add_argument("--workdir", type=Path, default=REPO / ".bench" / "allocator")
     args = parser.parse_args()
-    checkpoint = args.checkpoint
-    if not Path(checkpoint).is_file():
-        sys.exit(f"no checkpoint at {checkpoint}: run benchmarks/speed.py first or pass one")
-    results = {}
-    for dtype in args.dtypes.split(","):
-        for _ in range(args.rounds):
-            for label, tuning in (("glibc defaults", "0"), ("kept in process", "1")):
-                env = dict(os.environ, IMAGEREWARD_MALLOC_TUNING=tuning)
-                out = subprocess.run(
-                    [sys.executable, "-c", PROBE, checkpoint, dtype, str(args.threads)],
-                    env=env, check=True, capture_output=True, text=True,
-                ).stdout
-                call = json.loads(out.strip().splitlines()[-1])
-                best = results.setdefault((dtype, label), call)
-                if call["wall"] < best["wall"]:
-                    results[(dtype, label)] = call
-                print(dtype, label, json.dumps(call), flush=True)
-    print("\n| dtype | malloc | wall (s) | user (s) | sys (s) | minor faults |")
-    print("|---|---|---|---|---|---|")
-    for (dtype, label), call in results.items():
-        print(f"| {dtype} | {label} | {call['wall']:.2f} | {call['user']:.2f} | "
-              f"{call['sys']:.2f} | {call['faults']:,} |")
+    from dtype_cost import WRITERS
+
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("IMAGEREWARD_MALLOC_TUNING", "PYTHONPATH") and not k.startswith("MALLOC_")}
+    sides = {"glibc defaults": dict(clean, IMAGEREWARD_MALLOC_TUNING="0"), "kept (this checkout)": clean}
+    if args.before:
+        sides["kept (before)"] = dict(clean, PYTHONPATH=str(args.before.resolve()))
+    rows: List[Dict[str, object]] = []
+    for name in args.scorers.split(","):
+        folder = args.workdir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        record = folder / "files.json"  # written once: full-size checkpoints take minutes
+        if not record.is_file():
+            record.write_text(json.dumps(WRITERS[name](folder)[0]))
+        files = json.loads(record.read_text())
+        for dtype in args.dtypes.split(","):
+            calls: Dict[str, List[Dict[str, float]]] = {side: [] for side in sides}
+            for round_index in range(args.rounds):
+                order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+                for side in order:
+                    calls[side].append(run_probe(name, dtype, files, args, sides[side]))
+                    print(name, dtype, side, json.dumps(calls[side][-1]), flush=True)
+            for side, results in calls.items():
+                ratios = {other: [a["wall"] / b["wall"] for a, b in zip(calls[other], results)]
+                          for other in sides if other != side}
+                rows.append({"scorer": name, "dtype": dtype, "side": side,
+                             "best": min(results, key=lambda c: c["wall"]), "ratios": ratios})
+    print(f"\n{args.images} pairs per call, {args.threads} threads\n")
+    print("| scorer | dtype | malloc | wall (s), best | user (s) | sys (s) | minor faults | peak / final RSS (MB) "
+          "| speed against each other side: by round, median |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        best = row["best"]
+        against = "; ".join(f"{other}: {', '.join(f'{r:.2f}' for r in ratios)}, **{statistics.median(ratios):.2f}x**"
+                            for other, ratios in row["ratios"].items())
+        print(f"| {row['scorer']} | {row['dtype']} | {row['side']} | {best['wall']:.3f} | {best['user']:.2f} "
+              f"| {best['sys']:.2f} | {best['faults']:,} | {best['peak_mb']:,} / {best['rss_mb']:,} | {against} |")
 
 
 if __name__ == "__main__":
