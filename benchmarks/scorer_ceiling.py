@@ -31,7 +31,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -45,6 +44,7 @@ sys.path.insert(0, str(HERE))
 from dtype_cost import WRITERS  # noqa: E402
 from helpers import BERT_VOCAB, CLIP_BPE, TEST_JSON  # noqa: E402
 from serve import machine  # noqa: E402
+from skipped_positions import best_seconds  # noqa: E402
 from speed_side import gemm  # noqa: E402
 
 DTYPES = ("fp32", "bf16")
@@ -82,15 +82,6 @@ def flops_per_pair(model: Any, pairs: Dict[str, List[Any]]) -> float:
         os.environ.pop(layers.ONEDNN_ENV)
         layers._onednn_linear_available.cache_clear()
     return counter.get_total_flops() / len(pairs["images"])
-
-
-def best_seconds(call: Any, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure(model: Any, pairs: Dict[str, List[Any]], repeats: int) -> float:
