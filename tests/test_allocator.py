@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import List
 
 import pytest
 
@@ -36,14 +37,17 @@ def block():
 
 block()
 block()  # the heap reaches its size
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+rounds = []
 for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block()
-print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+    rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"faults": rounds}))
 """
 
 
-def _faults(checkpoint, how: str = "cli", megabytes: int = 24, **env) -> int:
+def _faults(checkpoint, how: str = "cli", megabytes: int = 24, **env) -> List[int]:
+    """Minor page faults of each of 5 rounds of the block pattern."""
     environment = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
     for name in (*USER_SETTINGS, TUNING_ENV):
         environment.pop(name, None)
@@ -54,6 +58,13 @@ def _faults(checkpoint, how: str = "cli", megabytes: int = 24, **env) -> int:
     return json.loads(result.stdout.strip().splitlines()[-1])["faults"]
 
 
+def _but_the_worst(rounds: List[int]) -> int:
+    """Faults of all rounds but the worst. Memory given back to the kernel faults in again
+    round after round; a heap that grows once more (a block that no longer fits the hole it
+    left, as the layout happens to be: seen once in about ten runs) faults in one round."""
+    return sum(sorted(rounds)[:-1])
+
+
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 
 
@@ -61,15 +72,17 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 @pytest.mark.parametrize("megabytes", [24, 48])
 def test_cpu_model_keeps_freed_memory_for_reuse(checkpoint, megabytes):
     # One block of 24 MB is 6,144 faults when it goes back to the kernel (48 MB: 12,288);
-    # five rounds of eight blocks, 245,760 (491,520).
-    assert _faults(checkpoint, megabytes=megabytes) < 3_000
-    # Off: glibc's adaptive thresholds give at least one block back; above 32 MiB, each.
-    assert _faults(checkpoint, megabytes=megabytes, **{TUNING_ENV: "0"}) > (6_000 if megabytes < 32 else 400_000)
+    # a round of eight blocks, 49,152 (98,304).
+    assert _but_the_worst(_faults(checkpoint, megabytes=megabytes)) < 3_000
+    # Off: glibc's adaptive thresholds give at least one block back (in some runs one in
+    # all five rounds, in others all eight in every round); above 32 MiB, each in each round.
+    off = sum(_faults(checkpoint, megabytes=megabytes, **{TUNING_ENV: "0"}))
+    assert off > (6_000 if megabytes < 32 else 400_000)
 
 
 @linux_only
 def test_load_in_a_users_program_leaves_the_allocator_alone(checkpoint):
-    assert _faults(checkpoint, "load") > 6_000
+    assert sum(_faults(checkpoint, "load")) > 6_000
 
 
 def test_commands_set_the_allocator_before_they_load(monkeypatch, capsys, tiny_model):
@@ -88,4 +101,4 @@ def test_commands_set_the_allocator_before_they_load(monkeypatch, capsys, tiny_m
 @linux_only
 def test_malloc_settings_of_the_user_are_left_alone(checkpoint):
     # Every block above 128 KiB mmapped, as the user asked: every round faults.
-    assert _faults(checkpoint, MALLOC_MMAP_THRESHOLD_="131072") > 200_000
+    assert sum(_faults(checkpoint, MALLOC_MMAP_THRESHOLD_="131072")) > 200_000
