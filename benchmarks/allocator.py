@@ -43,7 +43,7 @@ name, dtype, images, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(s
 torch.set_num_threads(threads)
 model = imagereward.load(name, files=json.loads(sys.argv[5]), device="cpu", batch_size=images,
                          dtype=None if dtype == "fp32" else dtype)
-pairs = workload(None, images)
+pairs = workload(images)
 calls = []
 model.score_batch(pairs["prompts"], pairs["images"])
 for _ in range(3):
@@ -85,7 +85,7 @@ def main() -> None:
                         help="another checkout's src folder, timed as a third side")
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench" / "allocator")
     args = parser.parse_args()
-    from dtype_cost import WRITERS
+    from dtype_cost import written_files
 
     clean = {k: v for k, v in os.environ.items()
              if k not in ("IMAGEREWARD_MALLOC_TUNING", "PYTHONPATH") and not k.startswith("MALLOC_")}
@@ -94,12 +94,7 @@ def main() -> None:
         sides["kept (before)"] = dict(clean, PYTHONPATH=str(args.before.resolve()))
     rows: List[Dict[str, object]] = []
     for name in args.scorers.split(","):
-        folder = args.workdir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        record = folder / "files.json"  # written once: full-size checkpoints take minutes
-        if not record.is_file():
-            record.write_text(json.dumps(WRITERS[name](folder)[0]))
-        files = json.loads(record.read_text())
+        files = written_files(name, args.workdir)
         for dtype in args.dtypes.split(","):
             calls: Dict[str, List[Dict[str, float]]] = {side: [] for side in sides}
             for round_index in range(args.rounds):

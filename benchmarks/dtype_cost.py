@@ -115,6 +115,17 @@ WRITERS: Dict[str, Callable[[Path], Files]] = {
 }
 
 
+def written_files(name: str, workdir: Path) -> Dict[str, str]:
+    """The files of scorer ``name`` under ``workdir / name``, written by its writer the first
+    time only (full-size checkpoints take minutes) and listed in ``files.json`` there."""
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "files.json"
+    if not record.is_file():
+        record.write_text(json.dumps(WRITERS[name](folder)[0]))
+    return json.loads(record.read_text())
+
+
 def order_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Share of image pairs, over all prompts, that ``a`` and ``b`` order the same way."""
     same = total = 0

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from dtype_cost import WRITERS  # noqa: E402
+from dtype_cost import written_files  # noqa: E402
 from helpers import BERT_VOCAB, CLIP_BPE, TEST_JSON  # noqa: E402
 from serve import machine  # noqa: E402
 from skipped_positions import best_seconds  # noqa: E402
@@ -50,7 +50,7 @@ from speed_side import gemm  # noqa: E402
 DTYPES = ("fp32", "bf16")
 
 
-def workload(folder: Path, count: int) -> Dict[str, List[Any]]:
+def workload(count: int) -> Dict[str, List[Any]]:
     """``count`` decoded 512 px images (smooth, so that resizing does real work) and one
     test.json prompt for each."""
     import numpy as np
@@ -97,16 +97,11 @@ def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
 
     keep_freed_memory()  # as the commands, server replicas and Ray actors do
     torch.set_num_threads(args.threads)
-    pairs = workload(workdir / "images", args.images)
+    pairs = workload(args.images)
     report: Dict[str, Any] = {"machine": machine(args.threads), "torch": torch.__version__,
                               "pairs": args.images, "scorers": {}}
     for name in args.scorers:  # one scorer in memory at a time (two ViT-H models take 12 GB)
-        folder = workdir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        record = folder / "files.json"  # written once: full-size checkpoints take minutes
-        if not record.is_file():
-            record.write_text(json.dumps(WRITERS[name](folder)[0]))
-        files = json.loads(record.read_text())
+        files = written_files(name, workdir)
         models = {dtype: imagereward.load(name, files=files, device="cpu", batch_size=args.images,
                                           dtype=None if dtype == "fp32" else dtype) for dtype in DTYPES}
         flops = flops_per_pair(models["fp32"], pairs)

@@ -9,8 +9,9 @@ image tower's output only. Their last block now attends from the class token alo
 and runs its output projection and MLP on one row per image.
 
 Text towers: CLIP's causal text towers (OpenAI ViT-L/14's and OpenCLIP ViT-H/14's) are
-read at the end-of-text token, so ``encode_text`` now stops at the batch's last one
-instead of computing all 77 positions. ``--prompts`` prompts of
+read at the end-of-text token, so ``encode_text`` now runs rows of similar lengths
+together, each group up to its longest row's end-of-text token, instead of computing
+all 77 positions. ``--prompts`` prompts of
 ``benchmark-prompts.json``, tokenised with the CLIP tokenizer (one per pair, as an RL
 trainer sends them).
 
@@ -42,14 +43,13 @@ from serve import machine  # noqa: E402  (CPU flags, torch and Ray versions)
 
 from helpers import CLIP_BPE, REFERENCE_DATA  # noqa: E402
 
-from imagereward.config import CLIPConfig, VisionConfig  # noqa: E402
+from imagereward.config import CLIPConfig, VisionConfig, openclip_vit_h_14  # noqa: E402
 from imagereward.models.clip import CLIPModel, CLIPVisionTransformer  # noqa: E402
 from imagereward.models.vit import VisionTransformer  # noqa: E402
 from imagereward.tokenizers.clip_bpe import CLIPTokenizer  # noqa: E402
 
 OPENAI_L14 = CLIPConfig()
-OPENCLIP_H14 = CLIPConfig(embed_dim=1024, vision_width=1280, vision_layers=32, vision_heads=16,
-                          vision_head_width=80, text_width=1024, text_layers=24, text_heads=16, act="gelu")
+OPENCLIP_H14 = openclip_vit_h_14()
 
 
 def towers() -> Dict[str, Callable[[], Any]]:
