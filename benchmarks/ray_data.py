@@ -6,7 +6,8 @@
 Full-size ImageReward (ViT-L/16 + BERT-base) with random weights, saved once with
 ``save_pretrained`` under ``--workdir``. Images are 512 px webp files listed in a JSONL
 manifest. The in-process side loads the model and times ``score_batch`` over all
-images (decoding threads included, loading excluded). The Ray side starts Ray on
+images (decoding threads included, loading excluded; malloc set by
+``keep_freed_memory`` as in the scoring actors). The Ray side starts Ray on
 this machine and runs the whole ``score-dataset`` job: its time runs from the
 start of Ray Data's execution to the last part file written, so it includes the
 actor starting and loading the model; the rate after the first fragment is printed
@@ -202,7 +203,9 @@ def main() -> int:
             args.json.write_text(json.dumps(results, indent=2))
         return 0
     import imagereward
+    from imagereward.allocator import keep_freed_memory
 
+    keep_freed_memory()  # as the scoring actors and the commands set malloc (a plain load() does not)
     scorer = imagereward.load(str(model), device="cpu", batch_size=args.batch_size, dtype=args.dtype)
     rounds = []
     for index in range(args.rounds):

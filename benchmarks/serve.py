@@ -5,7 +5,8 @@
     python benchmarks/serve.py --tiny --soak 600                          # soak: memory and errors
 
 Throughput: the same (prompt, image) pairs scored by ``score_batch`` in this process
-(batched, all cores) and by the server (one replica with all cores) fed by
+(batched, all cores, malloc set by ``keep_freed_memory`` as in the replicas) and by the
+server (one replica with all cores) fed by
 ``--clients`` concurrent clients sending ``--pairs-per-request`` pairs each; the
 server's scores are checked against the in-process ones. Latency: single 1-pair
 requests, one at a time, against single 1-pair ``score_batch`` calls; the added
@@ -127,8 +128,10 @@ def load_in_process(folder: str, args: argparse.Namespace) -> Any:
     import torch
 
     import imagereward
+    from imagereward.allocator import keep_freed_memory
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the server's replicas and the commands set malloc (a plain load() does not)
     model = imagereward.load(folder, device="cpu", vocab_file=str(BERT_VOCAB), batch_size=args.max_batch_size,
                              dtype=args.dtype)
     model.score_batch([PROMPTS[0]] * 2, make_images(2, 64))  # warm-up
