@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -373,6 +374,54 @@ def test_driver_killed_mid_job_then_rerun_gives_every_row_once(cluster, models, 
     assert (summary.rows_in, summary.rows_out, summary.errors) == (16, 16, 0)
     assert not list(output.glob(".tmp-*"))
     _ids_once(output, manifest)
+
+
+def test_a_fragment_is_written_before_the_next_block_is_scored(cluster, models, rows, tmp_path):
+    """A scored fragment is written at once, not held until the next block arrives (Ray
+    Data's iterator prefetches a block before yielding one: in a long job that held each
+    finished fragment back for a whole fragment's time, and a crash lost it). The second
+    fragment's last image is a pipe the test feeds only once the first part file is
+    written (opening it waits for a writer); a watchdog feeds it after 60 s so that the
+    job ends either way."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pipe = folder / "late.webp"
+    os.mkfifo(pipe)
+    # Fragments of 3 rows, the size of a batch (Ray Data would bundle smaller blocks).
+    lines = [{"id": f"a{i}", "prompt": r["prompt"], "image": r["file"]} for i, r in enumerate(rows[:3])]
+    lines += [{"id": f"b{i}", "prompt": r["prompt"], "image": r["file"]} for i, r in enumerate(rows[3:5])]
+    lines.append({"id": "late", "prompt": PROMPTS[0], "image": pipe.as_uri()})  # read through pyarrow
+    manifest = folder / "m.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    fed_by: List[str] = []
+    lock = threading.Lock()
+
+    def feed(by: str) -> None:
+        with lock:
+            if fed_by:
+                return
+            fed_by.append(by)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the decoding task opens the pipe: it then reads it empty
+            try:
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+                return
+            except OSError:  # no reader yet
+                time.sleep(0.05)
+
+    watchdog = threading.Timer(60, feed, args=("the watchdog",))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        summary = run_job(manifest, tmp_path / "out", models[:1], fragment_rows=3,
+                          on_fragment=lambda key: threading.Thread(target=feed, args=("a part file",)).start())
+    finally:
+        watchdog.cancel()
+    assert fed_by == ["a part file"], "the first fragment was not written until the second was scored"
+    assert summary.complete and summary.errors == 1, summary.line()
+    errors = {r["id"]: r["error"] for r in _read(tmp_path / "out").to_pylist()}
+    assert sorted(errors) == ["a0", "a1", "a2", "b0", "b1", "late"]
+    assert "late.webp" in errors["late"]  # a pipe is no image file: its row says so, the job goes on
 
 
 def test_worker_node_removed_mid_job_loses_nothing(cluster, models, rows, tmp_path):

@@ -171,7 +171,9 @@ class DatasetJob:
         schema = output_schema(self.models, plan)
         collector = Collector({f.key: f for f in pending})
         start = time.perf_counter()
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        # No prefetching: Ray Data's iterator would hold each scored block until the next
+        # one arrives, so a finished fragment would wait a whole fragment to be written.
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             for fragment, rows in collector.add(table):
                 self._write(ledger, fragment, rows, schema)
                 summary.rows_scored += rows.num_rows
