@@ -91,8 +91,8 @@ def test_linear_inference_matches_f_linear_and_keeps_gradients():
 
 def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
     torch.manual_seed(0)
-    linear = layers.Linear(64, 48).bfloat16()
-    x = torch.randn(2, 7, 64).bfloat16()
+    linear = layers.Linear(48, 64).bfloat16()  # widening: packed on AMX too
+    x = torch.randn(2, 7, 48).bfloat16()
 
     def check() -> None:
         with torch.no_grad():
@@ -105,15 +105,31 @@ def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
     with torch.no_grad():
         linear.weight.mul_(-2.0)  # in-place update: the packed copy must be made again
     check()
-    linear.load_state_dict({"weight": torch.randn(48, 64), "bias": torch.randn(48)})
+    linear.load_state_dict({"weight": torch.randn(64, 48), "bias": torch.randn(64)})
     check()
     linear.float().bfloat16()  # new tensors
     check()
     assert list(linear.state_dict()) == ["weight", "bias"]
     assert layers._PACKED not in copy.deepcopy(linear).__dict__
     with torch.inference_mode():  # weights made here are inference tensors (no version)
-        made_here = layers.Linear(64, 48).bfloat16()
+        made_here = layers.Linear(48, 64).bfloat16()  # widening: packed on AMX too
         assert torch.equal(made_here(x), F.linear(x, made_here.weight, made_here.bias))
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_narrowing_linear_runs_from_the_plain_weight_on_amx(amx, monkeypatch):
+    """On AMX a layer with more inputs than outputs keeps no packed copy (it ran faster
+    from the plain weight); widening layers, and every layer elsewhere, are packed. The
+    results are the same either way."""
+    monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 64).bfloat16()
+    for features in (16, 256):  # narrowing, widening
+        linear = layers.Linear(64, features).bfloat16()
+        with torch.no_grad():
+            assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+        packed = layers._onednn_bf16_available() and not (amx and features < 64)
+        assert (layers._PACKED in linear.__dict__) == packed, (amx, features)
 
 
 def test_bf16_linear_stays_on_f_linear_where_onednn_refuses_bf16(monkeypatch):
