@@ -4,7 +4,7 @@
     python benchmarks/scorer_ceiling.py --scorers CLIP,PickScore --images 16 --rounds 3
 
 Each scorer is written with full-size random weights in its original file format (the
-writers of ``dtype_cost.py``) and loaded once in fp32 and once in bf16, as
+writers of ``dtype_cost.py``) and loaded once in fp32 and once in bf16 (``--dtypes``), as
 ``load(dtype=...)`` does it. The timed call is ``score_batch`` on ``--images`` decoded
 512 px images, each with its own prompt from test.json (what an RL trainer sends):
 decoded images in, rewards out, preprocessing and tokenising included, with glibc's
@@ -16,7 +16,7 @@ original computations do more), which makes the shares below conservative.
 
 One scorer is in memory at a time. Each of its rounds measures the ceiling (the fastest
 path for a ViT-L block's four linear layers, ``speed_side.gemm``, the same as
-``speed.py``) and then its two models, so a drift in the machine's speed hits both; the
+``speed.py``) and then its models, so a drift in the machine's speed hits both; the
 table gives each scorer's median share over the rounds (its rate in a round over that
 round's ceiling), its best rate and the median ceilings. The machine's CPU flags and torch version are printed with it.
 """
@@ -103,13 +103,15 @@ def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
     for name in args.scorers:  # one scorer in memory at a time (two ViT-H models take 12 GB)
         files = written_files(name, workdir)
         models = {dtype: imagereward.load(name, files=files, device="cpu", batch_size=args.images,
-                                          dtype=None if dtype == "fp32" else dtype) for dtype in DTYPES}
-        flops = flops_per_pair(models["fp32"], pairs)
-        entry: Dict[str, Any] = {"gflop_per_pair": flops / 1e9, "ceilings": [], **{d: [] for d in DTYPES}}
+                                          dtype=None if dtype == "fp32" else dtype) for dtype in args.dtypes}
+        counted = models.get("fp32") or imagereward.load(name, files=files, device="cpu", batch_size=args.images)
+        flops = flops_per_pair(counted, pairs)
+        del counted
+        entry: Dict[str, Any] = {"gflop_per_pair": flops / 1e9, "ceilings": [], **{d: [] for d in args.dtypes}}
         report["scorers"][name] = entry
         for round_index in range(args.rounds):
-            ceiling = gemm({"threads": args.threads, "dtypes": list(DTYPES), "repeats": 5, "impl": "ours"})
-            entry["ceilings"].append({dtype: ceiling["ceiling"][dtype]["gflops"] for dtype in DTYPES})
+            ceiling = gemm({"threads": args.threads, "dtypes": list(args.dtypes), "repeats": 5, "impl": "ours"})
+            entry["ceilings"].append({dtype: ceiling["ceiling"][dtype]["gflops"] for dtype in args.dtypes})
             for dtype, model in models.items():
                 seconds = measure(model, pairs, args.repeats)
                 gflops = flops * args.images / seconds / 1e9
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
             print(f"[{name}, round {round_index + 1}] {flops / 1e9:.1f} GFLOP per pair; " + ", ".join(
                 f"{dtype} {entry[dtype][-1]['pairs_per_second']:.2f} pairs/s "
                 f"({entry[dtype][-1]['share']:.2f} of {entry['ceilings'][-1][dtype]:.0f} GFLOP/s)"
-                for dtype in DTYPES), file=sys.stderr, flush=True)
+                for dtype in args.dtypes), file=sys.stderr, flush=True)
         del models
         gc.collect()
     return report
@@ -129,12 +131,18 @@ def table(report: Dict[str, Any]) -> str:
              "| bf16 share (median) | bf16 / fp32 | ceilings fp32 / bf16 (GFLOP/s) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, entry in report["scorers"].items():
-        best = {dtype: max(r["pairs_per_second"] for r in entry[dtype]) for dtype in DTYPES}
-        share = {dtype: statistics.median(r["share"] for r in entry[dtype]) for dtype in DTYPES}
-        ceiling = {dtype: statistics.median(c[dtype] for c in entry["ceilings"]) for dtype in DTYPES}
-        lines.append(f"| {name} | {entry['gflop_per_pair']:.1f} | {best['fp32']:.2f} | {share['fp32']:.2f} "
-                     f"| {best['bf16']:.2f} | {share['bf16']:.2f} | {best['bf16'] / best['fp32']:.2f}x "
-                     f"| {ceiling['fp32']:.0f} / {ceiling['bf16']:.0f} |")
+        timed = [dtype for dtype in DTYPES if entry.get(dtype)]
+        best = {dtype: max(r["pairs_per_second"] for r in entry[dtype]) for dtype in timed}
+        share = {dtype: statistics.median(r["share"] for r in entry[dtype]) for dtype in timed}
+        ceiling = {dtype: statistics.median(c[dtype] for c in entry["ceilings"]) for dtype in timed}
+
+        def cell(values: Dict[str, float], dtype: str, digits: int = 2) -> str:
+            return f"{values[dtype]:.{digits}f}" if dtype in values else "-"
+
+        ratio = f"{best['bf16'] / best['fp32']:.2f}x" if len(best) == 2 else "-"
+        lines.append(f"| {name} | {entry['gflop_per_pair']:.1f} | {cell(best, 'fp32')} | {cell(share, 'fp32')} "
+                     f"| {cell(best, 'bf16')} | {cell(share, 'bf16')} | {ratio} "
+                     f"| {cell(ceiling, 'fp32', 0)} / {cell(ceiling, 'bf16', 0)} |")
     return "\n".join(lines)
 
 
@@ -144,12 +152,14 @@ def main() -> int:
                         help="comma list of registered scorers")
     parser.add_argument("--images", type=int, default=16, help="pairs per timed call (one batch)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32 and bf16")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per model and round (best kept)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the written checkpoints here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.scorers = [name.strip() for name in args.scorers.split(",") if name.strip()]
+    args.dtypes = [dtype for dtype in DTYPES if dtype in args.dtypes.split(",")]
     from imagereward.tokenizers.clip_bpe import BPE_ENV
 
     os.environ.update({"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), BPE_ENV: str(CLIP_BPE),

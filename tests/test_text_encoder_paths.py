@@ -117,19 +117,23 @@ def test_bf16_linear_uses_a_packed_weight_that_follows_the_parameter():
 
 
 @pytest.mark.parametrize("amx", [False, True])
-def test_bf16_narrowing_linear_runs_from_the_plain_weight_on_amx(amx, monkeypatch):
-    """On AMX a layer with more inputs than outputs keeps no packed copy (it ran faster
-    from the plain weight); widening layers, and every layer elsewhere, are packed. The
-    results are the same either way."""
+def test_bf16_narrowing_linear_runs_large_products_from_the_plain_weight_on_amx(amx, monkeypatch):
+    """On AMX, products of ``PLAIN_WEIGHT_ROWS`` rows or more through a layer with more
+    inputs than outputs run from the plain weight (faster there); smaller ones, widening
+    layers, and every layer elsewhere use the packed copy. The results are the same."""
     monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
     torch.manual_seed(0)
-    x = torch.randn(3, 5, 64).bfloat16()
+    small = torch.randn(3, 5, 64).bfloat16()
+    large = torch.randn(2, layers.PLAIN_WEIGHT_ROWS // 2, 64).bfloat16()
     for features in (16, 256):  # narrowing, widening
         linear = layers.Linear(64, features).bfloat16()
         with torch.no_grad():
-            assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+            assert torch.equal(linear(large), F.linear(large, linear.weight, linear.bias))
         packed = layers._onednn_bf16_available() and not (amx and features < 64)
         assert (layers._PACKED in linear.__dict__) == packed, (amx, features)
+        with torch.no_grad():
+            assert torch.equal(linear(small), F.linear(small, linear.weight, linear.bias))
+        assert (layers._PACKED in linear.__dict__) == layers._onednn_bf16_available()
 
 
 def test_bf16_linear_stays_on_f_linear_where_onednn_refuses_bf16(monkeypatch):

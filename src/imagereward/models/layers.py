@@ -98,7 +98,7 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         and torch.backends.mkldnn.enabled
         and _onednn_linear_available()
     ):
-        if x.dtype == torch.bfloat16 and packs_weight(weight):
+        if x.dtype == torch.bfloat16 and packs_weight(weight, x.numel() // max(x.shape[-1], 1)):
             weight = _packed(owner, weight)
         if fuses_post_ops(x.dtype):
             if gelu and residual is None:
@@ -113,22 +113,28 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     return out if residual is None else out + residual
 
 
-def packs_weight(weight: torch.Tensor) -> bool:
-    """Whether a bfloat16 product on oneDNN runs from a copy of ``weight`` reordered once
-    into oneDNN's blocked layout, rather than from the weight as it is.
+# From this many rows on, bf16 products of narrowing layers run from the plain weight on AMX.
+PLAIN_WEIGHT_ROWS = 512
 
-    Packing pays for small batches (a ViT-L ``qkv`` of one image, 197 rows: 0.47 ms
-    packed against 0.66 plain on AMX). But on AMX a layer that narrows (more inputs than
-    outputs: the MLP's second product, ``fc2``) ran faster from the plain weight at every
-    batch size once the weights came from memory, as in a whole model whose weights do
-    not fit in the cache: ViT-L's ``fc2`` at 16 images took 8.5 ms plain against
-    10.5-13 ms packed (at one image 0.92 against 1.08), while the widening layers were
-    as fast either way there. There oneDNN packs each block of the plain weight as the
-    product reaches it. So on AMX narrowing layers keep no packed copy (which also
-    saves its memory: 201 MB in bf16 for ViT-L's 24); elsewhere (AVX-512 bf16 without AMX,
-    not measured) every weight is packed, as before.
+
+def packs_weight(weight: torch.Tensor, rows: int) -> bool:
+    """Whether a bfloat16 product of ``rows`` rows on oneDNN runs from a copy of ``weight``
+    reordered once into oneDNN's blocked layout, rather than from the weight as it is.
+
+    Packing pays for small products (a ViT-L ``qkv`` of one image, 197 rows: 0.47 ms
+    packed against 0.66 plain on AMX). But on AMX large products of a layer that
+    narrows (more inputs than outputs: the MLP's second product, ``fc2``) ran faster
+    from the plain weight, which oneDNN packs block by block as the product reaches it,
+    once the weights came from memory, as in a whole model whose weights do not fit in
+    the cache: ViT-L's ``fc2`` on 16 images (3,152 rows) took 8.4 ms plain against
+    11.9 packed, ViT-H's 16.2 against 17.1, BERT's 6.0 against 6.5; below about 400
+    rows plain was as fast or slower (BERT's at 77 rows 0.32 ms against 0.23), and
+    widening layers were as fast either way. So on AMX narrowing layers run from the
+    plain weight from 512 rows on (no packed copy is made for them unless smaller
+    products come); elsewhere (AVX-512 bf16 without AMX, not measured) every weight is
+    packed, as before.
     """
-    return not (cpu_has_amx() and weight.shape[1] > weight.shape[0])
+    return not (rows >= PLAIN_WEIGHT_ROWS and weight.shape[1] > weight.shape[0] and cpu_has_amx())
 
 
 def fuses_post_ops(dtype: torch.dtype) -> bool:
