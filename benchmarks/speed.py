@@ -199,11 +199,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 work[key][name] = merge_rounds(work[key].get(name), reply)
             if args.json:  # what is measured so far survives an interrupted run
                 args.json.write_text(json.dumps(results, indent=2))
-    if "reference" in impls:
+    if "reference-fp32" in results["workloads"]:  # agreement is measured against fp32 only
         results["agreement"] = agreement(results["workloads"], "reference-fp32")
     if peers:
         results["versus_imscore"] = versus(results, "imscore")
-        results["agreement_imscore"] = agreement(results["workloads"], "imscore-fp32")
+        if "imscore-fp32" in results["workloads"]:
+            results["agreement_imscore"] = agreement(results["workloads"], "imscore-fp32")
     return results
 
 
