@@ -167,7 +167,10 @@ class DatasetJob:
         ray, private = self._connect()
         threads = self.actor_threads(private)
         logger.info("scoring actors on CPUs run %d torch threads each", threads)
-        dataset = self._dataset(ray, plan, pending, self._preprocessing(ray, ledger), threads)
+        # A private Ray's workers inherit this process's environment as it was a moment
+        # ago; a runtime environment would only keep them from reusing started workers.
+        env = {} if private else worker_env()
+        dataset = self._dataset(ray, plan, pending, self._preprocessing(ray, ledger, env), threads, env)
         schema = output_schema(self.models, plan)
         collector = Collector({f.key: f for f in pending})
         start = time.perf_counter()
@@ -217,11 +220,11 @@ class DatasetJob:
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         return ray, private
 
-    def _preprocessing(self, ray: Any, ledger: Ledger) -> List[Dict[str, Any]]:
+    def _preprocessing(self, ray: Any, ledger: Ledger, env: Dict[str, Any]) -> List[Dict[str, Any]]:
         """Each model's ``PreprocessConfig`` fields, read from the loaded scorers once per job."""
         preprocess = ledger.get("preprocess")
         if preprocess is None:
-            probe = ray.remote(num_cpus=0)(preprocess_configs).options(runtime_env=worker_env())
+            probe = ray.remote(num_cpus=0)(preprocess_configs).options(runtime_env=env)
             try:
                 preprocess = ray.get(probe.remote(self.models))
             except ray.exceptions.RayTaskError as error:  # the model cannot be loaded: say why
@@ -230,7 +233,7 @@ class DatasetJob:
         return preprocess
 
     def _dataset(self, ray: Any, plan: InputPlan, pending: List[Fragment],
-                 preprocess: List[Dict[str, Any]], threads: int) -> Any:
+                 preprocess: List[Dict[str, Any]], threads: int, env: Dict[str, Any]) -> Any:
         """Read the pending fragments, decode once per distinct preprocessing, score in actors."""
         from .source import FragmentSource
         from .stages import ScoreActor, decode_batch
@@ -260,7 +263,7 @@ class DatasetJob:
                                        device="cuda" if gpus > 0 else "cpu", dtype=self.dtype,
                                        batch_size=self.batch_size, threads=threads),
             compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_gpus=gpus or None, num_cpus=self.cpus_per_actor, runtime_env=worker_env(),
+            num_gpus=gpus or None, num_cpus=self.cpus_per_actor, runtime_env=env,
         )
 
     def read_block_rows(self, pending: Sequence[Fragment], cpus: float) -> int:
