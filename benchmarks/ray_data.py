@@ -7,8 +7,10 @@ Full-size ImageReward (ViT-L/16 + BERT-base) with random weights, saved once wit
 ``save_pretrained`` under ``--workdir``. Images are 512 px webp files listed in a JSONL
 manifest. The in-process side loads the model and times ``score_batch`` over all
 images (decoding threads included, loading excluded; malloc set by
-``keep_freed_memory`` as in the scoring actors). The Ray side starts Ray on
-this machine and runs the whole ``score-dataset`` job: its time runs from the
+``keep_freed_memory`` as in the scoring actors). The Ray side runs the whole
+``score-dataset`` job, which starts a private Ray on this machine as the command does
+(its start and the job's preprocessing probe are reported as ``wall_with_probe_seconds``,
+not counted in the rate): its time runs from the
 start of Ray Data's execution to the last part file written, so it includes the
 actor starting and loading the model; the rate after the first fragment is printed
 too. Scores of both sides are compared. The two sides alternate for ``--rounds``
@@ -101,8 +103,7 @@ def on_ray(model: Path, source: Path, output: Path, batch_size: int, threads: in
     from imagereward.runners.dataset import DatasetJob, ModelSpec
 
     shutil.rmtree(output, ignore_errors=True)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
-    finished: List[float] = []
+    finished: List[float] = []  # the job starts its own private Ray, as the command does
     job = DatasetJob(str(source), str(output), [ModelSpec("ImageReward-v1.0", {"weights": str(model)}, dtype=dtype)],
                      batch_size=batch_size, threads_per_actor=threads, fragment_rows=fragment_rows,
                      progress=False, on_fragment=lambda key: finished.append(time.perf_counter()))
