@@ -127,12 +127,12 @@ def packs_weight(weight: torch.Tensor, rows: int) -> bool:
     from the plain weight, which oneDNN packs block by block as the product reaches it,
     once the weights came from memory, as in a whole model whose weights do not fit in
     the cache: ViT-L's ``fc2`` on 16 images (3,152 rows) took 8.4 ms plain against
-    11.9 packed, ViT-H's 16.2 against 17.1, BERT's 6.0 against 6.5; below about 400
-    rows plain was as fast or slower (BERT's at 77 rows 0.32 ms against 0.23), and
-    widening layers were as fast either way. So on AMX narrowing layers run from the
-    plain weight from 512 rows on (no packed copy is made for them unless smaller
-    products come); elsewhere (AVX-512 bf16 without AMX, not measured) every weight is
-    packed, as before.
+    11.9 packed; at 4,112 rows ViT-H's took 16.2 against 17.1 and BERT's output layer
+    6.0 against 6.5; below about 400 rows plain was as fast or slower (BERT's at 77
+    rows 0.32 ms against 0.23), and widening layers were as fast or faster packed. So
+    on AMX narrowing layers run from the plain weight from 512 rows on (no packed copy
+    is made for them unless smaller products come); elsewhere (AVX-512 bf16 without
+    AMX, not measured) every weight is packed, as before.
     """
     return not (rows >= PLAIN_WEIGHT_ROWS and weight.shape[1] > weight.shape[0] and cpu_has_amx())
 
