@@ -18,13 +18,10 @@ copies each rule keeps. The machine's CPU flags and torch version are printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -35,8 +32,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from dtype_cost import written_files  # noqa: E402
-from helpers import BERT_VOCAB, CLIP_BPE  # noqa: E402
-from scorer_ceiling import workload  # noqa: E402
+from scorer_ceiling import report_main, workload  # noqa: E402
 from serve import machine  # noqa: E402
 from skipped_positions import best_seconds  # noqa: E402
 
@@ -172,22 +168,11 @@ def main() -> int:
     args.scorers = [name.strip() for name in args.scorers.split(",") if name.strip()]
     args.images = [int(count) for count in args.images.split(",")]
     from imagereward.dtypes import cpu_has_amx
-    from imagereward.tokenizers.clip_bpe import BPE_ENV
 
     if not cpu_has_amx():
         print("this CPU has no AMX: both rules pack every weight; nothing to compare", file=sys.stderr)
         return 0
-    os.environ.update({"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), BPE_ENV: str(CLIP_BPE),
-                       "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"})
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="imagereward-packed-weights-")))
-        report = run(args, workdir)
-    print(json.dumps({"machine": report["machine"], "torch": report["torch"]}))
-    print(table(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 0
+    return report_main(args, run, table, "imagereward-packed-weights-")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from PIL import Image
@@ -160,13 +160,19 @@ def main() -> int:
     args = parser.parse_args()
     args.scorers = [name.strip() for name in args.scorers.split(",") if name.strip()]
     args.dtypes = [dtype for dtype in DTYPES if dtype in args.dtypes.split(",")]
+    return report_main(args, run, table, "imagereward-scorer-ceiling-")
+
+
+def report_main(args: argparse.Namespace, run: Callable[[argparse.Namespace, Path], Dict[str, Any]],
+                table: Callable[[Dict[str, Any]], str], prefix: str) -> int:
+    """Offline, with the shared vocabularies: ``run`` in ``args.workdir`` (else a
+    temporary folder), then the machine, ``table`` of the report and ``--json``."""
     from imagereward.tokenizers.clip_bpe import BPE_ENV
 
     os.environ.update({"IMAGEREWARD_BERT_VOCAB": str(BERT_VOCAB), BPE_ENV: str(CLIP_BPE),
                        "HF_HUB_OFFLINE": "1", "IMAGEREWARD_OFFLINE": "1"})
     with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="imagereward-scorer-ceiling-")))
+        workdir = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
         report = run(args, workdir)
     print(json.dumps({"machine": report["machine"], "torch": report["torch"]}))
     print(table(report))
