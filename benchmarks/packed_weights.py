@@ -8,8 +8,8 @@ writers of ``dtype_cost.py``), loaded once in bf16, and timed with ``score_batch
 ``--images`` decoded 512 px images, each with its own test.json prompt, malloc set as
 the commands set it. Two rules for the same loaded model alternate round by round (the
 order flips every round): ``every weight packed`` (``packs_weight`` always true, the
-rule before) and ``the rule now`` (on AMX, layers with more inputs than outputs run from
-the plain weight). The report gives each round's ratio (before over now: above 1 is
+rule before) and ``the rule now`` (on AMX, products of 512 rows or more through layers
+with more inputs than outputs run from the plain weight). The report gives each round's ratio (before over now: above 1 is
 faster now), their median, whether the rewards are bitwise the same (where they are not,
 each rule's mean and max error against the fp32 model), and the megabytes of packed
 copies each rule keeps. The machine's CPU flags and torch version are printed.
@@ -32,9 +32,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from dtype_cost import written_files  # noqa: E402
-from scorer_ceiling import report_main, workload  # noqa: E402
+from scorer_ceiling import measure, report_main, workload  # noqa: E402
 from serve import machine  # noqa: E402
-from skipped_positions import best_seconds  # noqa: E402
 
 RULES = ("every weight packed", "the rule now")
 
@@ -55,13 +54,6 @@ def drop_packed(model: torch.nn.Module) -> None:
 
     for module in model.modules():
         module.__dict__.pop(layers._PACKED, None)
-
-
-def measure(model: Any, pairs: Dict[str, List[Any]], repeats: int) -> float:
-    """Best seconds of ``score_batch`` over every pair, after a warm-up call of two."""
-    with torch.no_grad():
-        model.score_batch(pairs["prompts"][:2], pairs["images"][:2])
-        return best_seconds(lambda: model.score_batch(pairs["prompts"], pairs["images"]), repeats)
 
 
 def error_vs_fp32(name: str, files: Dict[str, str], pairs: Dict[str, List[Any]],
@@ -122,7 +114,6 @@ def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
                 }
                 if not entry[str(count)]["bitwise_same"]:  # a different rounding: which is nearer fp32?
                     entry[str(count)]["error_vs_fp32"] = error_vs_fp32(name, files, pairs, rewards)
-                if "error_vs_fp32" in entry[str(count)]:
                     print(f"[{name}, {count} pairs] mean / max |bf16 - fp32|: " + "; ".join(
                         f"{rule} {e['mean']:.4g} / {e['max']:.4g}"
                         for rule, e in entry[str(count)]["error_vs_fp32"].items()), file=sys.stderr, flush=True)
