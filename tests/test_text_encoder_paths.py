@@ -289,3 +289,37 @@ def test_float32_post_ops_follow_onednns_instruction_limit(limit, allowed, monke
     finally:
         monkeypatch.undo()
         dtypes.cpu_has_avx512.cache_clear()
+
+
+@pytest.mark.skipif(not layers._onednn_linear_available(), reason="no oneDNN linear op in this torch")
+@pytest.mark.parametrize("amx", [False, True])
+def test_large_float32_products_run_through_mkl_on_amx(amx, monkeypatch):
+    """On AMX, float32 inference products of ``MKL_FLOAT32_ROWS`` rows or more take ATen's
+    path (MKL: faster there), GELU as its own operation and the residual as the product's
+    accumulator; smaller products, and every product elsewhere, stay on oneDNN."""
+    recording = _RecordingLinearOp(torch.ops.mkldnn._linear_pointwise)
+    monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(layers, "cpu_has_avx512", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", recording)
+    generator = torch.Generator().manual_seed(3)
+    linear = layers.Linear(64, 48)
+    for rows in (layers.MKL_FLOAT32_ROWS - 2, layers.MKL_FLOAT32_ROWS):
+        x = torch.randn(2, rows // 2, 64, generator=generator)
+        residual = torch.randn(2, rows // 2, 48, generator=generator)
+        recording.post_ops.clear()
+        with torch.no_grad():
+            product = F.linear(x, linear.weight, linear.bias)
+            got = {"plain": linear(x), "gelu": linear(x, gelu=True), "residual": linear(x, residual=residual)}
+        assert torch.allclose(got["plain"], product, atol=1e-5)
+        assert torch.allclose(got["gelu"], F.gelu(product), atol=1e-5)
+        assert torch.allclose(got["residual"], product + residual, atol=1e-5)
+        on_mkl = amx and rows >= layers.MKL_FLOAT32_ROWS
+        assert recording.post_ops == ([] if on_mkl else ["none", "gelu", "add"]), (amx, rows)
+        if on_mkl:  # MKL's own product, bitwise; the residual accumulated by it
+            accumulated = torch.addmm(residual.reshape(-1, 48), x.reshape(-1, 64), linear.weight.t())
+            assert torch.equal(got["plain"], product) and torch.equal(got["gelu"], F.gelu(product))
+            assert torch.equal(got["residual"], (accumulated + linear.bias).view(2, rows // 2, 48))
+    if layers._onednn_bf16_available():  # bfloat16 never takes this path
+        with torch.no_grad():
+            linear.bfloat16()(torch.randn(2, layers.MKL_FLOAT32_ROWS, 64).bfloat16())
+        assert recording.post_ops[-1] == "none"

@@ -76,7 +76,8 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     CPU inference runs on oneDNN, bfloat16 with a packed weight. PyTorch runs float32
     linear layers on CPU through MKL, which on non-Intel CPUs (AMD EPYC) picks slower
     kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer runs about 1.15x faster
-    through oneDNN. In bfloat16 (where oneDNN takes it: AVX-512 or AVX-NE-CONVERT) the
+    through oneDNN. Large float32 products on AMX Xeons stay on MKL, which is faster
+    there (:func:`runs_on_mkl`). In bfloat16 (where oneDNN takes it: AVX-512 or AVX-NE-CONVERT) the
     weight is also reordered once into oneDNN's blocked layout where that pays
     (:func:`packs_weight`); the packed copy is cached on ``owner`` (one weight per module),
     outside its state dict, and made again whenever the weight changes (another tensor,
@@ -98,7 +99,10 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         and torch.backends.mkldnn.enabled
         and _onednn_linear_available()
     ):
-        if x.dtype == torch.bfloat16 and packs_weight(weight, x.numel() // max(x.shape[-1], 1)):
+        rows = x.numel() // max(x.shape[-1], 1)
+        if runs_on_mkl(x.dtype, rows):
+            return _mkl_linear(x, weight, bias, gelu=gelu, residual=residual)
+        if x.dtype == torch.bfloat16 and packs_weight(weight, rows):
             weight = _packed(owner, weight)
         if fuses_post_ops(x.dtype):
             if gelu and residual is None:
@@ -108,6 +112,40 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     else:
         out = F.linear(x, weight, bias)
+    if gelu:
+        out = F.gelu(out)
+    return out if residual is None else out + residual
+
+
+# From this many rows on, float32 products run through MKL on AMX Xeons.
+MKL_FLOAT32_ROWS = 1024
+
+
+def runs_on_mkl(dtype: torch.dtype, rows: int) -> bool:
+    """Whether a float32 inference product of ``rows`` rows runs through ATen's own path
+    (MKL's sgemm) rather than oneDNN's.
+
+    On an AMX Xeon (Sapphire Rapids class) MKL was the faster of the two for large
+    products and oneDNN for small ones, the same at every layer shape of the towers
+    (ViT-L, ViT-H, BERT), each weight read from memory as in a whole model: oneDNN took
+    0.93-0.97 of MKL's time at 394 rows, 0.99-1.07 at 591-788, 1.01-1.07 at 1,024 and
+    1.03-1.09 at 1,576-3,152. So from 1,024 rows (ViT-L on 6 images of 197 tokens) they
+    go to MKL there, with GELU as its own operation and a residual added by the product
+    itself (``addmm``). Elsewhere (CPUs without AMX; on a Zen 4 EPYC oneDNN was faster)
+    every float32 product stays on oneDNN, as before.
+    """
+    return dtype == torch.float32 and rows >= MKL_FLOAT32_ROWS and cpu_has_amx()
+
+
+def _mkl_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
+                gelu: bool, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`linear` through ATen's path; a residual is the product's accumulator (no extra pass)."""
+    if residual is not None and not gelu and can_add(residual, x.shape[:-1], weight.shape[0], x.dtype):
+        out = torch.addmm(residual.reshape(-1, weight.shape[0]), x.reshape(-1, x.shape[-1]), weight.t())
+        if bias is not None:
+            out.add_(bias)
+        return out.view(residual.shape)
+    out = F.linear(x, weight, bias)
     if gelu:
         out = F.gelu(out)
     return out if residual is None else out + residual
