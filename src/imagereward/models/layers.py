@@ -77,8 +77,8 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     linear layers on CPU through MKL, which on non-Intel CPUs (AMD EPYC) picks slower
     kernels than oneDNN's: on a Zen 4 EPYC a ViT-L-sized layer runs about 1.15x faster
     through oneDNN. Large float32 products on AMX Xeons stay on MKL, which is faster
-    there (:func:`runs_on_mkl`). In bfloat16 (where oneDNN takes it: AVX-512 or AVX-NE-CONVERT) the
-    weight is also reordered once into oneDNN's blocked layout where that pays
+    there (:func:`runs_on_mkl`). In bfloat16 (where oneDNN takes it: AVX-512 or
+    AVX-NE-CONVERT) the weight is also reordered once into oneDNN's blocked layout where that pays
     (:func:`packs_weight`); the packed copy is cached on ``owner`` (one weight per module),
     outside its state dict, and made again whenever the weight changes (another tensor,
     dtype or in-place update). GELU and residual additions run inside the product as
@@ -139,7 +139,8 @@ def runs_on_mkl(dtype: torch.dtype, rows: int) -> bool:
 
 def _mkl_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
                 gelu: bool, residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`linear` through ATen's path; a residual is the product's accumulator (no extra pass)."""
+    """:func:`linear` through ATen's path; a residual is the product's accumulator (``addmm``'s
+    added matrix) rather than a sum made after it."""
     if residual is not None and not gelu and can_add(residual, x.shape[:-1], weight.shape[0], x.dtype):
         out = torch.addmm(residual.reshape(-1, weight.shape[0]), x.reshape(-1, x.shape[-1]), weight.t())
         if bias is not None:
