@@ -319,6 +319,11 @@ def test_large_float32_products_run_through_mkl_on_amx(amx, monkeypatch):
             accumulated = torch.addmm(residual.reshape(-1, 48), x.reshape(-1, 64), linear.weight.t())
             assert torch.equal(got["plain"], product) and torch.equal(got["gelu"], F.gelu(product))
             assert torch.equal(got["residual"], (accumulated + linear.bias).view(2, rows // 2, 48))
+    if amx:  # under CPU autocast the product stays oneDNN's, in float32, as before
+        x = torch.randn(2, layers.MKL_FLOAT32_ROWS, 64, generator=generator)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert linear(x).dtype == torch.float32
+        assert recording.post_ops[-1] == "none"
     if layers._onednn_bf16_available():  # bfloat16 never takes this path
         with torch.no_grad():
             linear.bfloat16()(torch.randn(2, layers.MKL_FLOAT32_ROWS, 64).bfloat16())

@@ -132,9 +132,17 @@ def runs_on_mkl(dtype: torch.dtype, rows: int) -> bool:
     1.03-1.09 at 1,576-3,152. So from 1,024 rows (ViT-L on 6 images of 197 tokens) they
     go to MKL there, with GELU as its own operation and a residual added by the product
     itself (``addmm``). Elsewhere (CPUs without AMX; on a Zen 4 EPYC oneDNN was faster)
-    every float32 product stays on oneDNN, as before.
+    every float32 product stays on oneDNN, as before, and so does every product under
+    CPU autocast, which would turn ATen's product (not oneDNN's op) into bfloat16.
     """
-    return dtype == torch.float32 and rows >= MKL_FLOAT32_ROWS and cpu_has_amx()
+    return dtype == torch.float32 and rows >= MKL_FLOAT32_ROWS and cpu_has_amx() and not _cpu_autocast()
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def _mkl_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
