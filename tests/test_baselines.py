@@ -426,10 +426,14 @@ def test_original_cache_is_reused(tmp_path, monkeypatch, clip_archive, aesthetic
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_clip_quick_gelu_in_place_is_bitwise_the_module_and_keeps_gradients(dtype):
+def test_clip_quick_gelu_in_place_is_bitwise_the_module_and_keeps_gradients(dtype, monkeypatch):
     """OpenAI CLIP's MLP applies QuickGELU in place to c_fc's output in inference (one
-    temporary instead of three); the values are bitwise those of ``x * sigmoid(1.702 * x)``."""
+    temporary instead of three); the values are bitwise those of ``x * sigmoid(1.702 * x)``.
+    (bf16 on AMX takes oneDNN's swish post-op instead: the next test.)"""
+    from imagereward.models import clip
     from imagereward.models.clip import FeedForward, QuickGELU
+
+    monkeypatch.setattr(clip, "fuses_post_ops", lambda dtype: False)
 
     x = torch.randn(3, 9, 4096, generator=torch.Generator().manual_seed(0)).to(dtype) * 4
     assert torch.equal(QuickGELU.inplace(x.clone()), QuickGELU()(x))
@@ -449,6 +453,68 @@ def test_clip_quick_gelu_in_place_is_bitwise_the_module_and_keeps_gradients(dtyp
     out.float().sum().backward()
     assert inputs.grad is not None
     assert torch.allclose(out.detach().float(), expected.float(), atol=1e-5 if dtype == torch.float32 else 0.05)
+
+
+class _PostOps:
+    """Stands in for ``torch.ops.mkldnn._linear_pointwise``: records each call's post-op."""
+
+    def __init__(self, op) -> None:
+        self.op, self.seen = op, []
+
+    def __call__(self, x, weight, bias, attr, scalars, algorithm):
+        self.seen.append(attr)
+        return self.op(x, weight, bias, attr, scalars, algorithm)
+
+    def binary(self, x, other, weight, bias, attr):
+        self.seen.append(attr)
+        return self.op.binary(x, other, weight, bias, attr)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
+def test_clip_quick_gelu_runs_as_onednn_swish_with_scaled_weights_in_bf16_on_amx(monkeypatch):
+    """On AMX, OpenAI CLIP's bf16 MLP runs QuickGELU inside c_fc's product as oneDNN's swish
+    post-op on weights scaled by 1.702 (and c_proj's by 1 / 1.702), small products from packed
+    copies and large ones as ``packs_weight`` says; the values are the module's within bf16
+    rounding. The scaled copies follow in-place updates of the parameters and are not pickled."""
+    import copy
+    import pickle
+
+    from imagereward.models import clip, layers
+    from imagereward.models.clip import FeedForward, QuickGELU
+
+    if not layers._onednn_bf16_available():
+        pytest.skip("oneDNN takes no bf16 products on this CPU")
+    monkeypatch.setattr(clip, "fuses_post_ops", lambda dtype: dtype == torch.bfloat16)
+    recording = _PostOps(torch.ops.mkldnn._linear_pointwise)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", recording)
+    torch.manual_seed(3)
+    mlp = FeedForward(64, "quick_gelu").bfloat16()
+    generator = torch.Generator().manual_seed(4)
+    for rows in (7, layers.PLAIN_WEIGHT_ROWS):  # c_proj packed, then from its plain (scaled) weight
+        x = torch.randn(1, rows, 64, generator=generator).bfloat16()
+        residual = torch.randn(1, rows, 64, generator=generator).bfloat16()
+        exact = mlp.float().c_proj(QuickGELU()(mlp.c_fc(x.float())))
+        mlp.bfloat16()
+        for extra in (None, residual):
+            recording.seen.clear()
+            with torch.no_grad():
+                got = mlp(x, residual=extra)
+            assert recording.seen == ["swish", "none" if extra is None else "add"]
+            expected = exact if extra is None else exact + residual.float()
+            assert torch.allclose(got.float(), expected, atol=0.03, rtol=0.02), (got.float() - expected).abs().max()
+    with torch.no_grad():
+        mlp.c_fc.weight.mul_(2)  # an in-place update: the scaled copies are made again
+        x = torch.randn(1, 5, 64, generator=generator).bfloat16()
+        expected = mlp.float().c_proj(QuickGELU()(mlp.c_fc(x.float())))
+        got = mlp.bfloat16()(x)
+    assert torch.allclose(got.float(), expected, atol=0.03, rtol=0.02)
+    assert layers.DERIVED in mlp.__dict__
+    assert layers.DERIVED not in copy.deepcopy(mlp).__dict__
+    assert layers.DERIVED not in pickle.loads(pickle.dumps(mlp)).__dict__
+    recording.seen.clear()
+    with torch.no_grad():
+        mlp.float()(x.float())  # float32: QuickGELU after the product, as before
+    assert "swish" not in recording.seen
 
 
 def test_clip_layer_norm_computes_in_float32_for_half_precision_inputs():

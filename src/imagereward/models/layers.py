@@ -88,17 +88,7 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     weights that are tensor subclasses (torchao's quantised tensors), or elsewhere it is
     plain ``F.linear``.
     """
-    if (
-        not _is_compiling()
-        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16_available()))
-        and x.device.type == "cpu"
-        and weight.dtype == x.dtype
-        and type(weight) in _PLAIN_TENSORS  # not a subclass (a quantised or sharded weight)
-        and (bias is None or bias.dtype == x.dtype)
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and torch.backends.mkldnn.enabled
-        and _onednn_linear_available()
-    ):
+    if onednn_inference(x, weight, bias):
         rows = x.numel() // max(x.shape[-1], 1)
         if runs_on_mkl(x.dtype, rows):
             return _mkl_linear(x, weight, bias, gelu=gelu, residual=residual)
@@ -115,6 +105,23 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if gelu:
         out = F.gelu(out)
     return out if residual is None else out + residual
+
+
+def onednn_inference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether :func:`float_linear` takes oneDNN's op for ``x`` through this weight and bias:
+    CPU inference in float32 or in bfloat16 where oneDNN takes it, plain tensors of
+    ``x``'s dtype, no gradients needed, not under ``torch.compile``."""
+    return (
+        not _is_compiling()
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16_available()))
+        and x.device.type == "cpu"
+        and weight.dtype == x.dtype
+        and type(weight) in _PLAIN_TENSORS  # not a subclass (a quantised or sharded weight)
+        and (bias is None or bias.dtype == x.dtype)
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and torch.backends.mkldnn.enabled
+        and _onednn_linear_available()
+    )
 
 
 # From this many rows on, float32 products run through MKL on AMX Xeons.
@@ -201,6 +208,8 @@ def can_add(residual: torch.Tensor, rows: Tuple[int, ...], features: int, dtype:
 
 
 _PACKED = "_packed_weight"
+# Weights a module derives for oneDNN beside its parameters (see clip.FeedForward).
+DERIVED = "_derived_weights"
 
 
 def weight_key(weight: torch.Tensor) -> Tuple[Any, ...]:
@@ -211,11 +220,16 @@ def weight_key(weight: torch.Tensor) -> Tuple[Any, ...]:
     return weight.data_ptr(), version, weight.dtype, tuple(weight.shape)
 
 
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` reordered into oneDNN's blocked layout for bfloat16 products."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+
 def _packed(owner: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     key = weight_key(weight)
     cached = owner.__dict__.get(_PACKED)
     if cached is None or cached[0] != key:
-        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+        cached = (key, pack(weight))
         owner.__dict__[_PACKED] = cached
     return cached[1]
 
@@ -226,7 +240,7 @@ class PackedWeightCache:
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()  # type: ignore[misc]
-        return {k: v for k, v in state.items() if k not in (_PACKED, INT8_HOOK)}
+        return {k: v for k, v in state.items() if k not in (_PACKED, DERIVED, INT8_HOOK)}
 
 
 class Linear(PackedWeightCache, nn.Linear):
