@@ -9,7 +9,11 @@ rule before) against the rule now (on AMX, products of 512 rows or more through 
 with more inputs than outputs run from the plain weight, not a packed copy).
 ``--rule float32-mkl`` (fp32, ``layers.runs_on_mkl``): ``every product on oneDNN`` (the
 rule before) against the rule now (on AMX Xeons, products of 1,024 rows or more run
-through MKL). On a CPU without AMX both rules are the same and nothing is compared.
+through MKL). ``--rule quick-gelu-swish`` (bf16, ``clip.FeedForward._swish_applies``;
+scorers with OpenAI's QuickGELU: ``--scorers CLIP,Aesthetic``): ``QuickGELU after the
+product`` against the rule now (on AMX, QuickGELU inside ``c_fc``'s product as oneDNN's
+swish post-op, on scaled weights). On a CPU without AMX both rules are the same and
+nothing is compared.
 
 Each scorer is written with full-size random weights in its original file format (the
 writers of ``dtype_cost.py``), loaded once in the rule's dtype, and timed with
@@ -18,7 +22,7 @@ prompt, malloc set as the commands set it. The two rules alternate round by roun
 order flips every round). The report gives each round's ratio (before over now: above 1
 is faster now), their median, whether the rewards are bitwise the same (where they are
 not, for bf16 each rule's mean and max error against the fp32 model; for fp32 the max
-difference), and for bf16 the megabytes of packed copies each rule keeps. The machine's
+difference), and for bf16 the megabytes of packed and scaled copies each rule keeps. The machine's
 CPU flags and torch version are printed.
 """
 
@@ -42,11 +46,26 @@ from dtype_cost import written_files  # noqa: E402
 from scorer_ceiling import measure, report_main, workload  # noqa: E402
 from serve import machine  # noqa: E402
 
-# --rule: (dtype, the layers function it patches, the rule before it)
+# --rule: (dtype, the module and attribute it patches, the rule before it)
 RULE_CHOICES = {
-    "packed-weights": ("bf16", "packs_weight", "every weight packed", lambda weight, rows: True),
-    "float32-mkl": ("fp32", "runs_on_mkl", "every product on oneDNN", lambda dtype, rows: False),
+    "packed-weights": ("bf16", "imagereward.models.layers", "packs_weight", "every weight packed",
+                       lambda weight, rows: True),
+    "float32-mkl": ("fp32", "imagereward.models.layers", "runs_on_mkl", "every product on oneDNN",
+                    lambda dtype, rows: False),
+    "quick-gelu-swish": ("bf16", "imagereward.models.clip:FeedForward", "_swish_applies",
+                         "QuickGELU after the product", lambda self, x: False),
 }
+
+
+def patch_target(path: str) -> Any:
+    """The module (``package.module``) or class (``package.module:Class``) a rule patches."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    target = importlib.import_module(module)
+    return getattr(target, name) if name else target
+
+
 NOW = "the rule now"
 
 
@@ -58,6 +77,9 @@ def packed_megabytes(model: torch.nn.Module) -> float:
         cached = module.__dict__.get(layers._PACKED)
         if cached is not None:
             total += cached[1].numel() * cached[1].element_size()
+        derived = module.__dict__.get(layers.DERIVED)  # clip.FeedForward's scaled weights
+        if derived is not None:
+            total += sum(t.numel() * t.element_size() for t in derived[1].values() if t is not None)
     return total / 1e6
 
 
@@ -66,6 +88,7 @@ def drop_packed(model: torch.nn.Module) -> None:
 
     for module in model.modules():
         module.__dict__.pop(layers._PACKED, None)
+        module.__dict__.pop(layers.DERIVED, None)
 
 
 def error_vs_fp32(name: str, files: Dict[str, str], pairs: Dict[str, List[Any]],
@@ -88,12 +111,12 @@ def error_vs_fp32(name: str, files: Dict[str, str], pairs: Dict[str, List[Any]],
 def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
     import imagereward
     from imagereward.allocator import keep_freed_memory
-    from imagereward.models import layers
 
     keep_freed_memory()
     torch.set_num_threads(args.threads)
-    dtype, function, before, rule_before = RULE_CHOICES[args.rule]
-    rule_now = getattr(layers, function)
+    dtype, where, function, before, rule_before = RULE_CHOICES[args.rule]
+    target = patch_target(where)
+    rule_now = getattr(target, function)
     sides = (before, NOW)
     rules: Dict[str, Callable[..., bool]] = {before: rule_before, NOW: rule_now}
     report: Dict[str, Any] = {"machine": machine(args.threads), "torch": torch.__version__, "rule": args.rule,
@@ -110,14 +133,14 @@ def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
                 rewards: Dict[str, List[float]] = {}
                 megabytes: Dict[str, float] = {}
                 for side in sides:  # each rule's packed copies are made (and counted) once
-                    setattr(layers, function, rules[side])
+                    setattr(target, function, rules[side])
                     drop_packed(model)
                     with torch.no_grad():
                         rewards[side] = model.score_batch(pairs["prompts"], pairs["images"])
                     megabytes[side] = packed_megabytes(model)
                 for index in range(args.rounds):
                     for side in (sides if index % 2 == 0 else sides[::-1]):
-                        setattr(layers, function, rules[side])
+                        setattr(target, function, rules[side])
                         times[side].append(measure(model, pairs, args.repeats))
                 ratios = [b / a for b, a in zip(times[before], times[NOW])]
                 result = entry[str(count)] = {
@@ -139,7 +162,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
             del model
             gc.collect()
     finally:
-        setattr(layers, function, rule_now)
+        setattr(target, function, rule_now)
     return report
 
 
