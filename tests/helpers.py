@@ -87,3 +87,18 @@ def run_cli(capsys, *argv):
     code = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class RecordingLinearOp:
+    """Stands in for ``torch.ops.mkldnn._linear_pointwise``: records each call's post-op."""
+
+    def __init__(self, op) -> None:
+        self.op, self.post_ops = op, []
+
+    def __call__(self, x, weight, bias, attr, scalars, algorithm):
+        self.post_ops.append(attr)
+        return self.op(x, weight, bias, attr, scalars, algorithm)
+
+    def binary(self, x, other, weight, bias, attr):
+        self.post_ops.append(attr)
+        return self.op.binary(x, other, weight, bias, attr)

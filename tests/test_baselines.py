@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import imagereward
-from helpers import ASSETS, BERT_VOCAB, CLIP_BPE, tiny_config
+from helpers import ASSETS, BERT_VOCAB, CLIP_BPE, RecordingLinearOp, tiny_config
 from imagereward import registry
 from imagereward.checkpoints import CheckpointError, read_clip_checkpoint
 from imagereward.factory import load_score
@@ -455,21 +455,6 @@ def test_clip_quick_gelu_in_place_is_bitwise_the_module_and_keeps_gradients(dtyp
     assert torch.allclose(out.detach().float(), expected.float(), atol=1e-5 if dtype == torch.float32 else 0.05)
 
 
-class _PostOps:
-    """Stands in for ``torch.ops.mkldnn._linear_pointwise``: records each call's post-op."""
-
-    def __init__(self, op) -> None:
-        self.op, self.seen = op, []
-
-    def __call__(self, x, weight, bias, attr, scalars, algorithm):
-        self.seen.append(attr)
-        return self.op(x, weight, bias, attr, scalars, algorithm)
-
-    def binary(self, x, other, weight, bias, attr):
-        self.seen.append(attr)
-        return self.op.binary(x, other, weight, bias, attr)
-
-
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
 def test_clip_quick_gelu_runs_as_onednn_swish_with_scaled_weights_in_bf16_on_amx(monkeypatch):
     """On AMX, OpenAI CLIP's bf16 MLP runs QuickGELU inside c_fc's product as oneDNN's swish
@@ -485,7 +470,7 @@ def test_clip_quick_gelu_runs_as_onednn_swish_with_scaled_weights_in_bf16_on_amx
     if not layers._onednn_bf16_available():
         pytest.skip("oneDNN takes no bf16 products on this CPU")
     monkeypatch.setattr(clip, "fuses_post_ops", lambda dtype: dtype == torch.bfloat16)
-    recording = _PostOps(torch.ops.mkldnn._linear_pointwise)
+    recording = RecordingLinearOp(torch.ops.mkldnn._linear_pointwise)
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", recording)
     torch.manual_seed(3)
     mlp = FeedForward(64, "quick_gelu").bfloat16()
@@ -496,10 +481,10 @@ def test_clip_quick_gelu_runs_as_onednn_swish_with_scaled_weights_in_bf16_on_amx
         exact = mlp.float().c_proj(QuickGELU()(mlp.c_fc(x.float())))
         mlp.bfloat16()
         for extra in (None, residual):
-            recording.seen.clear()
+            recording.post_ops.clear()
             with torch.no_grad():
                 got = mlp(x, residual=extra)
-            assert recording.seen == ["swish", "none" if extra is None else "add"]
+            assert recording.post_ops == ["swish", "none" if extra is None else "add"]
             expected = exact if extra is None else exact + residual.float()
             assert torch.allclose(got.float(), expected, atol=0.03, rtol=0.02), (got.float() - expected).abs().max()
     with torch.no_grad():
@@ -511,10 +496,10 @@ def test_clip_quick_gelu_runs_as_onednn_swish_with_scaled_weights_in_bf16_on_amx
     assert layers.DERIVED in mlp.__dict__
     assert layers.DERIVED not in copy.deepcopy(mlp).__dict__
     assert layers.DERIVED not in pickle.loads(pickle.dumps(mlp)).__dict__
-    recording.seen.clear()
+    recording.post_ops.clear()
     with torch.no_grad():
         mlp.float()(x.float())  # float32: QuickGELU after the product, as before
-    assert "swish" not in recording.seen
+    assert "swish" not in recording.post_ops
 
 
 def test_clip_layer_norm_computes_in_float32_for_half_precision_inputs():

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import tiny_config
+from helpers import RecordingLinearOp, tiny_config
 from imagereward.models import layers
 from imagereward.models.med import BertModel, unmasked_length
 
@@ -192,28 +192,13 @@ def test_linear_gelu_and_residual_match_the_separate_operations(gelu, with_resid
     assert x.grad is not None
 
 
-class _RecordingLinearOp:
-    """Stands in for ``torch.ops.mkldnn._linear_pointwise``: records each call's post-op."""
-
-    def __init__(self, op) -> None:
-        self.op, self.post_ops = op, []
-
-    def __call__(self, x, weight, bias, attr, scalars, algorithm):
-        self.post_ops.append(attr)
-        return self.op(x, weight, bias, attr, scalars, algorithm)
-
-    def binary(self, x, other, weight, bias, attr):
-        self.post_ops.append(attr)
-        return self.op.binary(x, other, weight, bias, attr)
-
-
 @pytest.mark.skipif(not layers._onednn_linear_available(), reason="no oneDNN linear op in this torch")
 def test_float32_post_ops_on_avx512_are_bitwise_the_separate_operations(monkeypatch):
     """With AVX-512, float32 GELU and residual additions run inside oneDNN's product, and
     the results are bitwise those of the product followed by the separate operations (so
     float32 scores are what they were before)."""
     op = torch.ops.mkldnn._linear_pointwise
-    recording = _RecordingLinearOp(op)
+    recording = RecordingLinearOp(op)
     monkeypatch.setattr(layers, "cpu_has_avx512", lambda: True)
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", recording)
     generator = torch.Generator().manual_seed(7)
@@ -297,7 +282,7 @@ def test_large_float32_products_run_through_mkl_on_amx(amx, monkeypatch):
     """On AMX, float32 inference products of ``MKL_FLOAT32_ROWS`` rows or more take ATen's
     path (MKL: faster there), GELU as its own operation and the residual as the product's
     accumulator; smaller products, and every product elsewhere, stay on oneDNN."""
-    recording = _RecordingLinearOp(torch.ops.mkldnn._linear_pointwise)
+    recording = RecordingLinearOp(torch.ops.mkldnn._linear_pointwise)
     monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
     monkeypatch.setattr(layers, "cpu_has_avx512", lambda: True)
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", recording)
