@@ -88,10 +88,12 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     weights that are tensor subclasses (torchao's quantised tensors), or elsewhere it is
     plain ``F.linear``.
     """
-    if onednn_inference(x, weight, bias):
-        rows = x.numel() // max(x.shape[-1], 1)
-        if runs_on_mkl(x.dtype, rows):
-            return _mkl_linear(x, weight, bias, gelu=gelu, residual=residual)
+    rows = x.numel() // max(x.shape[-1], 1)
+    onednn = onednn_inference(x, weight, bias)
+    on_mkl = onednn and runs_on_mkl(x.dtype, rows)  # inference, where ATen's product is faster
+    if on_mkl and residual is not None and not gelu and can_add(residual, x.shape[:-1], weight.shape[0], x.dtype):
+        return _accumulated(x, weight, bias, residual)
+    if onednn and not on_mkl:
         if x.dtype == torch.bfloat16 and packs_weight(weight, rows):
             weight = _packed(owner, weight)
         if fuses_post_ops(x.dtype):
@@ -108,9 +110,10 @@ def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 
 
 def onednn_inference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether :func:`float_linear` takes oneDNN's op for ``x`` through this weight and bias:
-    CPU inference in float32 or in bfloat16 where oneDNN takes it, plain tensors of
-    ``x``'s dtype, no gradients needed, not under ``torch.compile``."""
+    """Whether :func:`float_linear`'s inference paths (oneDNN's op; MKL for large float32
+    products, :func:`runs_on_mkl`) take ``x`` through this weight and bias: CPU inference in
+    float32 or in bfloat16 where oneDNN takes it, plain tensors of ``x``'s dtype, no
+    gradients needed, not under ``torch.compile``."""
     return (
         not _is_compiling()
         and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _onednn_bf16_available()))
@@ -152,19 +155,14 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _mkl_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
-                gelu: bool, residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`linear` through ATen's path; a residual is the product's accumulator (``addmm``'s
-    added matrix) rather than a sum made after it."""
-    if residual is not None and not gelu and can_add(residual, x.shape[:-1], weight.shape[0], x.dtype):
-        out = torch.addmm(residual.reshape(-1, weight.shape[0]), x.reshape(-1, x.shape[-1]), weight.t())
-        if bias is not None:
-            out.add_(bias)
-        return out.view(residual.shape)
-    out = F.linear(x, weight, bias)
-    if gelu:
-        out = F.gelu(out)
-    return out if residual is None else out + residual
+def _accumulated(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 residual: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias) + residual`` on ATen's path, the residual being the
+    product's accumulator (``addmm``'s added matrix) rather than a sum made after it."""
+    out = torch.addmm(residual.reshape(-1, weight.shape[0]), x.reshape(-1, x.shape[-1]), weight.t())
+    if bias is not None:
+        out.add_(bias)
+    return out.view(residual.shape)
 
 
 # From this many rows on, bf16 products of narrowing layers run from the plain weight on AMX.
