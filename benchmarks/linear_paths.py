@@ -3,6 +3,7 @@
     flock /tmp/imagereward-cpu.lock python benchmarks/linear_paths.py --workdir .bench/sc
     python benchmarks/linear_paths.py --scorers ImageReward-v1.0 --images 1,16 --rounds 5
     python benchmarks/linear_paths.py --rule float32-mkl --images 1,4,16 --rounds 4
+    python benchmarks/linear_paths.py --rule quick-gelu-silu --scorers CLIP,Aesthetic --images 4,16
 
 ``--rule packed-weights`` (bf16, ``layers.packs_weight``): ``every weight packed`` (the
 rule before) against the rule now (on AMX, products of 512 rows or more through layers
@@ -12,8 +13,11 @@ rule before) against the rule now (on AMX Xeons, products of 1,024 rows or more 
 through MKL). ``--rule quick-gelu-swish`` (bf16, ``clip.FeedForward._swish_applies``;
 scorers with OpenAI's QuickGELU: ``--scorers CLIP,Aesthetic``): ``QuickGELU after the
 product`` against the rule now (on AMX, QuickGELU inside ``c_fc``'s product as oneDNN's
-swish post-op, on scaled weights). On a CPU without AMX both rules are the same and
-nothing is compared.
+swish post-op, on scaled weights). ``--rule quick-gelu-silu`` (fp32,
+``clip.FeedForward._silu_applies``; ``--scorers CLIP,Aesthetic``): ``QuickGELU in three
+passes`` against the rule now (on AMX, where both products run through MKL, QuickGELU as
+one in-place SiLU pass, its factors given to the products as sgemm's alpha). On a CPU
+without AMX both rules are the same and nothing is compared.
 
 Each scorer is written with full-size random weights in its original file format (the
 writers of ``dtype_cost.py``), loaded once in the rule's dtype, and timed with
@@ -54,6 +58,8 @@ RULE_CHOICES = {
                     lambda dtype, rows: False),
     "quick-gelu-swish": ("bf16", "imagereward.models.clip:FeedForward", "_swish_applies",
                          "QuickGELU after the product", lambda self, x: False),
+    "quick-gelu-silu": ("fp32", "imagereward.models.clip:FeedForward", "_silu_applies",
+                        "QuickGELU in three passes", lambda self, x: False),
 }
 
 

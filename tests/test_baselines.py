@@ -502,6 +502,52 @@ def test_clip_quick_gelu_runs_as_onednn_swish_with_scaled_weights_in_bf16_on_amx
     assert "swish" not in recording.post_ops
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch")
+@pytest.mark.parametrize("amx", [False, True])
+def test_clip_quick_gelu_runs_as_silu_between_mkl_products_in_float32_on_amx(amx, monkeypatch):
+    """On AMX, where OpenAI CLIP's float32 MLP products are large enough for MKL, QuickGELU
+    runs as one in-place SiLU over ``c_fc``'s output, its 1.702 given to ``c_fc``'s product as
+    sgemm's alpha (and to its bias) and 1 / 1.702 to ``c_proj``'s; the values are the
+    module's within float32 rounding. Smaller products, CPUs without AMX and autograd keep
+    QuickGELU after the product, bitwise the module."""
+    from imagereward.models import clip, layers
+    from imagereward.models.clip import QUICK_GELU_SCALE, FeedForward, QuickGELU
+
+    monkeypatch.setattr(layers, "cpu_has_amx", lambda: amx)
+    products = []
+    real_product = clip.mkl_product
+
+    def recording_product(x, weight, bias, **kwargs):
+        products.append(kwargs.get("alpha", 1.0))
+        return real_product(x, weight, bias, **kwargs)
+
+    monkeypatch.setattr(clip, "mkl_product", recording_product)
+    torch.manual_seed(5)
+    mlp = FeedForward(64, "quick_gelu")
+    generator = torch.Generator().manual_seed(6)
+    for rows in (layers.MKL_FLOAT32_ROWS - 2, layers.MKL_FLOAT32_ROWS):
+        x = torch.randn(2, rows // 2, 64, generator=generator) * 3
+        residual = torch.randn(2, rows // 2, 64, generator=generator)
+        with torch.no_grad():
+            module = mlp.c_proj(QuickGELU()(mlp.c_fc(x)))
+            for extra in (None, residual, residual[:, :1]):  # the last one broadcast: added after
+                products.clear()
+                got = mlp(x, residual=extra)
+                expected = module if extra is None else module + extra
+                if amx and rows >= layers.MKL_FLOAT32_ROWS:
+                    assert products == [QUICK_GELU_SCALE, 1 / QUICK_GELU_SCALE]
+                    assert torch.allclose(got, expected, atol=2e-6, rtol=1e-5), (got - expected).abs().max()
+                else:
+                    assert products == []
+                    if extra is None:
+                        assert torch.equal(got, expected)
+    products.clear()
+    x = torch.randn(2, layers.MKL_FLOAT32_ROWS // 2, 64, generator=generator, requires_grad=True)
+    out = mlp(x)  # with gradients: the module's path
+    out.sum().backward()
+    assert products == [] and x.grad is not None
+
+
 def test_clip_layer_norm_computes_in_float32_for_half_precision_inputs():
     """CLIP's LayerNorm computes in float32 whatever the input (as OpenAI's code does);
     bf16 inputs take ATen's mixed-precision kernel instead of float32 copies."""
