@@ -276,6 +276,24 @@ def test_float32_post_ops_follow_onednns_instruction_limit(limit, allowed, monke
         dtypes.cpu_has_avx512.cache_clear()
 
 
+def test_mkl_product_scales_adds_bias_and_accumulates_the_residual():
+    """``layers.mkl_product``: ``alpha * x W^T + bias``, with or without a bias, and with a
+    residual as the product's accumulator, in the input's leading shape."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 5, 16, generator=generator)
+    weight, bias = torch.randn(8, 16, generator=generator), torch.randn(8, generator=generator)
+    residual = torch.randn(2, 5, 8, generator=generator)
+    product = x @ weight.t()
+    for alpha in (1.0, 1.702):
+        assert torch.allclose(layers.mkl_product(x, weight, bias, alpha=alpha), alpha * product + bias, atol=1e-5)
+        assert torch.allclose(layers.mkl_product(x, weight, None, alpha=alpha), alpha * product, atol=1e-5)
+        got = layers.mkl_product(x, weight, bias, alpha=alpha, residual=residual)
+        assert got.shape == residual.shape
+        assert torch.allclose(got, alpha * product + bias + residual, atol=1e-5)
+        assert torch.allclose(layers.mkl_product(x, weight, None, alpha=alpha, residual=residual),
+                              alpha * product + residual, atol=1e-5)
+
+
 @pytest.mark.skipif(not layers._onednn_linear_available(), reason="no oneDNN linear op in this torch")
 @pytest.mark.parametrize("amx", [False, True])
 def test_large_float32_products_run_through_mkl_on_amx(amx, monkeypatch):
