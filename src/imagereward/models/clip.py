@@ -105,10 +105,11 @@ class FeedForward(PackedWeightCache, nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``c_proj(act(c_fc(x)))``, plus ``residual`` if given."""
-        if isinstance(self.gelu, QuickGELU) and self._swish_applies(x):
-            return self._quick_gelu_as_swish(x, residual)
-        if isinstance(self.gelu, QuickGELU) and self._silu_applies(x):
-            return self._quick_gelu_as_silu(x, residual)
+        if isinstance(self.gelu, QuickGELU):
+            if self._swish_applies(x):
+                return self._quick_gelu_as_swish(x, residual)
+            if self._silu_applies(x):
+                return self._quick_gelu_as_silu(x, residual)
         if isinstance(self.gelu, nn.GELU):  # the exact form, which c_fc can fuse
             hidden = self.c_fc(x, gelu=True)
         else:
@@ -121,16 +122,19 @@ class FeedForward(PackedWeightCache, nn.Module):
 
     def _swish_applies(self, x: torch.Tensor) -> bool:
         """bfloat16 inference where oneDNN runs both products with post-ops (AMX), neither int8."""
-        fc, proj = self.c_fc, self.c_proj
-        return (x.dtype == torch.bfloat16 and fuses_post_ops(x.dtype) and not runs_int8(fc) and not runs_int8(proj)
-                and onednn_inference(x, fc.weight, fc.bias) and onednn_inference(x, proj.weight, proj.bias))
+        return x.dtype == torch.bfloat16 and fuses_post_ops(x.dtype) and self._inference_products(x)
 
     def _silu_applies(self, x: torch.Tensor) -> bool:
         """float32 inference whose two products run through MKL (:func:`runs_on_mkl`: large
         products on AMX), neither int8."""
-        fc, proj = self.c_fc, self.c_proj
         return (x.dtype == torch.float32 and runs_on_mkl(x.dtype, x.numel() // x.shape[-1])
-                and not runs_int8(fc) and not runs_int8(proj)
+                and self._inference_products(x))
+
+    def _inference_products(self, x: torch.Tensor) -> bool:
+        """Whether both products take ``x`` on :func:`~.layers.float_linear`'s inference paths,
+        neither int8."""
+        fc, proj = self.c_fc, self.c_proj
+        return (not runs_int8(fc) and not runs_int8(proj)
                 and onednn_inference(x, fc.weight, fc.bias) and onednn_inference(x, proj.weight, proj.bias))
 
     def _quick_gelu_as_silu(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:

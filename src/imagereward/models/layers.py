@@ -163,16 +163,16 @@ def mkl_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     ``alpha`` scales the product at no cost), plus ``residual`` if given, which is then
     the product's accumulator (``addmm``'s added matrix) rather than a sum made after it.
     ``residual`` must have the output's shape (:func:`can_add`)."""
-    rows = x.reshape(-1, x.shape[-1])
+    matrix = x.reshape(-1, x.shape[-1])
     if residual is not None:
-        out = torch.addmm(residual.reshape(-1, weight.shape[0]), rows, weight.t(), alpha=alpha)
+        out = torch.addmm(residual.reshape(-1, weight.shape[0]), matrix, weight.t(), alpha=alpha)
         if bias is not None:
             out.add_(bias)
         return out.view(residual.shape)
     if bias is not None:
-        out = torch.addmm(bias, rows, weight.t(), alpha=alpha)
+        out = torch.addmm(bias, matrix, weight.t(), alpha=alpha)
     else:
-        out = torch.mm(rows, weight.t())
+        out = torch.mm(matrix, weight.t())
         if alpha != 1:
             out.mul_(alpha)
     return out.view(*x.shape[:-1], weight.shape[0])
