@@ -49,8 +49,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from dtype_cost import written_files  # noqa: E402
-from scorer_ceiling import DTYPES, flops_per_pair, report_main, workload  # noqa: E402
-from serve import machine  # noqa: E402
+from scorer_ceiling import DTYPES, flops_per_pair, prepare, report_main  # noqa: E402
 from speed_side import gemm  # noqa: E402
 
 GROUPS = ("linear products", "batched products", "attention kernel", "layer norm", "softmax",
@@ -159,13 +158,8 @@ def bound(call: Dict[str, Any], total_flops: float, ceiling_gflops: float, goal:
 
 def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
     import imagereward
-    from imagereward.allocator import keep_freed_memory
 
-    keep_freed_memory()  # as the commands, server replicas and Ray actors do
-    torch.set_num_threads(args.threads)
-    pairs = workload(args.images)
-    report: Dict[str, Any] = {"machine": machine(args.threads), "torch": torch.__version__,
-                              "pairs": args.images, "scorers": {}}
+    pairs, report = prepare(args)
     for name in args.scorers:  # one scorer in memory at a time
         files = written_files(name, workdir)
         counted = imagereward.load(name, files=files, device="cpu", batch_size=args.images)

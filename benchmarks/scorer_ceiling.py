@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from PIL import Image
@@ -91,15 +91,21 @@ def measure(model: Any, pairs: Dict[str, List[Any]], repeats: int) -> float:
         return best_seconds(lambda: model.score_batch(pairs["prompts"], pairs["images"]), repeats)
 
 
-def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
-    import imagereward
+def prepare(args: argparse.Namespace) -> Tuple[Dict[str, List[Any]], Dict[str, Any]]:
+    """malloc and threads set as the commands, server replicas and Ray actors set them;
+    the workload of ``args.images`` pairs and a report with the machine's details."""
     from imagereward.allocator import keep_freed_memory
 
-    keep_freed_memory()  # as the commands, server replicas and Ray actors do
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
-    pairs = workload(args.images)
-    report: Dict[str, Any] = {"machine": machine(args.threads), "torch": torch.__version__,
-                              "pairs": args.images, "scorers": {}}
+    report = {"machine": machine(args.threads), "torch": torch.__version__, "pairs": args.images, "scorers": {}}
+    return workload(args.images), report
+
+
+def run(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
+    import imagereward
+
+    pairs, report = prepare(args)
     for name in args.scorers:  # one scorer in memory at a time (two ViT-H models take 12 GB)
         files = written_files(name, workdir)
         models = {dtype: imagereward.load(name, files=files, device="cpu", batch_size=args.images,
