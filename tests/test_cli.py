@@ -275,6 +275,38 @@ def test_batch_job_resume_after_interruption(capsys, tiny_model, job, monkeypatc
     assert code == EXIT_PARTIAL and len(read_jsonl(output)) == 29
 
 
+def test_batch_job_retries_its_errors(capsys, tiny_model, job):
+    """--retry-errors scores again the pairs whose records are errors and keeps every other line as it was."""
+    root, pairs = job
+    output = root / "scores.jsonl"
+    assert run(capsys, *batch_argv(tiny_model, root, pairs, output))[0] == EXIT_PARTIAL
+    before = output.read_text(encoding="utf-8").splitlines(keepends=True)
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(root / "images" / "absent.png")  # the missing image is there now
+    code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--resume"))
+    assert code == EXIT_PARTIAL and "0 pairs scored" in err  # a plain resume keeps its errors
+    assert output.read_text(encoding="utf-8").splitlines(keepends=True) == before
+
+    code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--retry-errors"))
+    assert code == EXIT_PARTIAL  # 5.png is still corrupt
+    assert "1 pairs scored, 1 failed, 27 skipped (already done) (2 error record(s) taken out to retry)" in err
+    after = output.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert after[:27] == [line for line in before if '"error"' not in line]  # the rest untouched, in order
+    records = read_jsonl(output)
+    assert sorted(r["line"] for r in records) == list(range(1, 30))  # still one record per input line
+    retried = {r["id"]: r for r in records[27:]}
+    assert set(retried) == {5, 11} and "error" in retried[5]
+    model = imagereward.load(tiny_model, device="cpu")
+    expected = model.score_batch([retried[11]["prompt"]], [str(root / "images" / "absent.png")])[0]
+    assert retried[11]["reward"] == pytest.approx(expected, abs=1e-5)
+
+    Image.new("RGB", (40, 40), (30, 200, 30)).save(root / "images" / "5.png")
+    code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--retry-errors"))
+    assert code == 0 and "1 pairs scored, 0 failed, 28 skipped" in err
+    assert all("reward" in r for r in read_jsonl(output)) and len(read_jsonl(output)) == 29
+    assert not [p for p in os.listdir(root) if ".tmp-" in p]
+    assert run(capsys, *batch_argv(tiny_model, root, pairs, output, "--retry-errors", "--overwrite"))[0] == EXIT_USAGE
+
+
 def test_batch_job_keeps_records_that_repeat_a_pair(capsys, tiny_model, job):
     """Same prompt and image, different ids: each record gets its own line, also on resume."""
     root, _ = job

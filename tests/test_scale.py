@@ -173,6 +173,26 @@ def test_jsonl_manifest_three_models_with_bad_items(cluster, models, rows, expec
                  {"missing": "Image file not found", "corrupt": "cannot read image file",
                   "noprompt": "no prompt"})
 
+    # The two images are there now: a rerun with retry_errors scores the fragment that
+    # held errors again (all three errors are in the last fragment), and keeps the others.
+    kept = {name: (tmp_path / "out" / name).stat().st_mtime_ns
+            for name in os.listdir(tmp_path / "out") if name.startswith("part-")}
+    Image.new("RGB", (30, 30), (10, 120, 200)).save(folder / "nowhere.png")
+    Image.new("RGB", (30, 30), (200, 120, 10)).save(folder / "corrupt.png")
+    assert run_job(manifest, tmp_path / "out", models, fragment_rows=4).fragments_retried == 0  # a plain rerun
+    summary = run_job(manifest, tmp_path / "out", models, fragment_rows=4, retry_errors=True)
+    assert summary.complete and (summary.fragments_retried, summary.rows_scored, summary.errors) == (1, 3, 1)
+    assert "1 fragments with errors again" in summary.line()
+    rescored = [name for name, mtime in kept.items() if (tmp_path / "out" / name).stat().st_mtime_ns != mtime]
+    assert len(rescored) == 1 and set(os.listdir(tmp_path / "out")) >= set(kept)
+    fixed = {"missing": folder / "nowhere.png", "corrupt": folder / "corrupt.png"}
+    now = {**expected, **{key: {} for key in fixed}}
+    for spec in models:
+        scores = spec.replace(device="cpu").load().score_batch(["x", "x"], [str(path) for path in fixed.values()])
+        for key, score in zip(fixed, scores):
+            now[key][spec.name] = score
+    check_output(tmp_path / "out", now, {"noprompt": "no prompt"})
+
 
 def test_csv_manifest_ids_default_to_image_paths(cluster, models, rows, expected, tmp_path):
     import csv

@@ -41,6 +41,7 @@ examples:
   imagereward score --model CLIP --prompt "a red bicycle" *.png --csv > clip.csv
   imagereward score --input pairs.jsonl --output scores.jsonl
   imagereward score --input pairs.jsonl --output scores.jsonl --resume
+  imagereward score --input pairs.jsonl --output scores.jsonl --retry-errors
 
 batch jobs (--input):
   Each input line is a JSON object with "prompt" and "image" (a path; relative
@@ -48,7 +49,9 @@ batch jobs (--input):
   are copied to the output. Each output line is the input record plus "reward",
   or plus "error" when that image could not be scored. Results are appended and
   flushed batch by batch; after an interruption, --resume skips every
-  (prompt, image) pair already in the output.
+  (prompt, image) pair already in the output. --retry-errors resumes and scores
+  again the pairs whose output records are errors (say, images that were missing
+  then): their records are taken out of the output and the new ones appended.
 
 {EXIT_CODES_HELP}"""
 
@@ -86,6 +89,10 @@ def register(subparsers: Any) -> None:
     batch.add_argument(
         "--resume", action="store_true",
         help="continue an existing --output: skip pairs already in it",
+    )
+    batch.add_argument(
+        "--retry-errors", action="store_true",
+        help="--resume, and score again the pairs whose records in --output are errors",
     )
     batch.add_argument(
         "--overwrite", action="store_true", help="start --output afresh if it exists"
@@ -164,8 +171,8 @@ def run_score(args: argparse.Namespace) -> int:
     apply_offline(args)
     if args.input is not None:
         return _run_batch(args)
-    if args.output is not None or args.resume:
-        args.parser.error("--output and --resume need --input")
+    if args.output is not None or args.resume or args.retry_errors:
+        args.parser.error("--output, --resume and --retry-errors need --input")
     images, rows = _reward_rows(args)
     groups = [
         [{"prompt": prompt, "image": image, "reward": reward} for image, reward in zip(images, rewards)]
@@ -297,10 +304,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         args.parser.error("--json/--csv apply to single runs; --output is always JSONL")
     if args.output is None:
         args.parser.error("--input needs --output")
-    if args.resume and args.overwrite:
-        args.parser.error("--resume and --overwrite exclude each other")
+    resume = args.resume or args.retry_errors
+    if resume and args.overwrite:
+        args.parser.error("--resume (or --retry-errors) and --overwrite exclude each other")
     if os.path.exists(args.output) and os.path.getsize(args.output) > 0:
-        if not (args.resume or args.overwrite):
+        if not (resume or args.overwrite):
             args.parser.error(
                 f"{args.output} exists: pass --resume to continue it or --overwrite to replace it"
             )
@@ -309,7 +317,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         output_path=args.output,
         image_root=args.image_root,
         batch_size=args.batch_size,
-        resume=args.resume,
+        resume=resume,
+        retry_errors=args.retry_errors,
         progress=not args.no_progress,
     )
     try:
@@ -322,9 +331,10 @@ def _run_batch(args: argparse.Namespace) -> int:
             "run again with --resume to continue",
             EXIT_INTERRUPTED,
         ) from None
+    retried = f" ({stats.retried} error record(s) taken out to retry)" if args.retry_errors else ""
     summary = (
         f"imagereward: {stats.scored} pairs scored, {stats.failed} failed, "
-        f"{stats.skipped} skipped (already done) -> {args.output}"
+        f"{stats.skipped} skipped (already done){retried} -> {args.output}"
     )
     if stats.errors:
         summary += f"; it holds {stats.errors} error record(s)"

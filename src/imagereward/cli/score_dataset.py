@@ -45,7 +45,9 @@ inputs (a file or a folder of them, one kind):
 output (in --output): part-*.parquet with id, prompt, one column per model, error
 (null when fine) and the --keep-columns; read them with pyarrow.parquet.read_table(DIR).
 Run the same command again after an interruption: finished fragments are kept,
-the rest are scored, every input row ends up in the output exactly once.
+the rest are scored, every input row ends up in the output exactly once. Add
+--retry-errors to score again the fragments whose part files hold rows with an
+error (say, images that were missing then): each such fragment is scored whole.
 
 {EXIT_CODES_HELP}"""
 
@@ -103,6 +105,9 @@ def register(subparsers: Any) -> None:
     model.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                        help="images per forward pass and per stage call (default: %(default)s)")
     add_download_options(model)
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="score again the finished fragments whose part files hold rows with an "
+                        "error (each such fragment whole)")
     parser.add_argument("--json", action="store_true",
                         help="also print the summary as one JSON object on stdout (for scripts)")
     add_general_options(parser)
@@ -126,10 +131,11 @@ def run_score_dataset(args: argparse.Namespace) -> int:
                       keep=tuple(args.keep_columns))
     job = DatasetJob(
         input=args.input, output=args.output, models=_specs(args), columns=columns,
-        address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
+        address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor, threads_per_actor=args.threads_per_actor,
         decode_cpus=args.decode_cpus, batch_size=args.batch_size,
         dtype=None if args.dtype == "fp32" else args.dtype, fragment_rows=args.fragment_rows,
-        progress=not args.no_progress,
+        progress=not args.no_progress, retry_errors=args.retry_errors,
     )
     try:
         job.plan()  # a bad input fails here, before Ray starts

@@ -5,7 +5,10 @@ line number in the input (written as ``"line"``), so records that repeat a
 prompt and image are each scored. A record whose image is missing or cannot be
 decoded gets an ``"error"`` instead of a ``"reward"``; the rest of its batch is
 scored as usual. Results are appended and flushed batch by batch, so a job that
-is interrupted (Ctrl-C, a crash, a kill) resumes where it stopped.
+is interrupted (Ctrl-C, a crash, a kill) resumes where it stopped. A resumed job may
+also retry its errors (an image that was missing and is there now): their records are
+taken out of the output, which a complete copy replaces in one rename, and their pairs
+are scored again and appended.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class JobStats:
     failed: int = 0  # error records written by this run
     skipped: int = 0  # records already in the output (resume)
     errors: int = 0  # error records for this input in the whole output
+    retried: int = 0  # error records taken out of the output to be scored again
 
 
 def read_records(path: str) -> List[Record]:
@@ -88,6 +92,32 @@ def read_done(path: str) -> Dict[int, bool]:
     return done
 
 
+def drop_error_records(path: str) -> int:
+    """Take the error records out of an existing output, so that their pairs are scored
+    again; the number taken out. The records kept are copied as they are, line for line,
+    to a file beside it that then replaces it (an interruption leaves the output whole)."""
+    if not os.path.isfile(path):
+        return 0
+    read_done(path)  # checks every record; drops a last line cut short
+    dropped = 0
+    temp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(path, "r", encoding="utf-8") as source, open(temp, "w", encoding="utf-8") as copy:
+            for text in source:
+                if text.strip() and "error" in json.loads(text):
+                    dropped += 1
+                else:
+                    copy.write(text)
+            copy.flush()
+            os.fsync(copy.fileno())
+        if dropped:
+            os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return dropped
+
+
 def chunks(items: List[Any], size: int) -> Iterator[List[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -113,6 +143,7 @@ class BatchJob:
     image_root: str = ""
     batch_size: int = 16
     resume: bool = False
+    retry_errors: bool = False  # with resume: score the pairs of error records again
     progress: bool = True
 
     def run(self, load_scorer: Callable[[], Any]) -> JobStats:
@@ -122,10 +153,12 @@ class BatchJob:
         interruption propagates.
         """
         records = read_records(self.input_path)
+        stats = JobStats()
+        if self.resume and self.retry_errors:
+            stats.retried = drop_error_records(self.output_path)
         done = read_done(self.output_path) if self.resume else {}
         if not self.resume and os.path.exists(self.output_path):
             open(self.output_path, "w").close()
-        stats = JobStats()
         known: Set[int] = {r["line"] for r in records}
         stats.skipped = sum(1 for line in done if line in known)
         stats.errors = sum(1 for line, failed in done.items() if failed and line in known)

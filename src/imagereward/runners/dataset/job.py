@@ -57,6 +57,7 @@ class JobSummary:
     errors: int  # of them, rows with an error
     rows_scored: int = 0  # by this run
     fragments_scored: int = 0  # by this run
+    fragments_retried: int = 0  # of them, fragments whose part files held errors (retry_errors)
     seconds: float = 0.0  # this run's Ray Data execution, actor start included
 
     @property
@@ -75,9 +76,10 @@ class JobSummary:
     def line(self) -> str:
         state = "complete" if self.complete else \
             f"INCOMPLETE ({self.fragments - self.fragments_done} fragments left: run again)"
+        retried = f" ({self.fragments_retried} fragments with errors again)" if self.fragments_retried else ""
         return (f"{state}: {self.rows_in} rows in, {self.rows_out} rows out, {self.errors} errors, "
                 f"{self.fragments_done}/{self.fragments} fragments; this run scored "
-                f"{self.rows_scored} rows in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
+                f"{self.rows_scored} rows{retried} in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
                 f"output: {self.output}")
 
 
@@ -89,11 +91,14 @@ class DatasetJob:
     already, or ``address`` (``"auto"``, ``"ray://head:10001"``) or ``RAY_ADDRESS`` names a
     cluster; it is not started when nothing is left to do.
     ``actors`` scoring actors run at once, each with ``gpus_per_actor`` GPUs (0: on CPUs;
-    default: 1 when the cluster has GPUs and no model runs in int8) and ``cpus_per_actor`` logical CPUs; ``threads_per_actor`` sets torch's threads in
+    default: 1 when the cluster has GPUs and no model runs in int8) and ``cpus_per_actor``
+    logical CPUs; ``threads_per_actor`` sets torch's threads in
     each (default: see :meth:`actor_threads`). ``batch_size`` rows go through a
     model at once and through each stage per call. ``fragment_rows`` is the size of the
     restartable pieces of manifests and parquet files (tar shards are one piece each).
-    ``on_fragment(key)`` is called after each part file is written.
+    ``on_fragment(key)`` is called after each part file is written. With
+    ``retry_errors`` the finished fragments whose part files hold rows with an error
+    are scored again, whole (the part file is the unit a job keeps or redoes).
     """
 
     input: str
@@ -110,6 +115,7 @@ class DatasetJob:
     dtype: Optional[str] = None
     fragment_rows: int = 10_000
     progress: bool = True
+    retry_errors: bool = False
     on_fragment: Optional[Callable[[str], None]] = None
     _plan: Optional[InputPlan] = field(default=None, repr=False)
 
@@ -148,10 +154,15 @@ class DatasetJob:
     def run(self) -> JobSummary:
         plan = self.plan()
         ledger = self.open_ledger()
-        done = ledger.done()
-        pending = [f for f in plan.fragments if f.part_name not in done]
         summary = JobSummary(output=ledger.directory, fragments=len(plan.fragments), fragments_done=0,
                              rows_in=0, rows_out=0, errors=0)
+        if self.retry_errors:
+            ours = {f.part_name for f in plan.fragments}
+            summary.fragments_retried = len(ledger.drop_failed(ours & ledger.done()))
+            if summary.fragments_retried:
+                logger.info("%d fragments with errors to score again", summary.fragments_retried)
+        done = ledger.done()
+        pending = [f for f in plan.fragments if f.part_name not in done]
         if pending:
             logger.info("%d of %d fragments to score", len(pending), len(plan.fragments))
             self._score(plan, ledger, pending, summary)

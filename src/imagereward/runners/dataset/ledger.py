@@ -86,6 +86,21 @@ class Ledger:
         os.replace(temp, self.path(name))
         _fsync_dir(self.directory)
 
+    def drop_failed(self, names: Iterable[str]) -> List[str]:
+        """Remove the part files among ``names`` that hold rows with an error, so that their
+        fragments are scored again (every row of them); the names removed."""
+        import pyarrow.parquet as pq
+
+        dropped = []
+        for name in sorted(names):
+            record = json.loads((pq.read_metadata(self.path(name)).metadata or {}).get(META_KEY, b"{}"))
+            if int(record.get("errors", 0)) > 0:
+                os.remove(self.path(name))
+                dropped.append(name)
+        if dropped:
+            _fsync_dir(self.directory)
+        return dropped
+
     def totals(self, names: Iterable[str]) -> Totals:
         """Counts over the part files ``names`` (all fragments of the job), from their footers."""
         import pyarrow.parquet as pq
