@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -286,8 +287,10 @@ def test_batch_job_retries_its_errors(capsys, tiny_model, job):
     assert code == EXIT_PARTIAL and "0 pairs scored" in err  # a plain resume keeps its errors
     assert output.read_text(encoding="utf-8").splitlines(keepends=True) == before
 
+    os.chmod(output, 0o640)
     code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--retry-errors"))
     assert code == EXIT_PARTIAL  # 5.png is still corrupt
+    assert stat.S_IMODE(os.stat(output).st_mode) == 0o640  # the copy that replaced it keeps its permissions
     assert "1 pairs scored, 1 failed, 27 skipped (already done) (2 error record(s) taken out to retry)" in err
     after = output.read_text(encoding="utf-8").splitlines(keepends=True)
     assert after[:27] == [line for line in before if '"error"' not in line]  # the rest untouched, in order
@@ -300,8 +303,11 @@ def test_batch_job_retries_its_errors(capsys, tiny_model, job):
     assert retried[11]["reward"] == pytest.approx(expected, abs=1e-5)
 
     Image.new("RGB", (40, 40), (30, 200, 30)).save(root / "images" / "5.png")
-    code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, output, "--retry-errors"))
+    link = root / "link.jsonl"  # through a symbolic link: the file it points to is rewritten
+    link.symlink_to(output)
+    code, _, err = run(capsys, *batch_argv(tiny_model, root, pairs, link, "--retry-errors"))
     assert code == 0 and "1 pairs scored, 0 failed, 28 skipped" in err
+    assert link.is_symlink()
     assert all("reward" in r for r in read_jsonl(output)) and len(read_jsonl(output)) == 29
     assert not [p for p in os.listdir(root) if ".tmp-" in p]
     assert run(capsys, *batch_argv(tiny_model, root, pairs, output, "--retry-errors", "--overwrite"))[0] == EXIT_USAGE

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Set
 
@@ -95,14 +96,16 @@ def read_done(path: str) -> Dict[int, bool]:
 def drop_error_records(path: str) -> int:
     """Take the error records out of an existing output, so that their pairs are scored
     again; the number taken out. The records kept are copied as they are, line for line,
-    to a file beside it that then replaces it (an interruption leaves the output whole)."""
+    to a file beside it (beside the file a symbolic link points to) with the same
+    permissions, which then replaces it (an interruption leaves the output whole)."""
     if not os.path.isfile(path):
         return 0
     read_done(path)  # checks every record; drops a last line cut short
+    target = os.path.realpath(path)
     dropped = 0
-    temp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{os.getpid()}")
     try:
-        with open(path, "r", encoding="utf-8") as source, open(temp, "w", encoding="utf-8") as copy:
+        with open(target, "r", encoding="utf-8") as source, open(temp, "w", encoding="utf-8") as copy:
             for text in source:
                 if text.strip() and "error" in json.loads(text):
                     dropped += 1
@@ -111,7 +114,8 @@ def drop_error_records(path: str) -> int:
             copy.flush()
             os.fsync(copy.fileno())
         if dropped:
-            os.replace(temp, path)
+            shutil.copymode(target, temp)
+            os.replace(temp, target)
     finally:
         if os.path.exists(temp):
             os.remove(temp)
