@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from dtype_cost import written_files  # noqa: E402
-from scorer_ceiling import DTYPES, flops_per_pair, prepare, report_main  # noqa: E402
+from scorer_ceiling import (  # noqa: E402
+    DTYPES, flops_per_pair, parse_scorers_args, prepare, report_main, scorers_parser,
+)
 from speed_side import gemm  # noqa: E402
 
 GROUPS = ("linear products", "batched products", "attention kernel", "layer norm", "softmax",
@@ -106,7 +107,7 @@ def group_of(name: str) -> str:
 
 def profiled_call(model: Any, pairs: Dict[str, List[Any]]) -> Dict[str, Any]:
     """One ``score_batch`` under the profiler: seconds and FLOPs per group and the wall time,
-    and the best wall time of two calls without the profiler.
+    and the best wall time of three calls without the profiler.
 
     The seconds come from a call profiled without input shapes, which cost ImageReward's
     bf16 call 6-8% more; the FLOPs (which do not depend on timing) from one with them."""
@@ -129,7 +130,7 @@ def profiled_call(model: Any, pairs: Dict[str, List[Any]]) -> Dict[str, Any]:
     seconds["outside torch ops"] = max(wall - sum(seconds.values()), 0.0)
     flops = {group: 0.0 for group in GROUPS}
     for event in shaped.key_averages(group_by_input_shape=True):
-        per_call = op_flops(event.key, event.input_shapes) if group_of(event.key) != "other ops" else None
+        per_call = op_flops(event.key, event.input_shapes)  # None for every op of "other ops"
         if per_call:
             flops[group_of(event.key)] += per_call * event.count
     return {"wall": wall, "unprofiled_wall": unprofiled, "seconds": seconds, "flops": flops}
@@ -226,19 +227,9 @@ def table(report: Dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scorers", default="ImageReward-v1.0,CLIP,BLIP,Aesthetic,PickScore,HPSv2",
-                        help="comma list of registered scorers")
-    parser.add_argument("--images", type=int, default=16, help="pairs in the profiled call (one batch)")
-    parser.add_argument("--dtypes", default="bf16", help="comma list of fp32 and bf16")
-    parser.add_argument("--rounds", type=int, default=2, help="profiled calls per model (the best is kept)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the written checkpoints here")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    args.scorers = [name.strip() for name in args.scorers.split(",") if name.strip()]
-    args.dtypes = [dtype for dtype in DTYPES if dtype in args.dtypes.split(",")]
-    return report_main(args, run, table, "imagereward-ceiling-bound-")
+    parser = scorers_parser(__doc__, "pairs in the profiled call (one batch)", "bf16")
+    parser.add_argument("--rounds", type=int, default=2, help="profiled calls per model (the fastest is kept)")
+    return report_main(parse_scorers_args(parser), run, table, "imagereward-ceiling-bound-")
 
 
 if __name__ == "__main__":

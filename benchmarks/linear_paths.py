@@ -76,6 +76,8 @@ NOW = "the rule now"
 
 
 def packed_megabytes(model: torch.nn.Module) -> float:
+    """Megabytes of the weight copies ``model`` keeps beside its parameters: oneDNN's packed
+    weights and ``clip.FeedForward``'s scaled ones."""
     from imagereward.models import layers
 
     total = 0
@@ -90,6 +92,7 @@ def packed_megabytes(model: torch.nn.Module) -> float:
 
 
 def drop_packed(model: torch.nn.Module) -> None:
+    """Forget the copies :func:`packed_megabytes` counts, so that the next call makes them."""
     from imagereward.models import layers
 
     for module in model.modules():

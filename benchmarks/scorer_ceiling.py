@@ -152,21 +152,34 @@ def table(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def scorers_parser(description: str, images_help: str, dtypes: str) -> argparse.ArgumentParser:
+    """The options of a benchmark over the registered scorers' full-size models (this one
+    and ``ceiling_bound.py``); :func:`parse_scorers_args` reads them."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scorers", default="ImageReward-v1.0,CLIP,BLIP,Aesthetic,PickScore,HPSv2",
                         help="comma list of registered scorers")
-    parser.add_argument("--images", type=int, default=16, help="pairs per timed call (one batch)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32 and bf16")
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per model and round (best kept)")
+    parser.add_argument("--images", type=int, default=16, help=images_help)
+    parser.add_argument("--dtypes", default=dtypes, help="comma list of fp32 and bf16")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the written checkpoints here")
     parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def parse_scorers_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments of :func:`scorers_parser`'s options (and any added), with ``scorers``
+    and ``dtypes`` as lists."""
     args = parser.parse_args()
     args.scorers = [name.strip() for name in args.scorers.split(",") if name.strip()]
     args.dtypes = [dtype for dtype in DTYPES if dtype in args.dtypes.split(",")]
-    return report_main(args, run, table, "imagereward-scorer-ceiling-")
+    return args
+
+
+def main() -> int:
+    parser = scorers_parser(__doc__, "pairs per timed call (one batch)", "fp32,bf16")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per model and round (best kept)")
+    return report_main(parse_scorers_args(parser), run, table, "imagereward-scorer-ceiling-")
 
 
 def report_main(args: argparse.Namespace, run: Callable[[argparse.Namespace, Path], Dict[str, Any]],
