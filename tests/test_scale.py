@@ -18,7 +18,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -106,17 +106,22 @@ def rows(images) -> List[Dict[str, str]]:
             for i, p in enumerate(images)]
 
 
+def in_process(models, pairs: Dict[str, Tuple[str, str]]) -> Dict[str, Dict[str, float]]:
+    """In-process ``score_batch`` of ``pairs`` (id -> prompt and image path), by id and model."""
+    os.environ.update(ENV)
+    out: Dict[str, Dict[str, float]] = {key: {} for key in pairs}
+    for spec in models:
+        scorer = spec.replace(device="cpu").load()
+        scores = scorer.score_batch([prompt for prompt, _ in pairs.values()], [path for _, path in pairs.values()])
+        for key, score in zip(pairs, scores):
+            out[key][spec.name] = score
+    return out
+
+
 @pytest.fixture(scope="module")
 def expected(models, rows) -> Dict[str, Dict[str, float]]:
     """In-process ``score_batch`` of every good row, by id and model."""
-    os.environ.update(ENV)
-    out: Dict[str, Dict[str, float]] = {r["id"]: {} for r in rows}
-    for spec in models:
-        scorer = spec.replace(device="cpu").load()
-        scores = scorer.score_batch([r["prompt"] for r in rows], [r["file"] for r in rows])
-        for row, score in zip(rows, scores):
-            out[row["id"]][spec.name] = score
-    return out
+    return in_process(models, {r["id"]: (r["prompt"], r["file"]) for r in rows})
 
 
 def _read(output: Path) -> "pa.Table":
@@ -185,13 +190,9 @@ def test_jsonl_manifest_three_models_with_bad_items(cluster, models, rows, expec
     assert "1 fragments with errors again" in summary.line()
     rescored = [name for name, mtime in kept.items() if (tmp_path / "out" / name).stat().st_mtime_ns != mtime]
     assert len(rescored) == 1 and set(os.listdir(tmp_path / "out")) >= set(kept)
-    fixed = {"missing": folder / "nowhere.png", "corrupt": folder / "corrupt.png"}
-    now = {**expected, **{key: {} for key in fixed}}
-    for spec in models:
-        scores = spec.replace(device="cpu").load().score_batch(["x", "x"], [str(path) for path in fixed.values()])
-        for key, score in zip(fixed, scores):
-            now[key][spec.name] = score
-    check_output(tmp_path / "out", now, {"noprompt": "no prompt"})
+    fixed = in_process(models, {"missing": ("x", str(folder / "nowhere.png")),
+                                "corrupt": ("x", str(folder / "corrupt.png"))})
+    check_output(tmp_path / "out", {**expected, **fixed}, {"noprompt": "no prompt"})
 
 
 def test_csv_manifest_ids_default_to_image_paths(cluster, models, rows, expected, tmp_path):

@@ -94,13 +94,11 @@ def read_done(path: str) -> Dict[int, bool]:
 
 
 def drop_error_records(path: str) -> int:
-    """Take the error records out of an existing output, so that their pairs are scored
-    again; the number taken out. The records kept are copied as they are, line for line,
-    to a file beside it (beside the file a symbolic link points to) with the same
-    permissions, which then replaces it (an interruption leaves the output whole)."""
-    if not os.path.isfile(path):
-        return 0
-    read_done(path)  # checks every record; drops a last line cut short
+    """Take the error records out of an output that :func:`read_done` has read (and so
+    checked), so that their pairs are scored again; the number taken out. The records kept
+    are copied as they are, line for line, to a file beside it (beside the file a symbolic
+    link points to) with the same permissions, which then replaces it (an interruption
+    leaves the output whole)."""
     target = os.path.realpath(path)
     dropped = 0
     temp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{os.getpid()}")
@@ -158,9 +156,10 @@ class BatchJob:
         """
         records = read_records(self.input_path)
         stats = JobStats()
-        if self.resume and self.retry_errors:
-            stats.retried = drop_error_records(self.output_path)
         done = read_done(self.output_path) if self.resume else {}
+        if self.retry_errors and any(done.values()):
+            stats.retried = drop_error_records(self.output_path)
+            done = {line: False for line, failed in done.items() if not failed}
         if not self.resume and os.path.exists(self.output_path):
             open(self.output_path, "w").close()
         known: Set[int] = {r["line"] for r in records}
